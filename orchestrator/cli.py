@@ -1,0 +1,361 @@
+"""The `orchestrator` command. Thin: parse, call, print. Exit codes: 0 ok, 1 jobs failed,
+2 usage or config error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from orchestrator import __version__
+from orchestrator.config import Config, load_config
+from orchestrator.domain import JobState
+from orchestrator.errors import ConfigError
+from orchestrator.ledger.store import Ledger, job_to_dict, utcnow
+
+T = TypeVar("T")
+STATES = [s.value for s in JobState]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(2)
+
+
+def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config",
+        "config_path",
+        envvar="ORCHESTRATOR_CONFIG",
+        default=None,
+        help="Config file (default: $ORCHESTRATOR_CONFIG, else ./orchestrator.toml).",
+    )(f)
+
+
+def _logging(verbose: bool, json_logs: bool | None = None) -> None:
+    from orchestrator.logging import configure
+
+    configure(json=json_logs, level="DEBUG" if verbose else "INFO")
+
+
+@click.group()
+@click.version_option(__version__)
+def cli() -> None:
+    """Bulk exports and imports on SaaS APIs, scheduled, rate-limited and never lost."""
+
+
+@cli.command()
+@config_option
+@click.option("--once", is_flag=True, help="Enqueue every pipeline once, work it off, exit.")
+@click.option("--exit-when-idle", is_flag=True, help="Work off the ledger, then exit.")
+@click.option("--verbose", "-v", is_flag=True)
+def run(config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool) -> None:
+    """Run the daemon."""
+    cfg = _load(config_path)
+    _logging(verbose)
+    from orchestrator.engine.daemon import Daemon
+
+    code = _run(Daemon(cfg, once=once, exit_when_idle=exit_when_idle, install_signals=True).run())
+    sys.exit(code)
+
+
+@cli.command("check-config")
+@config_option
+def check_config(config_path: str | None) -> None:
+    """Validate the config file; exit 2 with file:line: message on errors."""
+    cfg = _load(config_path)
+    click.echo(
+        f"{cfg.source}: ok ({len(cfg.providers)} provider(s), {len(cfg.pipelines)} pipeline(s))"
+    )
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def jobs() -> None:
+    """Inspect and steer jobs in the ledger."""
+
+
+def _with_ledger(cfg: Config, fn: Callable[[Ledger], Coroutine[Any, Any, T]]) -> T:
+    async def go() -> T:
+        from orchestrator.ledger import migrate
+
+        ledger = Ledger(cfg.ledger.url)
+        try:
+            await migrate.upgrade(ledger)
+            return await fn(ledger)
+        finally:
+            await ledger.close()
+
+    return _run(go())
+
+
+def _fmt_duration(job: dict[str, Any]) -> str:
+    from datetime import datetime
+
+    start, end = job.get("created_at"), job.get("finished_at")
+    if not start:
+        return ""
+    t0 = datetime.fromisoformat(start.replace("Z", "+00:00"))
+    t1 = datetime.fromisoformat(end.replace("Z", "+00:00")) if end else utcnow()
+    return f"{(t1 - t0).total_seconds():.1f}s"
+
+
+def print_jobs_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, expand=False)
+    for col in ("id", "pipeline", "kind", "state", "attempts", "rows", "bytes", "duration"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("path / error", overflow="fold")
+    for j in rows:
+        table.add_row(
+            str(j["id"]),
+            j["pipeline"],
+            j["kind"],
+            j["state"],
+            str(j["attempts"]),
+            "" if j["result_rows"] is None else str(j["result_rows"]),
+            "" if j["result_bytes"] is None else str(j["result_bytes"]),
+            _fmt_duration(j),
+            j["result_path"] or j["error"] or "",
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
+
+
+@jobs.command("list")
+@config_option
+@click.option("--state", type=click.Choice(STATES, case_sensitive=False), multiple=True)
+@click.option("--pipeline")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_list(
+    config_path: str | None, state: tuple[str, ...], pipeline: str | None, limit: int, as_json: bool
+) -> None:
+    """List jobs, newest first."""
+    cfg = _load(config_path)
+    states = [JobState(s.upper()) for s in state] or None
+    found = _with_ledger(
+        cfg, lambda lg: lg.list_jobs(states=states, pipeline=pipeline, limit=limit)
+    )
+    rows = [job_to_dict(j) for j in found]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_jobs_table(rows)
+
+
+@jobs.command("show")
+@config_option
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
+    """One job with its transitions."""
+    cfg = _load(config_path)
+
+    async def get(lg: Ledger) -> dict[str, Any] | None:
+        job = await lg.get(job_id)
+        if job is None:
+            return None
+        return {**job_to_dict(job), "transitions": await lg.transitions(job_id)}
+
+    data = _with_ledger(cfg, get)
+    if data is None:
+        click.echo(f"no job {job_id}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if key != "transitions":
+            click.echo(f"{key:>16}: {value if value is not None else ''}")
+    click.echo("     transitions:")
+    for t in data["transitions"]:
+        click.echo(f"  {t['at']}  {t['from'] or '-':>10} -> {t['to']:<10} {t['reason'] or ''}")
+
+
+@jobs.command("retry")
+@config_option
+@click.argument("job_id", type=int)
+def jobs_retry(config_path: str | None, job_id: int) -> None:
+    """Run a FAILED or CANCELLED job again, as a new job with the same params."""
+    cfg = _load(config_path)
+
+    async def retry(lg: Ledger) -> int | str:
+        job = await lg.get(job_id)
+        if job is None:
+            return f"no job {job_id}"
+        if job.state not in (JobState.FAILED, JobState.CANCELLED):
+            return f"job {job_id} is {job.state}; only FAILED or CANCELLED jobs can be retried"
+        n = len([t for t in await lg.transitions(job_id)])
+        new = await lg.enqueue(
+            pipeline=job.pipeline, kind=job.kind, provider=job.provider, params=job.params,
+            idempotency_key=f"retry:{job_id}:{n}:{utcnow().isoformat()}", fire_time=job.fire_time,
+            max_attempts=job.max_attempts, reason=f"retry of job {job_id}", retry_of=job_id,
+        )
+        return new if new is not None else f"job {job_id} was already retried"
+
+    result = _with_ledger(cfg, retry)
+    if isinstance(result, str):
+        click.echo(result, err=True)
+        sys.exit(2)
+    click.echo(f"job {result} enqueued (retry of {job_id})")
+
+
+@jobs.command("cancel")
+@config_option
+@click.argument("job_id", type=int)
+def jobs_cancel(config_path: str | None, job_id: int) -> None:
+    """Cancel a job; a running remote job is cancelled at the provider by the daemon."""
+    cfg = _load(config_path)
+
+    async def cancel(lg: Ledger) -> JobState | None:
+        try:
+            return await lg.request_cancel(job_id)
+        except KeyError:
+            return None
+
+    state = _with_ledger(cfg, cancel)
+    if state is None:
+        click.echo(f"no job {job_id}", err=True)
+        sys.exit(2)
+    if state == JobState.CANCELLED:
+        click.echo(f"job {job_id} cancelled")
+    elif state in (JobState.SUCCEEDED, JobState.FAILED):
+        click.echo(f"job {job_id} already ended {state}", err=True)
+        sys.exit(2)
+    else:
+        click.echo(f"job {job_id} is {state}: the daemon will cancel it at the provider")
+
+
+@cli.command()
+@config_option
+@click.argument("pipeline")
+def trigger(config_path: str | None, pipeline: str) -> None:
+    """Enqueue one run of PIPELINE now."""
+    cfg = _load(config_path)
+    try:
+        p = cfg.pipeline(pipeline)
+    except KeyError:
+        names = ", ".join(x.name for x in cfg.pipelines) or "none"
+        click.echo(f"{cfg.source}: no pipeline {pipeline!r} (pipelines: {names})", err=True)
+        sys.exit(2)
+    from orchestrator.scheduler import trigger as do_trigger
+
+    job_id = _with_ledger(cfg, lambda lg: do_trigger(lg, p))
+    click.echo(f"job {job_id} enqueued for {pipeline}")
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--offline", is_flag=True, help="Do not ask the providers for their limits.")
+def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
+    """Per provider account: limits, used, reserved, projected use of the schedules."""
+    cfg = _load(config_path)
+    from orchestrator.quota import quota_report
+
+    report = _with_ledger(cfg, lambda lg: quota_report(cfg, lg, online=not offline))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="quota (rolling 30 days)")
+    for col in ("provider", "limit", "used", "reserved", "available", "projected 30d", "concurrency", "in flight"):
+        table.add_column(col)
+    for name, r in report.items():
+        table.add_row(
+            name, str(r["monthly_quota"]), str(r["used"]), str(r["reserved"]),
+            str(r["available"]), str(r["projected_30d"]), str(r["concurrency_limit"]),
+            str(r["in_flight"]),
+        )
+    Console().print(table)
+
+
+@cli.group()
+def db() -> None:
+    """Ledger schema."""
+
+
+@db.command("upgrade")
+@config_option
+def db_upgrade(config_path: str | None) -> None:
+    """Apply migrations (also done by `run` at start)."""
+    cfg = _load(config_path)
+
+    async def noop(_: Ledger) -> None:
+        return None
+
+    _with_ledger(cfg, noop)
+    click.echo(f"ledger at {cfg.ledger.url} is up to date")
+
+
+@cli.command()
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--duration", type=float, default=None, help="Median job duration (s).")
+@click.option("--concurrent-limit", type=int, default=None)
+@click.option("--monthly-quota", type=int, default=None)
+def simulate(
+    port: int, host: str, duration: float | None, concurrent_limit: int | None,
+    monthly_quota: int | None,
+) -> None:
+    """Serve every provider's simulator on one port (POST /<prefix>/_sim/config to misbehave)."""
+    from orchestrator.simulator.clari import ClariSimConfig
+    from orchestrator.simulator.server import PREFIXES, SimulatorServer, Simulators
+
+    clari = ClariSimConfig()
+    if duration is not None:
+        clari.duration = duration
+    if concurrent_limit is not None:
+        clari.concurrent_limit = concurrent_limit
+    if monthly_quota is not None:
+        clari.monthly_quota = monthly_quota
+
+    async def serve() -> None:
+        server = await SimulatorServer(Simulators.create(clari=clari), host=host, port=port).start()
+        for name, prefix in PREFIXES.items():
+            click.echo(f"{name}: http://{host}:{server.port}{prefix}")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.stop()
+
+    try:
+        _run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@config_option
+@click.option("--keep", is_flag=True, help="Keep the previous demo ledger and results.")
+def demo(config_path: str | None, keep: bool) -> None:
+    """Simulator + daemon on config/demo.toml: run every pipeline once and print a summary."""
+    from orchestrator.demo import run_demo
+
+    sys.exit(run_demo(config_path or "config/demo.toml", keep=keep))
+
+
+def main() -> None:
+    cli(prog_name="orchestrator")
+

@@ -1,0 +1,132 @@
+"""Job states, the allowed transitions and the value objects of the domain. Pure: no I/O."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class JobState(enum.StrEnum):
+    PENDING = "PENDING"
+    SUBMITTING = "SUBMITTING"
+    RUNNING = "RUNNING"
+    FETCHING = "FETCHING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    RETRY_WAIT = "RETRY_WAIT"
+
+
+TERMINAL: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+IN_FLIGHT: frozenset[JobState] = frozenset(
+    {JobState.SUBMITTING, JobState.RUNNING, JobState.FETCHING}
+)
+
+# The whole state machine. Anything not listed here is forbidden.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.SUBMITTING, JobState.CANCELLED}),
+    JobState.SUBMITTING: frozenset(
+        {
+            JobState.RUNNING,  # the provider answered with a remote id
+            JobState.PENDING,  # quota/concurrency rejection, or recovery proved nothing was created
+            JobState.RETRY_WAIT,  # retryable failure
+            JobState.FAILED,  # permanent rejection
+            JobState.CANCELLED,
+        }
+    ),
+    JobState.RUNNING: frozenset(
+        {JobState.FETCHING, JobState.RETRY_WAIT, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.FETCHING: frozenset(
+        {JobState.SUCCEEDED, JobState.RETRY_WAIT, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.RETRY_WAIT: frozenset({JobState.PENDING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, job_id: int, src: JobState, dst: JobState) -> None:
+        super().__init__(f"job {job_id}: {src} -> {dst} is not an allowed transition")
+        self.job_id, self.src, self.dst = job_id, src, dst
+
+
+class StaleState(Exception):
+    """The job was not in the state the caller believed (another writer moved it)."""
+
+    def __init__(self, job_id: int, expected: JobState) -> None:
+        super().__init__(f"job {job_id} is no longer {expected}")
+        self.job_id, self.expected = job_id, expected
+
+
+def can_transition(src: JobState, dst: JobState) -> bool:
+    return dst in TRANSITIONS[src]
+
+
+def check_transition(job_id: int, src: JobState, dst: JobState) -> None:
+    if not can_transition(src, dst):
+        raise IllegalTransition(job_id, src, dst)
+
+
+class RemoteState(enum.StrEnum):
+    """What a provider says of a remote job, mapped from its own status names."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"  # the provider no longer knows the job
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RemoteStatus:
+    state: RemoteState
+    raw_status: str
+    detail: str | None = None
+    started_ms: int | None = None
+    expires_ms: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResultInfo:
+    path: str
+    bytes: int
+    sha256: str
+    rows: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Job:
+    id: int
+    pipeline: str
+    kind: str
+    provider: str
+    state: JobState
+    params: dict[str, Any] = field(default_factory=dict)
+    fire_time: datetime | None = None
+    idempotency_key: str = ""
+    remote_id: str | None = None
+    attempts: int = 0
+    max_attempts: int = 3
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    submitted_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    deadline_at: datetime | None = None
+    cancel_requested: bool = False
+    error: str | None = None
+    result_path: str | None = None
+    result_bytes: int | None = None
+    result_sha256: str | None = None
+    result_rows: int | None = None
+    retry_of: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL

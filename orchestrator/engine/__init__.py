@@ -1,0 +1,1 @@
+"""The daemon's moving parts: admission and submit, polling, fetching, recovery."""

@@ -1,0 +1,98 @@
+"""What every engine part shares: config, ledger, one adapter and one budget per account."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+
+from orchestrator.backoff import RetryPolicy, retry_delay
+from orchestrator.config import Config
+from orchestrator.domain import Job, JobState
+from orchestrator.ledger.store import Ledger, utcnow
+from orchestrator.limits import QUOTA_WINDOW, AccountBudget, Caps
+from orchestrator.providers import PROVIDERS
+from orchestrator.providers.base import ProviderAdapter
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class Stats:
+    finished: Counter[str] = field(default_factory=Counter)
+    submissions: int = 0
+    polls: int = 0
+    retries: int = 0
+    quota_rejections: int = 0
+
+
+@dataclass(kw_only=True)
+class Context:
+    cfg: Config
+    ledger: Ledger
+    adapters: dict[str, ProviderAdapter]
+    budgets: dict[str, AccountBudget]
+    stats: Stats = field(default_factory=Stats)
+    rng: random.Random = field(default_factory=random.Random)
+    wake_dispatch: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def build(cls, cfg: Config, ledger: Ledger) -> Context:
+        adapters: dict[str, ProviderAdapter] = {}
+        budgets: dict[str, AccountBudget] = {}
+        for name, prov in cfg.providers.items():
+            factory = PROVIDERS.get(name) or PROVIDERS.get(name.split("-", 1)[0])
+            if factory is None:
+                log.warning("provider_not_supported", provider=name)
+                continue
+            adapters[name] = factory(prov)
+            budgets[name] = AccountBudget(
+                caps=Caps(
+                    concurrency=prov.concurrency,
+                    monthly_quota=prov.monthly_quota,
+                    reserve=prov.quota_reserve,
+                )
+            )
+        return cls(cfg=cfg, ledger=ledger, adapters=adapters, budgets=budgets)
+
+    async def close(self) -> None:
+        for adapter in self.adapters.values():
+            await adapter.close()
+
+    def finished(self, job: Job, state: JobState) -> None:
+        self.stats.finished[state.value] += 1
+        log.info("job_finished", job_id=job.id, pipeline=job.pipeline, state=state.value)
+
+    async def refresh_budget(self, provider: str) -> None:
+        """Re-read the provider's limits and our own counts from the ledger."""
+        budget, adapter = self.budgets[provider], self.adapters[provider]
+        in_flight = await self.ledger.in_flight_count(provider)
+        used = len(await self.ledger.quota_times(provider, utcnow() - QUOTA_WINDOW))
+        try:
+            remote = await adapter.limits()
+        except Exception as exc:  # limits are advisory: keep the old view, try again later
+            log.warning("limits_refresh_failed", provider=provider, error=str(exc))
+            budget.in_flight, budget.used = in_flight, used
+            return
+        if remote is None:
+            budget.in_flight, budget.used = in_flight, used
+            return
+        budget.on_refresh(remote, in_flight=in_flight, used=used)
+        log.debug(
+            "limits_refreshed",
+            provider=provider,
+            free_slots=budget.free_slots(),
+            free_quota=budget.free_quota(),
+        )
+
+    def deadline_passed(self, job: Job) -> bool:
+        return job.deadline_at is not None and utcnow() >= job.deadline_at
+
+    def retry_at(self, attempts: int) -> timedelta:
+        policy = RetryPolicy(base=self.cfg.daemon.retry_base, cap=self.cfg.daemon.retry_cap)
+        return timedelta(seconds=retry_delay(policy, attempts, self.rng))

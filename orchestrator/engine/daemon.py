@@ -1,0 +1,262 @@
+"""Wires the pieces, runs them under one TaskGroup, and stops them in one shape:
+stop() sets an event; claiming stops; in-flight work gets `drain_timeout` to finish; the rest is
+cancelled and left resumable in the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from dataclasses import replace
+from datetime import timedelta
+
+import structlog
+
+from orchestrator.config import Config
+from orchestrator.domain import Job, JobState, RemoteState, RemoteStatus
+from orchestrator.engine.context import Context
+from orchestrator.engine.dispatcher import Dispatcher
+from orchestrator.engine.fetcher import Fetcher
+from orchestrator.engine.poller import Poller
+from orchestrator.engine.recovery import reconcile_submitting, recover
+from orchestrator.errors import ProviderError
+from orchestrator.ledger import migrate
+from orchestrator.ledger.store import Ledger, utcnow
+from orchestrator.scheduler import PipelineScheduler, trigger
+
+log = structlog.get_logger(__name__)
+UNRESOLVED_RETRY = 15.0
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        exit_when_idle: bool = False,
+        once: bool = False,
+        install_signals: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.exit_when_idle = exit_when_idle or once
+        self.once = once
+        self.install_signals = install_signals
+        self.ledger = Ledger(cfg.ledger.url)
+        self.ctx = Context.build(cfg, self.ledger)
+        self.poller = Poller(self.ctx, self._on_remote_done, self._on_remote_ended)
+        self.fetcher = Fetcher(self.ctx)
+        self.dispatcher = Dispatcher(self.ctx, self._on_submitted)
+        self.scheduler = PipelineScheduler(cfg, self.ledger, on_enqueued=self.ctx.wake_dispatch.set)
+        self.ready = asyncio.Event()
+        self._signals = 0
+        self._last_refresh: dict[str, float] = {}
+        self._last_unresolved = 0.0
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.ctx.stopping.set()
+        self.ctx.wake_dispatch.set()
+
+    def _on_signal(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("stopping", reason="signal", drain_timeout=self.cfg.daemon.drain_timeout)
+            self.stop()
+        else:
+            log.warning("stopping_now", reason="second signal")
+            self.dispatcher.cancel_all()
+            self.fetcher.cancel_all()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        if self.install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal)
+        try:
+            await migrate.upgrade(self.ledger)
+            await self.ledger.start()
+            for provider in self.ctx.budgets:
+                await self.ctx.refresh_budget(provider)
+                self._last_refresh[provider] = time.monotonic()
+            await recover(self.ctx, self.dispatcher, self.poller, self.fetcher)
+            if self.once:
+                for p in self.cfg.pipelines:
+                    if p.enabled:
+                        await trigger(self.ledger, p, reason="run --once")
+            if not self.exit_when_idle:
+                await self.scheduler.start()
+            self.ready.set()
+            log.info("daemon_ready", providers=sorted(self.ctx.adapters), tracked=len(self.poller))
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.poller.run(), name="poller")
+                tg.create_task(self._main_loop(), name="dispatcher")
+        finally:
+            await self._shutdown()
+            if self.install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        failed = self.ctx.stats.finished.get(JobState.FAILED.value, 0)
+        return 1 if failed else 0
+
+    async def _shutdown(self) -> None:
+        self.ctx.stopping.set()
+        self.scheduler.shutdown()
+        drain = self.cfg.daemon.drain_timeout
+        await self.dispatcher.drain(drain)
+        await self.fetcher.drain(drain)
+        self.dispatcher.cancel_all()
+        self.fetcher.cancel_all()
+        await asyncio.shield(self._close())
+
+    async def _close(self) -> None:
+        await asyncio.sleep(0)  # let cancelled tasks run their cleanup
+        await self.ctx.close()
+        await self.ledger.close()
+        log.info("daemon_stopped", finished=dict(self.ctx.stats.finished))
+
+    # --- the claim loop ---------------------------------------------------------------------
+    async def _main_loop(self) -> None:
+        interval = self.cfg.daemon.claim_interval
+        while not self.ctx.stopping.is_set():
+            self.ctx.wake_dispatch.clear()
+            await self._housekeeping()
+            await self.dispatcher.dispatch()
+            if self.exit_when_idle and await self._idle():
+                log.info("idle_exit")
+                self.stop()
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self.ctx.wake_dispatch.wait()
+
+    async def _idle(self) -> bool:
+        if self.dispatcher.busy or self.fetcher.busy or len(self.poller):
+            return False
+        return not await self.ledger.has_unfinished()
+
+    async def _housekeeping(self) -> None:
+        await self._release_retries()
+        await self._handle_cancels_and_deadlines()
+        await self._refresh_limits()
+        await self._retry_unresolved()
+
+    async def _release_retries(self) -> None:
+        now = utcnow()
+        for job in await self.ledger.list_jobs(states=[JobState.RETRY_WAIT], oldest_first=True):
+            if job.next_attempt_at is None or job.next_attempt_at <= now:
+                with contextlib.suppress(Exception):
+                    await self.ledger.transition(
+                        job, JobState.RETRY_WAIT, JobState.PENDING, reason="retry"
+                    )
+
+    async def _handle_cancels_and_deadlines(self) -> None:
+        running = await self.ledger.list_jobs(states=[JobState.RUNNING])
+        for job in running:
+            if job.cancel_requested:
+                await self._cancel_remote(job, JobState.CANCELLED, "cancelled by user")
+            elif self.ctx.deadline_passed(job):
+                await self._cancel_remote(job, JobState.FAILED, "deadline exceeded")
+
+    async def _cancel_remote(self, job: Job, to: JobState, reason: str) -> None:
+        try:
+            await self.ctx.adapters[job.provider].cancel(job)
+        except ProviderError as exc:
+            log.warning("cancel_failed", job_id=job.id, error=str(exc))
+            return
+        self.poller.forget(job.id)
+        try:
+            await self.ledger.transition(
+                job,
+                JobState.RUNNING,
+                to,
+                reason=reason,
+                refund_quota=True,
+                error=None if to == JobState.CANCELLED else f"{reason}; remote job cancelled",
+            )
+        except Exception as exc:
+            log.info("cancel_raced", job_id=job.id, error=str(exc))
+            return
+        self.ctx.budgets[job.provider].on_slot_released()
+        self.ctx.finished(job, to)
+        self.ctx.wake_dispatch.set()
+
+    async def _refresh_limits(self) -> None:
+        now = time.monotonic()
+        for provider in self.ctx.budgets:
+            every = self.cfg.providers[provider].limits_refresh
+            if now - self._last_refresh.get(provider, 0.0) >= every:
+                self._last_refresh[provider] = now
+                await self.ctx.refresh_budget(provider)
+
+    async def _retry_unresolved(self) -> None:
+        if not self.dispatcher.unresolved:
+            return
+        if time.monotonic() - self._last_unresolved < UNRESOLVED_RETRY:
+            return
+        self._last_unresolved = time.monotonic()
+        await reconcile_submitting(
+            self.ctx, self.dispatcher, list(self.dispatcher.unresolved.values())
+        )
+
+    # --- callbacks from the parts -----------------------------------------------------------
+    def _on_submitted(self, job: Job) -> None:
+        task = asyncio.get_running_loop().create_task(self.poller.track(job))
+        task.add_done_callback(lambda t: t.exception())
+
+    async def _on_remote_done(self, job: Job) -> None:
+        now = utcnow()
+        try:
+            await self.ledger.transition(
+                job,
+                JobState.RUNNING,
+                JobState.FETCHING,
+                reason="remote job done",
+                remote_done_at=now,
+            )
+        except Exception as exc:  # cancelled meanwhile
+            log.info("done_raced", job_id=job.id, error=str(exc))
+            return
+        self.ctx.budgets[job.provider].on_slot_released()
+        self.ctx.wake_dispatch.set()
+        self.fetcher.start(replace(job, state=JobState.FETCHING))
+
+    async def _on_remote_ended(self, job: Job, status: RemoteStatus) -> None:
+        ctx = self.ctx
+        ctx.budgets[job.provider].on_slot_released()
+        ctx.wake_dispatch.set()
+        error = (
+            f"{job.provider}: remote job {job.remote_id} ended {status.raw_status or status.state}"
+        )
+        refund = status.state == RemoteState.CANCELLED  # a cancelled export frees its quota
+        if job.attempts < job.max_attempts:
+            wait = ctx.retry_at(job.attempts)
+            await self._safe_transition(
+                job,
+                JobState.RETRY_WAIT,
+                reason="remote job failed",
+                error=error,
+                refund_quota=refund,
+                next_attempt_at=utcnow() + wait,
+            )
+            ctx.stats.retries += 1
+            log.warning(
+                "job_retry_scheduled", job_id=job.id, wait=wait.total_seconds(), error=error
+            )
+            return
+        if await self._safe_transition(
+            job, JobState.FAILED, reason="remote job failed", error=error, refund_quota=refund
+        ):
+            ctx.finished(job, JobState.FAILED)
+
+    async def _safe_transition(self, job: Job, to: JobState, **kw: object) -> bool:
+        try:
+            await self.ledger.transition(job, JobState.RUNNING, to, **kw)  # type: ignore[arg-type]
+        except Exception as exc:
+            log.info("transition_raced", job_id=job.id, error=str(exc))
+            return False
+        return True
+
+
+def remaining(deadline: timedelta | None) -> float | None:
+    return deadline.total_seconds() if deadline else None

@@ -1,0 +1,229 @@
+"""Admission control and submission.
+
+Per provider account: never more jobs queued+running than the concurrency limit, never more
+submissions in the rolling 30 days than the quota (less the reserve). Fair across pipelines:
+each free slot goes to the next pipeline in turn, oldest job first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+
+import structlog
+
+from orchestrator.domain import Job, JobState
+from orchestrator.engine.context import Context
+from orchestrator.errors import ProviderError, QuotaExceeded, Rejected, Throttled
+from orchestrator.ledger.store import utcnow
+
+log = structlog.get_logger(__name__)
+LOST_SUBMIT_CHECKS = 3
+
+
+class Dispatcher:
+    def __init__(self, ctx: Context, on_submitted: Callable[[Job], None]) -> None:
+        self.ctx = ctx
+        self.on_submitted = on_submitted
+        self._turn: dict[str, deque[str]] = defaultdict(deque)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sem = asyncio.Semaphore(ctx.cfg.daemon.max_submits)
+        self.unresolved: dict[int, Job] = {}  # submits whose outcome we could not learn yet
+
+    @property
+    def busy(self) -> int:
+        return len(self._tasks)
+
+    async def dispatch(self) -> int:
+        """Start as many submissions as the budgets allow. Returns how many were started."""
+        pending = await self.ctx.ledger.list_jobs(states=[JobState.PENDING], oldest_first=True)
+        started = 0
+        by_provider: dict[str, dict[str, deque[Job]]] = defaultdict(lambda: defaultdict(deque))
+        for job in pending:
+            if job.cancel_requested:
+                continue
+            by_provider[job.provider][job.pipeline].append(job)
+        for provider, queues in by_provider.items():
+            started += self._dispatch_provider(provider, queues)
+        return started
+
+    def _dispatch_provider(self, provider: str, queues: dict[str, deque[Job]]) -> int:
+        budget = self.ctx.budgets.get(provider)
+        if budget is None:
+            return 0
+        turn = self._turn[provider]
+        for name in queues:
+            if name not in turn:
+                turn.append(name)
+        started = 0
+        while any(queues.values()) and budget.can_submit():
+            name = turn[0]
+            turn.rotate(-1)
+            if not queues.get(name):
+                continue
+            job = queues[name].popleft()
+            budget.on_reserve()  # hold the slot and quota unit before the request leaves
+            task = asyncio.create_task(self._submit(job), name=f"submit-{job.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started += 1
+        return started
+
+    async def _submit(self, job: Job) -> None:
+        async with self._sem:
+            try:
+                await self._submit_one(job)
+            except Exception:
+                log.exception("submit_crashed", job_id=job.id)
+                raise
+
+    async def _submit_one(self, job: Job) -> None:
+        ctx, budget = self.ctx, self.ctx.budgets[job.provider]
+        now = utcnow()
+        try:
+            await ctx.ledger.transition(
+                job,
+                JobState.PENDING,
+                JobState.SUBMITTING,
+                reason=f"attempt {job.attempts + 1}",
+                quota=job.provider,
+                attempts=job.attempts + 1,
+                submitted_at=now,
+                error=None,
+            )
+        except Exception as exc:  # someone else moved it (cancelled from the CLI): give it back
+            budget.on_unreserve()
+            log.info("submit_skipped", job_id=job.id, reason=str(exc))
+            return
+        sub = replace(job, state=JobState.SUBMITTING, attempts=job.attempts + 1, submitted_at=now)
+        log.info("job_submitting", job_id=job.id, pipeline=job.pipeline, attempt=sub.attempts)
+        try:
+            remote_id = await ctx.adapters[job.provider].submit(sub)
+        except QuotaExceeded as exc:
+            await self._refused(sub, exc, full=True)
+            return
+        except Throttled as exc:
+            await self._refused(sub, exc, full=False)
+            return
+        except Rejected as exc:
+            budget.on_unreserve()
+            await ctx.ledger.transition(
+                sub,
+                JobState.SUBMITTING,
+                JobState.FAILED,
+                reason="rejected",
+                refund_quota=True,
+                error=str(exc),
+            )
+            ctx.finished(sub, JobState.FAILED)
+            return
+        except ProviderError as exc:
+            await self._lost(sub, exc)
+            return
+        await self.adopt(sub, remote_id, reason="submitted")
+
+    async def adopt(self, job: Job, remote_id: str, *, reason: str) -> None:
+        ctx = self.ctx
+        await ctx.ledger.transition(
+            job, JobState.SUBMITTING, JobState.RUNNING, reason=reason, remote_id=remote_id
+        )
+        ctx.stats.submissions += 1
+        log.info("job_submitted", job_id=job.id, pipeline=job.pipeline, remote_id=remote_id)
+        self.on_submitted(replace(job, state=JobState.RUNNING, remote_id=remote_id))
+
+    async def _refused(self, job: Job, exc: ProviderError, *, full: bool) -> None:
+        """The provider created nothing: back to waiting without spending an attempt."""
+        ctx, budget = self.ctx, self.ctx.budgets[job.provider]
+        budget.on_unreserve()
+        if full:
+            ctx.stats.quota_rejections += 1
+            budget.on_provider_full()
+            log.warning("submit_refused_limits", job_id=job.id, error=str(exc))
+            await ctx.ledger.transition(
+                job,
+                JobState.SUBMITTING,
+                JobState.PENDING,
+                reason=f"provider limit: {exc.code}",
+                refund_quota=True,
+                attempts=job.attempts - 1,
+            )
+            asyncio.get_running_loop().call_later(
+                1.0, lambda: asyncio.ensure_future(self._refresh_then_wake(job.provider))
+            )
+            return
+        retry_after = exc.retry_after if isinstance(exc, Throttled) else None
+        wait = ctx.retry_at(1).total_seconds() if retry_after is None else retry_after
+        log.warning("submit_throttled", job_id=job.id, wait=wait)
+        await ctx.ledger.transition(
+            job,
+            JobState.SUBMITTING,
+            JobState.RETRY_WAIT,
+            reason="throttled",
+            refund_quota=True,
+            attempts=job.attempts - 1,
+            error=str(exc),
+            next_attempt_at=utcnow() + timedelta(seconds=wait),
+        )
+
+    async def _refresh_then_wake(self, provider: str) -> None:
+        await self.ctx.refresh_budget(provider)
+        self.ctx.wake_dispatch.set()
+
+    async def _lost(self, job: Job, exc: ProviderError) -> None:
+        """The request may or may not have created a remote job: ask the provider before any
+        retry, so the same export is never made twice."""
+        log.warning("submit_outcome_unknown", job_id=job.id, error=str(exc))
+        for attempt in range(1, LOST_SUBMIT_CHECKS + 1):
+            try:
+                known = await self.ctx.ledger.known_remote_ids(job.provider)
+                found = await self.ctx.adapters[job.provider].find([job], known)
+            except ProviderError as find_exc:
+                log.warning("reconcile_failed", job_id=job.id, error=str(find_exc), attempt=attempt)
+                await asyncio.sleep(self.ctx.retry_at(attempt).total_seconds())
+                continue
+            if job.id not in found:
+                break
+            await self.settle(job, found[job.id], error=str(exc))
+            return
+        self.unresolved[job.id] = job  # keep the slot; the daemon retries reconciliation later
+
+    async def settle(self, job: Job, remote_id: str | None, *, error: str) -> None:
+        """Conclude a SUBMITTING job whose outcome was unknown."""
+        self.unresolved.pop(job.id, None)
+        if remote_id is not None:
+            await self.adopt(job, remote_id, reason="adopted after an unanswered submit")
+            return
+        ctx = self.ctx
+        ctx.budgets[job.provider].on_unreserve()
+        if job.attempts >= job.max_attempts:
+            await ctx.ledger.transition(
+                job,
+                JobState.SUBMITTING,
+                JobState.FAILED,
+                reason="submit failed",
+                refund_quota=True,
+                error=error,
+            )
+            ctx.finished(job, JobState.FAILED)
+            return
+        await ctx.ledger.transition(
+            job,
+            JobState.SUBMITTING,
+            JobState.RETRY_WAIT,
+            reason="submit failed, nothing created",
+            refund_quota=True,
+            error=error,
+            next_attempt_at=utcnow() + ctx.retry_at(job.attempts),
+        )
+        ctx.stats.retries += 1
+
+    async def drain(self, timeout: float) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    def cancel_all(self) -> None:
+        for task in self._tasks:
+            task.cancel()

@@ -1,0 +1,122 @@
+"""Downloads results: streamed to a temp file, fsynced, renamed into place; sha256, bytes and
+rows recorded with the FETCHING → SUCCEEDED transition in one ledger write."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import structlog
+
+from orchestrator.domain import Job, JobState
+from orchestrator.engine.context import Context
+from orchestrator.errors import ProviderError, Rejected
+from orchestrator.ledger.store import utcnow
+from orchestrator.outputs import AtomicFile, count_rows, result_path
+
+log = structlog.get_logger(__name__)
+FETCH_TRIES = 4
+
+
+class Fetcher:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._sem = asyncio.Semaphore(ctx.cfg.daemon.max_fetches)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.active: set[int] = set()
+
+    @property
+    def busy(self) -> int:
+        return len(self._tasks)
+
+    def start(self, job: Job, delay: float = 0.0) -> None:
+        if job.id in self.active:
+            return
+        self.active.add(job.id)
+        task = asyncio.create_task(self._run(job, delay), name=f"fetch-{job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: Job, delay: float) -> None:
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            async with self._sem:
+                await self._fetch(job)
+        finally:
+            self.active.discard(job.id)
+
+    async def _fetch(self, job: Job) -> None:
+        ctx = self.ctx
+        adapter = ctx.adapters[job.provider]
+        ext = adapter.result_extension(job)
+        final = result_path(ctx.cfg.output.dir, job, ext)
+        error: ProviderError | None = None
+        for attempt in range(1, FETCH_TRIES + 1):
+            sink = AtomicFile(final).open()
+            try:
+                await adapter.fetch(job, sink)
+                await sink.commit()
+            except Rejected as exc:  # the provider will not serve it (expired, unknown)
+                sink.abort()
+                await self._give_up(job, exc)
+                return
+            except ProviderError as exc:
+                sink.abort()
+                error = exc
+                log.warning("fetch_retry", job_id=job.id, error=str(exc), attempt=attempt)
+                await asyncio.sleep(ctx.retry_at(attempt).total_seconds() / 10)
+                continue
+            except BaseException:
+                sink.abort()
+                raise
+            rows = await asyncio.to_thread(count_rows, final, ext)
+            result = {"path": str(final), "bytes": sink.bytes, "sha256": sink.sha256, "rows": rows}
+            await ctx.ledger.transition(
+                job,
+                JobState.FETCHING,
+                JobState.SUCCEEDED,
+                reason="result stored",
+                result=result,
+                error=None,
+            )
+            log.info(
+                "job_succeeded",
+                job_id=job.id,
+                pipeline=job.pipeline,
+                path=str(final),
+                bytes=sink.bytes,
+                rows=rows,
+            )
+            ctx.finished(job, JobState.SUCCEEDED)
+            return
+        # Still FETCHING: the remote result is intact, so try again later rather than resubmit.
+        log.warning("fetch_deferred", job_id=job.id, error=str(error))
+        self.active.discard(job.id)
+        self.start(job, delay=ctx.retry_at(FETCH_TRIES).total_seconds())
+
+    async def _give_up(self, job: Job, exc: ProviderError) -> None:
+        ctx = self.ctx
+        if job.attempts < job.max_attempts:
+            await ctx.ledger.transition(
+                job,
+                JobState.FETCHING,
+                JobState.RETRY_WAIT,
+                reason="result unavailable",
+                error=str(exc),
+                next_attempt_at=utcnow() + ctx.retry_at(job.attempts),
+            )
+            ctx.stats.retries += 1
+            return
+        await ctx.ledger.transition(
+            job, JobState.FETCHING, JobState.FAILED, reason="result unavailable", error=str(exc)
+        )
+        ctx.finished(replace(job), JobState.FAILED)
+
+    async def drain(self, timeout: float) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    def cancel_all(self) -> None:
+        for task in self._tasks:
+            task.cancel()

@@ -1,0 +1,204 @@
+"""One aiohttp session per provider account: timeouts, a request-rate token bucket, retries on
+429/5xx/connection errors honouring Retry-After and X-RateLimit-Reset, and error translation.
+
+Nothing raised from here carries a credential: messages name the provider, method and path (never
+the query string or headers) and the provider's own error code and message, redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from aiolimiter import AsyncLimiter
+
+from orchestrator.backoff import RetryPolicy, retry_delay
+from orchestrator.errors import AuthFailed, ProviderError, Rejected, Throttled, Unavailable
+
+log = structlog.get_logger(__name__)
+MAX_WAIT = 300.0  # never sleep longer than this on one server-provided hint
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "***")
+    return text
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from Retry-After (seconds or HTTP date) or X-RateLimit-Reset (epoch
+    seconds, epoch milliseconds, or seconds from now)."""
+    now = time.time() if now is None else now
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            with contextlib.suppress(TypeError, ValueError):
+                return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+    value = headers.get("X-RateLimit-Reset")
+    if value:
+        try:
+            reset = float(value)
+        except ValueError:
+            return None
+        if reset > 1e12:  # epoch milliseconds
+            reset /= 1000.0
+        if reset > 1e9:  # epoch seconds
+            return max(0.0, reset - now)
+        return max(0.0, reset)
+    return None
+
+
+def error_fields(body: Any) -> tuple[str | None, str]:
+    """(code, message) from the error body shapes our providers use."""
+    if isinstance(body, dict):
+        if isinstance(body.get("errors"), list) and body["errors"]:
+            first = body["errors"][0]
+            if isinstance(first, dict):
+                return first.get("code"), str(first.get("message") or first.get("details") or "")
+        if isinstance(body.get("error"), dict):
+            err = body["error"]
+            return err.get("code"), str(err.get("message") or "")
+        code = body.get("code") or body.get("error")
+        msg = body.get("message") or body.get("detail") or body.get("error_description") or ""
+        return (str(code) if code is not None else None), str(msg)
+    if isinstance(body, str):
+        return None, body[:300]
+    return None, ""
+
+
+class HttpClient:
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        *,
+        headers: dict[str, str],
+        secrets: list[str],
+        timeout: float = 30.0,
+        retries: int = 5,
+        retry_base: float = 0.5,
+        requests_per_second: float = 10.0,
+    ) -> None:
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self._headers = headers
+        self._secrets = secrets
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        self.retries = retries
+        self.retry_policy = RetryPolicy(base=retry_base, cap=30.0)
+        self.limiter = AsyncLimiter(max(1.0, requests_per_second), 1.0)
+        self._session: aiohttp.ClientSession | None = None
+        self._rng = random.Random()
+        self.requests = 0
+        self.status_counts: dict[int, int] = {}
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=32),
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.base_url + path
+
+    def _where(self, method: str, path: str) -> str:
+        return f"{method} {urlsplit(self.url(path)).path}"
+
+    def _fail(self, exc_type: type[ProviderError], msg: str, **kw: Any) -> ProviderError:
+        return exc_type(self.provider, redact(msg, self._secrets), **kw)
+
+    async def _sleep_before_retry(self, attempt: int, hint: float | None) -> None:
+        delay = retry_delay(self.retry_policy, attempt, self._rng)
+        if hint is not None:
+            delay = max(delay, min(hint, MAX_WAIT))
+        await asyncio.sleep(delay)
+
+    @contextlib.asynccontextmanager
+    async def open(
+        self, method: str, path: str, **kw: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A response with a 2xx status, after retries; its body is not read yet (stream it)."""
+        where = self._where(method, path)
+        last: ProviderError | None = None
+        for attempt in range(1, self.retries + 2):
+            await self.limiter.acquire()
+            self.requests += 1
+            try:
+                resp = await self.session.request(method, self.url(path), **kw)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = self._fail(Unavailable, f"{where}: {type(exc).__name__}")
+                log.warning("http_retry", where=where, error=type(exc).__name__, attempt=attempt)
+                await self._sleep_before_retry(attempt, None)
+                continue
+            self.status_counts[resp.status] = self.status_counts.get(resp.status, 0) + 1
+            if resp.status < 400:
+                try:
+                    yield resp
+                finally:
+                    resp.release()
+                return
+            body = await self._read_error_body(resp)
+            resp.release()
+            code, message = error_fields(body)
+            if resp.status == 429 or resp.status >= 500:
+                hint = retry_after_seconds(resp.headers)
+                cls: type[ProviderError] = Throttled if resp.status == 429 else Unavailable
+                last = self._fail(
+                    cls, f"{where}: {message or 'no detail'}", code=code, status=resp.status
+                )
+                if isinstance(last, Throttled):
+                    last.retry_after = hint
+                log.warning("http_retry", where=where, status=resp.status, attempt=attempt)
+                if attempt <= self.retries:
+                    await self._sleep_before_retry(attempt, hint)
+                continue
+            exc_type = AuthFailed if resp.status in (401, 403) else Rejected
+            raise self._fail(
+                exc_type, f"{where}: {message or resp.reason}", code=code, status=resp.status
+            )
+        assert last is not None
+        raise last
+
+    async def _read_error_body(self, resp: aiohttp.ClientResponse) -> Any:
+        try:
+            text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+
+    async def json(self, method: str, path: str, **kw: Any) -> Any:
+        async with self.open(method, path, **kw) as resp:
+            try:
+                return await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._fail(
+                    Unavailable, f"{self._where(method, path)}: {type(exc).__name__}"
+                ) from None
+            except ValueError:
+                raise self._fail(
+                    Unavailable, f"{self._where(method, path)}: response is not JSON"
+                ) from None

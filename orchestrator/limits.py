@@ -1,0 +1,150 @@
+"""Per-provider-account admission arithmetic: concurrency slots and the rolling monthly quota.
+
+Pure state: callers feed it what the ledger and the provider say, and ask whether one more
+submission fits. The request *rate* is enforced by the HTTP layer's token bucket (aiolimiter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+QUOTA_WINDOW = timedelta(days=30)
+
+
+def rolling_count(
+    times: Iterable[datetime], now: datetime, window: timedelta = QUOTA_WINDOW
+) -> int:
+    """Submissions inside the rolling window (now - window, now]."""
+    start = now - window
+    return sum(1 for t in times if start < t <= now)
+
+
+def next_release(
+    times: Iterable[datetime], now: datetime, window: timedelta = QUOTA_WINDOW
+) -> datetime | None:
+    """When the oldest submission inside the window leaves it (frees one unit of quota)."""
+    inside = [t for t in times if now - window < t <= now]
+    return min(inside) + window if inside else None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProviderLimits:
+    """What the provider reported (Clari GET /admin/limits)."""
+
+    concurrent_limit: int
+    monthly_quota: int
+    available_concurrent: int
+    available_quota: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Caps:
+    """The user's own caps from config (None = the provider's)."""
+
+    concurrency: int | None = None
+    monthly_quota: int | None = None
+    reserve: int = 0  # quota units left for other users of the same org
+
+
+@dataclass(kw_only=True, slots=True)
+class AccountBudget:
+    """Admission state of one provider account.
+
+    `in_flight` are our jobs holding a remote slot (SUBMITTING/RUNNING); `used` our submissions in
+    the rolling window. `remote` is the provider's last report; `since_*` what we did after it, so
+    the provider's view is extrapolated between refreshes instead of trusted stale.
+    """
+
+    caps: Caps
+    in_flight: int = 0
+    used: int = 0
+    remote: ProviderLimits | None = None
+    since_submitted: int = 0
+    since_released: int = 0
+
+    def concurrency_limit(self) -> int | None:
+        limits = [x for x in (self.caps.concurrency, self._remote_conc_limit()) if x is not None]
+        return min(limits) if limits else None
+
+    def _remote_conc_limit(self) -> int | None:
+        return self.remote.concurrent_limit if self.remote else None
+
+    def quota_limit(self) -> int | None:
+        remote = self.remote.monthly_quota if self.remote else None
+        limits = [x for x in (self.caps.monthly_quota, remote) if x is not None]
+        return min(limits) if limits else None
+
+    def free_slots(self) -> int | None:
+        frees: list[int] = []
+        if self.caps.concurrency is not None:
+            frees.append(self.caps.concurrency - self.in_flight)
+        if self.remote is not None:
+            frees.append(
+                self.remote.available_concurrent - self.since_submitted + self.since_released
+            )
+        return max(0, min(frees)) if frees else None
+
+    def free_quota(self) -> int | None:
+        frees: list[int] = []
+        if self.caps.monthly_quota is not None:
+            frees.append(self.caps.monthly_quota - self.used - self.caps.reserve)
+        if self.remote is not None:
+            frees.append(self.remote.available_quota - self.since_submitted - self.caps.reserve)
+        return max(0, min(frees)) if frees else None
+
+    def can_submit(self) -> bool:
+        slots, quota = self.free_slots(), self.free_quota()
+        return (slots is None or slots > 0) and (quota is None or quota > 0)
+
+    def blocked_by(self) -> str | None:
+        if self.free_slots() == 0:
+            return "concurrency"
+        if self.free_quota() == 0:
+            return "quota"
+        return None
+
+    # --- events -----------------------------------------------------------------------------
+    def on_reserve(self) -> None:
+        """A submission is about to leave: it holds a slot and a quota unit from now on."""
+        self.in_flight += 1
+        self.used += 1
+        self.since_submitted += 1
+
+    def on_unreserve(self) -> None:
+        """The provider refused the submission (nothing was created): give both back."""
+        self.in_flight = max(0, self.in_flight - 1)
+        self.used = max(0, self.used - 1)
+        self.since_submitted = max(0, self.since_submitted - 1)
+
+    def on_slot_released(self) -> None:
+        """A remote job left the provider's queue (done, failed, cancelled)."""
+        self.in_flight = max(0, self.in_flight - 1)
+        self.since_released += 1
+
+    def on_refresh(self, remote: ProviderLimits, *, in_flight: int, used: int) -> None:
+        self.remote = remote
+        self.in_flight = in_flight
+        self.used = used
+        self.since_submitted = 0
+        self.since_released = 0
+
+    def on_provider_full(self) -> None:
+        """The provider said 'quota or concurrency reached': trust it until the next refresh."""
+        if self.remote is not None:
+            self.remote = ProviderLimits(
+                concurrent_limit=self.remote.concurrent_limit,
+                monthly_quota=self.remote.monthly_quota,
+                available_concurrent=0,
+                available_quota=self.remote.available_quota,
+            )
+        else:
+            self.remote = ProviderLimits(
+                concurrent_limit=self.in_flight,
+                monthly_quota=self.used,
+                available_concurrent=0,
+                available_quota=0,
+            )
+        self.since_submitted = 0
+        self.since_released = 0

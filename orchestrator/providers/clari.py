@@ -1,0 +1,287 @@
+"""Clari bulk exports: forecast, activity and audit events (api-docs/clari-api-openapi.yaml.txt).
+
+All three kinds share one account: the same concurrency limit and rolling 30-day quota, the same
+job-status endpoints, and `GET /export/jobs`, which answers for every in-flight job at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import Field, field_validator, model_validator
+
+from orchestrator.config import ProviderConfig
+from orchestrator.domain import Job, RemoteState, RemoteStatus
+from orchestrator.errors import QuotaExceeded, Rejected
+from orchestrator.http import HttpClient
+from orchestrator.limits import ProviderLimits
+from orchestrator.providers.base import Params, Sink, register_kind, register_provider
+
+FORECAST, ACTIVITY, AUDIT = "clari.forecast_export", "clari.activity_export", "clari.audit_export"
+MODULES = {FORECAST: "FORECAST", ACTIVITY: "ACTIVITY", AUDIT: "AUDIT"}
+STATUS_MAP = {
+    "SCHEDULED": RemoteState.QUEUED,
+    "STARTED": RemoteState.RUNNING,
+    "DONE": RemoteState.DONE,
+    "FAILED": RemoteState.FAILED,
+    "CANCELLED": RemoteState.CANCELLED,
+    "ABORTED": RemoteState.CANCELLED,
+}
+QUOTA_CODES = {"export_monthly_quota_reached"}
+RECOVERY_SKEW_MS = 5_000  # clock skew tolerated when matching a remote job to a lost submit
+_ISO_DT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+ForecastType = Literal["forecast", "quota", "forecast_updated", "adjustment"]
+ActivityType = Literal[
+    "MEETING", "EMAIL_SENT", "EMAIL_RECEIVED", "ATTACHMENT_SENT", "ATTACHMENT_RECEIVED"
+]
+
+
+def _iso_datetime(value: str, *, allow_date: bool) -> str:
+    if _ISO_DT.match(value):
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return value
+    if allow_date and _ISO_DATE.match(value):
+        date.fromisoformat(value)
+        return value
+    hint = "2026-11-21T00:00:00Z" + (" or a date 2026-11-21" if allow_date else "")
+    raise ValueError(f"{value!r} is not an ISO 8601 date-time with a UTC offset, like {hint}")
+
+
+class ForecastParams(Params):
+    forecastId: str = Field(min_length=1)  # noqa: N815  (the API's own field names)
+    timePeriod: str | None = Field(default=None, pattern=r"^\d{4}_Q[1-4]$")  # noqa: N815
+    typesToExport: list[str] | None = None  # noqa: N815
+    scopeId: str | None = None  # noqa: N815
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    schedule: Literal["NONE", "ONCE", "MAX"] | None = None
+    includeHistorical: bool | None = None  # noqa: N815
+    exportFormat: Literal["CSV", "JSON"] = "JSON"  # noqa: N815
+
+    @field_validator("typesToExport")
+    @classmethod
+    def _types(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("must list at least one type")
+        unsupported = [t for t in v if t in ("crm_total", "crm_closed")]
+        if unsupported:
+            raise ValueError(
+                f"{unsupported} are not supported by the export API (type_not_supported); "
+                "use forecast, quota, forecast_updated or adjustment"
+            )
+        bad = [t for t in v if t not in ("forecast", "quota", "forecast_updated", "adjustment")]
+        if bad:
+            raise ValueError(
+                f"invalid typesToExport {bad}; use forecast, quota, forecast_updated or adjustment"
+            )
+        return v
+
+
+class ActivityParams(Params):
+    activityTypes: list[ActivityType] | None = None  # noqa: N815
+    startDate: str  # noqa: N815
+    endDate: str  # noqa: N815
+    exportFormat: Literal["JSON"] = "JSON"  # noqa: N815
+
+    @field_validator("startDate", "endDate")
+    @classmethod
+    def _dt(cls, v: str) -> str:
+        return _iso_datetime(v, allow_date=False)
+
+    @model_validator(mode="after")
+    def _order(self) -> ActivityParams:
+        start = datetime.fromisoformat(self.startDate.replace("Z", "+00:00"))
+        end = datetime.fromisoformat(self.endDate.replace("Z", "+00:00"))
+        if end < start:
+            raise ValueError("endDate is before startDate")
+        return self
+
+
+class AuditParams(Params):
+    actorId: int | None = None  # noqa: N815
+    impersonatingActorId: int | None = None  # noqa: N815
+    sessionId: UUID | None = None  # noqa: N815
+    sessionType: Literal["WEB", "IOS", "ANDROID"] | None = None  # noqa: N815
+    dateFrom: str | None = None  # noqa: N815
+    dateTo: str | None = None  # noqa: N815
+    event: str | None = None
+
+    @field_validator("dateFrom", "dateTo")
+    @classmethod
+    def _dt(cls, v: str | None) -> str | None:
+        return None if v is None else _iso_datetime(v, allow_date=True)
+
+
+register_kind(FORECAST, ForecastParams, "Clari forecast tab export (POST /export/forecast/{id})")
+register_kind(ACTIVITY, ActivityParams, "Clari activity export (POST /export/activity)")
+register_kind(AUDIT, AuditParams, "Clari audit events export (POST /export/audit/events)")
+
+
+def remote_status(item: dict[str, Any]) -> RemoteStatus:
+    raw = str(item.get("status", "")).rstrip(",")
+    return RemoteStatus(
+        state=STATUS_MAP.get(raw, RemoteState.UNKNOWN),
+        raw_status=raw,
+        started_ms=_int(item.get("startTime")),
+        expires_ms=_int(item.get("expiredTime")),
+    )
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(str(v).rstrip(","))
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_limits(body: Any) -> ProviderLimits:
+    data = body.get("jobs", body) if isinstance(body, dict) else {}
+    return ProviderLimits(
+        concurrent_limit=int(data["concurrentLimit"]),
+        monthly_quota=int(data["monthlyQuota"]),
+        available_concurrent=int(data["availableConcurrentLimit"]),
+        available_quota=int(data["availableMonthlyQuota"]),
+    )
+
+
+def match_lost_submissions(
+    jobs: Sequence[Job], remote: Sequence[dict[str, Any]], known_remote_ids: set[str]
+) -> dict[int, str | None]:
+    """Pair jobs caught in SUBMITTING with remote jobs nobody in the ledger owns: same module,
+    created no earlier than the job's submit began. Oldest job takes the oldest candidate. A job
+    with no candidate provably created nothing (the listing holds every job of this token)."""
+    free = sorted(
+        (
+            (
+                _int(r.get("startTime")) or 0,
+                str(r.get("jobId", "")).rstrip(","),
+                str(r.get("module", "")).rstrip(","),
+            )
+            for r in remote
+            if str(r.get("jobId", "")).rstrip(",") not in known_remote_ids
+        ),
+    )
+    taken: set[str] = set()
+    out: dict[int, str | None] = {}
+    for job in sorted(jobs, key=lambda j: (j.submitted_at or j.created_at or datetime.min, j.id)):
+        since = (
+            int(job.submitted_at.timestamp() * 1000) - RECOVERY_SKEW_MS if job.submitted_at else 0
+        )
+        pick = next(
+            (
+                rid
+                for started, rid, module in free
+                if rid not in taken and module == MODULES.get(job.kind) and started >= since
+            ),
+            None,
+        )
+        if pick is not None:
+            taken.add(pick)
+        out[job.id] = pick
+    return out
+
+
+@register_provider("clari", "https://api.clari.com/v4")
+class ClariAdapter:
+    batch_poll = True
+
+    def __init__(self, cfg: ProviderConfig) -> None:
+        self.name = cfg.name or "clari"
+        headers = {"apikey": cfg.secret(), "Accept": "application/json"}
+        self.http = HttpClient(
+            self.name,
+            cfg.base_url,
+            headers=headers,
+            secrets=cfg.secrets(),
+            timeout=cfg.timeout,
+            retries=cfg.retries,
+            retry_base=cfg.retry_base,
+            requests_per_second=cfg.requests_per_second,
+        )
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def limits(self) -> ProviderLimits:
+        return parse_limits(await self.http.json("GET", "/admin/limits"))
+
+    def _request(self, job: Job) -> tuple[str, dict[str, Any]]:
+        body = {k: v for k, v in job.params.items() if v is not None}
+        if job.kind == FORECAST:
+            forecast_id = body.pop("forecastId")
+            return f"/export/forecast/{forecast_id}", body
+        if job.kind == ACTIVITY:
+            return "/export/activity", body
+        if job.kind == AUDIT:
+            return "/export/audit/events", body
+        raise Rejected(self.name, f"unsupported kind {job.kind}")
+
+    async def submit(self, job: Job) -> str:
+        path, body = self._request(job)
+        try:
+            answer = await self.http.json("POST", path, json=body)
+        except Rejected as exc:
+            if exc.status == 400 and exc.code in QUOTA_CODES:
+                raise QuotaExceeded(
+                    self.name, exc.message, code=exc.code, status=exc.status
+                ) from None
+            raise
+        job_id = answer.get("jobId") if isinstance(answer, dict) else None
+        if not job_id:
+            raise Rejected(self.name, f"POST {path}: answer has no jobId")
+        return str(job_id)
+
+    async def list_jobs(self) -> list[dict[str, Any]]:
+        body = await self.http.json("GET", "/export/jobs")
+        return [item for item in body if isinstance(item, dict)] if isinstance(body, list) else []
+
+    async def poll(self, jobs: Sequence[Job]) -> dict[str, RemoteStatus]:
+        wanted = {j.remote_id for j in jobs if j.remote_id}
+        if len(wanted) == 1:
+            (rid,) = wanted
+            try:
+                item = await self.http.json("GET", f"/export/jobs/{rid}")
+            except Rejected as exc:
+                if exc.status in (400, 404):
+                    return {rid: RemoteStatus(state=RemoteState.UNKNOWN, raw_status=exc.code or "")}
+                raise
+            return {rid: remote_status(item)}
+        out: dict[str, RemoteStatus] = {}
+        for item in await self.list_jobs():
+            rid = str(item.get("jobId", "")).rstrip(",")
+            if rid in wanted:
+                out[rid] = remote_status(item)
+        for rid in wanted - out.keys():
+            out[rid] = RemoteStatus(
+                state=RemoteState.UNKNOWN, raw_status="missing from /export/jobs"
+            )
+        return out
+
+    async def fetch(self, job: Job, sink: Sink) -> None:
+        async with self.http.open("GET", f"/export/jobs/{job.remote_id}/results") as resp:
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                await sink.write(chunk)
+
+    async def cancel(self, job: Job) -> None:
+        if not job.remote_id:
+            return
+        try:
+            await self.http.json("PATCH", f"/export/jobs/{job.remote_id}", json={"type": "CANCEL"})
+        except Rejected as exc:
+            if exc.code != "export_failed_to_cancel":
+                raise
+
+    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
+        return match_lost_submissions(jobs, await self.list_jobs(), known_remote_ids)
+
+    def result_extension(self, job: Job) -> str:
+        if job.kind == FORECAST and str(job.params.get("exportFormat", "JSON")).upper() == "CSV":
+            return "csv"
+        return "json"

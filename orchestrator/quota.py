@@ -1,0 +1,52 @@
+"""`orchestrator quota`: per provider account, limits, used, reserved and the schedules' projected
+use over the next 30 days."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.config import Config
+from orchestrator.domain import JobState
+from orchestrator.engine.context import Context
+from orchestrator.ledger.store import Ledger, utcnow
+from orchestrator.limits import QUOTA_WINDOW
+from orchestrator.schedule import fire_times_between, parse_schedule
+
+
+def projected_runs(cfg: Config, provider: str) -> int:
+    now = utcnow()
+    total = 0
+    for p in cfg.pipelines:
+        if p.enabled and p.schedule and p.provider == provider:
+            trigger = parse_schedule(p.schedule, cfg.daemon.timezone)
+            total += len(fire_times_between(trigger, now, now + QUOTA_WINDOW))
+    return total
+
+
+async def quota_report(cfg: Config, ledger: Ledger, *, online: bool = True) -> dict[str, Any]:
+    ctx = Context.build(cfg, ledger)
+    out: dict[str, Any] = {}
+    try:
+        for name, budget in ctx.budgets.items():
+            if online:
+                await ctx.refresh_budget(name)
+            else:
+                budget.in_flight = await ledger.in_flight_count(name)
+                budget.used = len(await ledger.quota_times(name, utcnow() - QUOTA_WINDOW))
+            submitting = await ledger.list_jobs(states=[JobState.SUBMITTING], provider=name)
+            remote = budget.remote
+            out[name] = {
+                "monthly_quota": budget.quota_limit(),
+                "quota_reserve": budget.caps.reserve,
+                "used": budget.used,
+                "reserved": len(submitting),
+                "available": budget.free_quota(),
+                "provider_available_quota": remote.available_quota if remote else None,
+                "concurrency_limit": budget.concurrency_limit(),
+                "in_flight": budget.in_flight,
+                "free_slots": budget.free_slots(),
+                "projected_30d": projected_runs(cfg, name),
+            }
+    finally:
+        await ctx.close()
+    return out

@@ -1,0 +1,79 @@
+"""Fault injection shared by every simulated provider: latency, 429 with reset headers, 5xx and
+dropped connections, each at a configurable rate, changeable at run time via POST /_sim/config."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(kw_only=True)
+class Faults:
+    latency: float = 0.0  # seconds added to every answer
+    rate_429: float = 0.0
+    rate_5xx: float = 0.0
+    drop_rate: float = 0.0  # close the connection without an answer
+    retry_after: float = 0.2  # seconds announced with a 429
+    seed: int | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def update(self, values: dict[str, Any]) -> list[str]:
+        known = {f.name for f in fields(self)} - {"counts", "rng"}
+        for key, value in values.items():
+            if key in known:
+                setattr(self, key, value)
+        if "seed" in values and values["seed"] is not None:
+            self.rng.seed(values["seed"])
+        return sorted(set(values) - known)
+
+    def roll(self, rate: float) -> bool:
+        return rate > 0 and self.rng.random() < rate
+
+
+def drop(request: web.Request) -> web.Response:
+    """Close the socket without answering (the client sees a disconnect)."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=500)
+
+
+def make_middleware(faults: Faults, *, error_body: Callable[[int], dict[str, Any]]) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if "/_sim/" in request.path:
+            return await handler(request)
+        faults.counts["requests"] += 1
+        if faults.latency:
+            await asyncio.sleep(faults.latency)
+        if faults.roll(faults.drop_rate):
+            faults.counts["dropped"] += 1
+            return drop(request)
+        if faults.roll(faults.rate_429):
+            faults.counts["429"] += 1
+            reset = time.time() + faults.retry_after
+            return web.json_response(
+                error_body(429),
+                status=429,
+                headers={
+                    "Retry-After": f"{faults.retry_after:g}",
+                    "X-RateLimit-Limit": "100",
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": f"{reset:.3f}",
+                },
+            )
+        if faults.roll(faults.rate_5xx):
+            faults.counts["5xx"] += 1
+            return web.json_response(error_body(500), status=500)
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,61 @@
+"""Every provider's simulator on one loopback port, each under its own path prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from orchestrator.simulator.clari import ClariSimConfig, ClariSimulator
+from orchestrator.simulator.faults import Faults
+
+PREFIXES = {"clari": "/clari/v4"}
+
+
+@dataclass(kw_only=True)
+class Simulators:
+    clari: ClariSimulator
+
+    @classmethod
+    def create(
+        cls, *, clari: ClariSimConfig | None = None, faults: Faults | None = None
+    ) -> Simulators:
+        return cls(clari=ClariSimulator(clari, faults))
+
+    def app(self) -> web.Application:
+        root = web.Application()
+        root.add_subapp(PREFIXES["clari"], self.clari.app())
+
+        async def index(_: web.Request) -> web.Response:
+            return web.json_response({"providers": PREFIXES})
+
+        root.router.add_get("/", index)
+        return root
+
+
+class SimulatorServer:
+    """Runs the simulators inside the current event loop (tests, demo, `orchestrator simulate`)."""
+
+    def __init__(
+        self, sims: Simulators | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.sims = sims or Simulators.create()
+        self.host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> SimulatorServer:
+        self._runner = web.AppRunner(self.sims.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = site._server
+        if server is not None and self.port == 0:
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def base_url(self, provider: str) -> str:
+        return f"http://{self.host}:{self.port}{PREFIXES[provider]}"
