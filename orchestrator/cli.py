@@ -204,11 +204,17 @@ def jobs_retry(config_path: str | None, job_id: int) -> None:
             return f"no job {job_id}"
         if job.state not in (JobState.FAILED, JobState.CANCELLED):
             return f"job {job_id} is {job.state}; only FAILED or CANCELLED jobs can be retried"
-        n = len([t for t in await lg.transitions(job_id)])
+        n = len(await lg.transitions(job_id))
         new = await lg.enqueue(
-            pipeline=job.pipeline, kind=job.kind, provider=job.provider, params=job.params,
-            idempotency_key=f"retry:{job_id}:{n}:{utcnow().isoformat()}", fire_time=job.fire_time,
-            max_attempts=job.max_attempts, reason=f"retry of job {job_id}", retry_of=job_id,
+            pipeline=job.pipeline,
+            kind=job.kind,
+            provider=job.provider,
+            params=job.params,
+            idempotency_key=f"retry:{job_id}:{n}:{utcnow().isoformat()}",
+            fire_time=job.fire_time,
+            max_attempts=job.max_attempts,
+            reason=f"retry of job {job_id}",
+            retry_of=job_id,
         )
         return new if new is not None else f"job {job_id} was already retried"
 
@@ -280,12 +286,26 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
     from rich.table import Table
 
     table = Table(title="quota (rolling 30 days)")
-    for col in ("provider", "limit", "used", "reserved", "available", "projected 30d", "concurrency", "in flight"):
+    for col in (
+        "provider",
+        "limit",
+        "used",
+        "reserved",
+        "available",
+        "projected 30d",
+        "concurrency",
+        "in flight",
+    ):
         table.add_column(col)
     for name, r in report.items():
         table.add_row(
-            name, str(r["monthly_quota"]), str(r["used"]), str(r["reserved"]),
-            str(r["available"]), str(r["projected_30d"]), str(r["concurrency_limit"]),
+            name,
+            str(r["monthly_quota"]),
+            str(r["used"]),
+            str(r["reserved"]),
+            str(r["available"]),
+            str(r["projected_30d"]),
+            str(r["concurrency_limit"]),
             str(r["in_flight"]),
         )
     Console().print(table)
@@ -316,12 +336,15 @@ def db_upgrade(config_path: str | None) -> None:
 @click.option("--concurrent-limit", type=int, default=None)
 @click.option("--monthly-quota", type=int, default=None)
 def simulate(
-    port: int, host: str, duration: float | None, concurrent_limit: int | None,
+    port: int,
+    host: str,
+    duration: float | None,
+    concurrent_limit: int | None,
     monthly_quota: int | None,
 ) -> None:
     """Serve every provider's simulator on one port (POST /<prefix>/_sim/config to misbehave)."""
     from orchestrator.simulator.clari import ClariSimConfig
-    from orchestrator.simulator.server import PREFIXES, SimulatorServer, Simulators
+    from orchestrator.simulator.server import PREFIXES, Simulators, SimulatorServer
 
     clari = ClariSimConfig()
     if duration is not None:
@@ -358,4 +381,3 @@ def demo(config_path: str | None, keep: bool) -> None:
 
 def main() -> None:
     cli(prog_name="orchestrator")
-

@@ -27,15 +27,21 @@ async def _progress(daemon: object, total_hint: int) -> None:
     assert isinstance(daemon, Daemon)
     await daemon.ready.wait()
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[states]}"), TimeElapsedColumn(), transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[states]}"),
+        TimeElapsedColumn(),
+        transient=False,
     ) as progress:
         task = progress.add_task("jobs", total=total_hint, states="")
         while True:
             counts = await daemon.ledger.counts_by_state()
             done = sum(counts.get(s, 0) for s in ("SUCCEEDED", "FAILED", "CANCELLED"))
             states = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-            progress.update(task, total=max(total_hint, sum(counts.values())), completed=done, states=states)
+            progress.update(
+                task, total=max(total_hint, sum(counts.values())), completed=done, states=states
+            )
             if daemon.ctx.stopping.is_set():
                 break
             await asyncio.sleep(0.2)

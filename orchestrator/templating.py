@@ -2,10 +2,10 @@
 
 A string param may hold `{{ expr }}` placeholders:
 
-    {{ day }}            the fire date, 2026-11-22           {{ day-1 }}  the day before
-    {{ week_start }}     Monday of the fire week             {{ week_start-1 }}  Monday a week before
-    {{ month_start }}    first day of the fire month         {{ month_start-1 }}  of the month before
-    {{ quarter }}        fiscal quarter, 2026_Q4             {{ quarter-1 }}  2026_Q3
+    {{ day }}            the fire date, 2026-11-22      {{ day-1 }}  the day before
+    {{ week_start }}     Monday of the fire week        {{ week_start-1 }}  Monday a week before
+    {{ month_start }}    first day of the fire month    {{ month_start-1 }}  of the month before
+    {{ quarter }}        fiscal quarter, 2026_Q4        {{ quarter-1 }}  2026_Q3
     {{ fire }}           the fire time itself, 2026-11-22T06:00:00Z
 
 Dates render as YYYY-MM-DD; append `| datetime` for midnight UTC in ISO 8601 (2026-11-21T00:00:00Z).

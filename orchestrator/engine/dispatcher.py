@@ -220,9 +220,9 @@ class Dispatcher:
         )
         ctx.stats.retries += 1
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, within: float) -> None:
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            await asyncio.wait(set(self._tasks), timeout=within)
 
     def cancel_all(self) -> None:
         for task in self._tasks:

@@ -113,9 +113,9 @@ class Fetcher:
         )
         ctx.finished(replace(job), JobState.FAILED)
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, within: float) -> None:
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            await asyncio.wait(set(self._tasks), timeout=within)
 
     def cancel_all(self) -> None:
         for task in self._tasks:

@@ -18,7 +18,7 @@ from dataclasses import replace
 import structlog
 
 from orchestrator.backoff import PollPolicy, next_poll_delay, poll_points
-from orchestrator.domain import Job, JobState, RemoteState, RemoteStatus
+from orchestrator.domain import Job, RemoteState, RemoteStatus
 from orchestrator.engine.context import Context
 from orchestrator.errors import ProviderError
 from orchestrator.ledger.store import utcnow

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, delete, event, func, insert, select, update
+from sqlalchemy import Connection, Table, delete, event, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -34,10 +34,10 @@ from orchestrator.ledger.models import JobRow, QuotaUsageRow, ResultRow, Transit
 
 log = structlog.get_logger(__name__)
 
-jobs_t = JobRow.__table__
-transitions_t = TransitionRow.__table__
-results_t = ResultRow.__table__
-quota_t = QuotaUsageRow.__table__
+jobs_t: Table = JobRow.__table__  # type: ignore[assignment]  # declarative tables are Tables
+transitions_t: Table = TransitionRow.__table__  # type: ignore[assignment]
+results_t: Table = ResultRow.__table__  # type: ignore[assignment]
+quota_t: Table = QuotaUsageRow.__table__  # type: ignore[assignment]
 
 MAX_BATCH = 2000
 
@@ -452,7 +452,7 @@ class Ledger:
         return [_aware(t) for t in rows if t is not None]  # type: ignore[misc]
 
     async def in_flight_count(self, provider: str) -> int:
-        """Jobs holding a remote slot: SUBMITTING and RUNNING (the provider counts queued+running)."""
+        """Jobs holding a remote slot: SUBMITTING and RUNNING (queued+running at the provider)"""
         stmt = select(func.count()).where(
             jobs_t.c.provider == provider,
             jobs_t.c.state.in_([JobState.SUBMITTING.value, JobState.RUNNING.value]),

@@ -54,14 +54,14 @@ def _iso_datetime(value: str, *, allow_date: bool) -> str:
 
 
 class ForecastParams(Params):
-    forecastId: str = Field(min_length=1)  # noqa: N815  (the API's own field names)
-    timePeriod: str | None = Field(default=None, pattern=r"^\d{4}_Q[1-4]$")  # noqa: N815
-    typesToExport: list[str] | None = None  # noqa: N815
-    scopeId: str | None = None  # noqa: N815
+    forecastId: str = Field(min_length=1)
+    timePeriod: str | None = Field(default=None, pattern=r"^\d{4}_Q[1-4]$")
+    typesToExport: list[str] | None = None
+    scopeId: str | None = None
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     schedule: Literal["NONE", "ONCE", "MAX"] | None = None
-    includeHistorical: bool | None = None  # noqa: N815
-    exportFormat: Literal["CSV", "JSON"] = "JSON"  # noqa: N815
+    includeHistorical: bool | None = None
+    exportFormat: Literal["CSV", "JSON"] = "JSON"
 
     @field_validator("typesToExport")
     @classmethod
@@ -85,10 +85,10 @@ class ForecastParams(Params):
 
 
 class ActivityParams(Params):
-    activityTypes: list[ActivityType] | None = None  # noqa: N815
-    startDate: str  # noqa: N815
-    endDate: str  # noqa: N815
-    exportFormat: Literal["JSON"] = "JSON"  # noqa: N815
+    activityTypes: list[ActivityType] | None = None
+    startDate: str
+    endDate: str
+    exportFormat: Literal["JSON"] = "JSON"
 
     @field_validator("startDate", "endDate")
     @classmethod
@@ -105,12 +105,12 @@ class ActivityParams(Params):
 
 
 class AuditParams(Params):
-    actorId: int | None = None  # noqa: N815
-    impersonatingActorId: int | None = None  # noqa: N815
-    sessionId: UUID | None = None  # noqa: N815
-    sessionType: Literal["WEB", "IOS", "ANDROID"] | None = None  # noqa: N815
-    dateFrom: str | None = None  # noqa: N815
-    dateTo: str | None = None  # noqa: N815
+    actorId: int | None = None
+    impersonatingActorId: int | None = None
+    sessionId: UUID | None = None
+    sessionType: Literal["WEB", "IOS", "ANDROID"] | None = None
+    dateFrom: str | None = None
+    dateTo: str | None = None
     event: str | None = None
 
     @field_validator("dateFrom", "dateTo")

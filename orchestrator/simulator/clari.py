@@ -305,9 +305,9 @@ class ClariSimulator:
             return web.json_response(
                 _err(
                     "type_not_supported",
-                    "CRM Totals and CRM Closed are not supported typeToExport values for Export API. "
-                    "Please see Forecast API documentation if you'd like to retrieve CRM Totals or "
-                    "CRM Closed values.",
+                    "CRM Totals and CRM Closed are not supported typeToExport values for Export "
+                    "API. Please see Forecast API documentation if you'd like to retrieve CRM "
+                    "Totals or CRM Closed values.",
                     "fcw",
                 ),
                 status=400,
@@ -535,7 +535,9 @@ class ClariSimulator:
 
     def result_bytes(self, job: SimJob) -> bytes:
         if self.config.result_bytes > 0:
-            line = b"rep,rep@example.com,005000000000001,Sales Rep,CEO,2026_Q4,Commit,1,x,y,Forecast Value,12345\n"
+            line = (
+                b"rep,rep@example.com,0050001,Sales Rep,CEO,2026_Q4,Commit,1,x,y,Forecast Value,1\n"
+            )
             head = (",".join(FORECAST_HEADER) + "\n").encode()
             return head + line * max(1, self.config.result_bytes // len(line))
         rows = self.result_rows(job)

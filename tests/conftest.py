@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import socket
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.config import Config, load_config
+from orchestrator.simulator.clari import ClariSimConfig
+from orchestrator.simulator.server import SimulatorServer, Simulators
+
+API_KEY = "sim-key-Zq8XtP3vLw"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatorServer]:
+    clari = ClariSimConfig(api_key=API_KEY, duration=0.2, queue_delay=0.05)
+    server = await SimulatorServer(Simulators.create(clari=clari)).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    return str(v)
+
+
+def write_config(
+    tmp_path: Path,
+    base_url: str,
+    pipelines: list[dict[str, Any]],
+    *,
+    provider: dict[str, Any] | None = None,
+    daemon: dict[str, Any] | None = None,
+    api_key: str = API_KEY,
+) -> Path:
+    prov = {
+        "base_url": base_url,
+        "api_key": api_key,
+        "retry_base": "0.05s",
+        "poll": {"initial": "0.05s", "max_interval": "0.3s", "min_interval": "0.02s"},
+        **(provider or {}),
+    }
+    dmn = {"retry_base": "0.1s", "retry_cap": "1s", "claim_interval": "0.1s", **(daemon or {})}
+    lines = [
+        "[ledger]",
+        f'url = "sqlite+aiosqlite:///{tmp_path}/ledger.db"',
+        "[output]",
+        f'dir = "{tmp_path}/results"',
+        "[daemon]",
+        *(f"{k} = {toml_value(v)}" for k, v in dmn.items()),
+        "[providers.clari]",
+        *(f"{k} = {toml_value(v)}" for k, v in prov.items()),
+    ]
+    for p in pipelines:
+        lines.append("[[pipelines]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in p.items()]
+    path = tmp_path / "orchestrator.toml"
+    path.write_text(textwrap.dedent("\n".join(lines)) + "\n")
+    return path
+
+
+def forecast(name: str, **params: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": "clari.forecast_export",
+        "params": {"forecastId": "fc_1", "timePeriod": "2026_Q4", "exportFormat": "CSV", **params},
+    }
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, sim: SimulatorServer) -> Callable[..., Config]:
+    def make(pipelines: list[dict[str, Any]], **kw: Any) -> Config:
+        return load_config(write_config(tmp_path, sim.base_url("clari"), pipelines, **kw))
+
+    return make

@@ -1,0 +1,87 @@
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.limits import (
+    QUOTA_WINDOW,
+    AccountBudget,
+    Caps,
+    ProviderLimits,
+    next_release,
+    rolling_count,
+)
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def test_rolling_window_edges() -> None:
+    times = [
+        NOW - QUOTA_WINDOW,  # exactly 30 days ago: already out
+        NOW - QUOTA_WINDOW + timedelta(microseconds=1),  # just inside
+        NOW,
+        NOW + timedelta(seconds=1),  # future: not counted yet
+    ]
+    assert rolling_count(times, NOW) == 2
+
+
+def test_next_release_is_when_the_oldest_unit_leaves() -> None:
+    oldest = NOW - timedelta(days=29)
+    assert next_release([oldest, NOW], NOW) == oldest + QUOTA_WINDOW
+    assert next_release([], NOW) is None
+
+
+def test_caps_and_reserve() -> None:
+    b = AccountBudget(caps=Caps(concurrency=2, monthly_quota=10, reserve=3), used=6)
+    assert b.free_slots() == 2
+    assert b.free_quota() == 1
+    b.on_reserve()
+    assert b.free_quota() == 0
+    assert not b.can_submit()
+    assert b.blocked_by() == "quota"
+
+
+def test_provider_view_is_extrapolated_between_refreshes() -> None:
+    b = AccountBudget(caps=Caps())
+    b.on_refresh(
+        ProviderLimits(
+            concurrent_limit=3, monthly_quota=100, available_concurrent=1, available_quota=50
+        ),
+        in_flight=2,
+        used=50,
+    )
+    assert b.free_slots() == 1
+    b.on_reserve()
+    assert b.free_slots() == 0 and b.blocked_by() == "concurrency"
+    b.on_slot_released()
+    assert b.free_slots() == 1
+    assert b.free_quota() == 49
+
+
+def test_provider_full_blocks_until_refresh() -> None:
+    b = AccountBudget(caps=Caps(concurrency=5))
+    b.on_provider_full()
+    assert not b.can_submit()
+
+
+def test_unlimited_without_caps_or_report() -> None:
+    b = AccountBudget(caps=Caps())
+    assert b.free_slots() is None and b.free_quota() is None and b.can_submit()
+
+
+@given(
+    ops=st.lists(st.sampled_from(["reserve", "unreserve", "release"]), max_size=200),
+    conc=st.integers(1, 5),
+    quota=st.integers(0, 20),
+)
+def test_admission_never_exceeds_caps(ops: list[str], conc: int, quota: int) -> None:
+    b = AccountBudget(caps=Caps(concurrency=conc, monthly_quota=quota))
+    for op in ops:
+        if op == "reserve" and b.can_submit():
+            b.on_reserve()
+        elif op == "unreserve" and b.in_flight > 0:
+            b.on_unreserve()
+        elif op == "release" and b.in_flight > 0:
+            b.on_slot_released()
+        assert b.in_flight <= conc
+        assert b.used <= quota
