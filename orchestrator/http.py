@@ -155,6 +155,10 @@ class HttpClient:
             if resp.status < 400:
                 try:
                     yield resp
+                except (aiohttp.ClientError, TimeoutError) as exc:  # the body broke off mid-way
+                    raise self._fail(
+                        Unavailable, f"{where}: body interrupted ({type(exc).__name__})"
+                    ) from None
                 finally:
                     resp.release()
                 return

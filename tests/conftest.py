@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.config import Config, load_config
 from orchestrator.simulator.clari import ClariSimConfig
-from orchestrator.simulator.server import SimulatorServer, Simulators
+from orchestrator.simulator.server import Simulators, SimulatorServer
 
 API_KEY = "sim-key-Zq8XtP3vLw"
 

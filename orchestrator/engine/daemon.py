@@ -57,6 +57,7 @@ class Daemon:
     def stop(self) -> None:
         self.ctx.stopping.set()
         self.ctx.wake_dispatch.set()
+        self.poller.wake()
 
     def _on_signal(self) -> None:
         self._signals += 1

@@ -67,9 +67,15 @@ class Fetcher:
                 log.warning("fetch_retry", job_id=job.id, error=str(exc), attempt=attempt)
                 await asyncio.sleep(ctx.retry_at(attempt).total_seconds() / 10)
                 continue
-            except BaseException:
+            except asyncio.CancelledError:
                 sink.abort()
                 raise
+            except Exception as exc:  # a bug must not strand the job in FETCHING
+                sink.abort()
+                log.exception("fetch_crashed", job_id=job.id)
+                error = ProviderError(job.provider, f"fetch crashed: {type(exc).__name__}")
+                await asyncio.sleep(ctx.retry_at(attempt).total_seconds())
+                continue
             rows = await asyncio.to_thread(count_rows, final, ext)
             result = {"path": str(final), "bytes": sink.bytes, "sha256": sink.sha256, "rows": rows}
             await ctx.ledger.transition(

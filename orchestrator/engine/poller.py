@@ -67,6 +67,9 @@ class Poller:
         heapq.heappush(self._heap, (time.monotonic() + delay, job.id))
         self._wake.set()
 
+    def wake(self) -> None:
+        self._wake.set()
+
     def forget(self, job_id: int) -> None:
         self.jobs.pop(job_id, None)
         self.polls_done.pop(job_id, None)

@@ -87,7 +87,12 @@ def test_credentials_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         ('name = "activity"', 'name = "weekly-forecast"', 19, "duplicate pipeline name"),
         ("concurrency = 2", "concurrency = 0", 10, "concurrency"),
         ('startDate = "{{ day-1 | datetime }}"', 'startDate = "2026-11-01"', 22, "ISO 8601"),
-        ('startDate = "{{ day-1 | datetime }}"', 'startDate = "{{ yesterday }}"', 22, "unknown date"),
+        (
+            'startDate = "{{ day-1 | datetime }}"',
+            'startDate = "{{ yesterday }}"',
+            22,
+            "unknown date",
+        ),
         ("concurrency = 2", "concurency = 2", 10, "Extra inputs"),
     ],
 )
