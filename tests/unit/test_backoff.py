@@ -1,3 +1,4 @@
+import itertools
 import random
 
 from hypothesis import given
@@ -19,7 +20,7 @@ def test_without_history_the_interval_grows_to_the_cap() -> None:
     delays = [next_poll_delay(POLICY, elapsed=0, polls_done=n) for n in range(20)]
     assert delays[0] == 2.0
     assert delays[1] == 3.0
-    assert all(a <= b for a, b in zip(delays, delays[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(delays))
     assert delays[-1] == 60.0
 
 
