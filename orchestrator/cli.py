@@ -44,16 +44,18 @@ def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def _logging(verbose: bool, json_logs: bool | None = None) -> None:
+def _logging(verbose: bool, json_logs: bool | None = None, level: str = "INFO") -> None:
     from orchestrator.logging import configure
 
-    configure(json=json_logs, level="DEBUG" if verbose else "INFO")
+    configure(json=json_logs, level="DEBUG" if verbose else level)
 
 
 @click.group()
 @click.version_option(__version__)
 def cli() -> None:
     """Bulk exports and imports on SaaS APIs, scheduled, rate-limited and never lost."""
+    # Logs go to stderr only, so --json on stdout stays parseable; `run` raises the level.
+    _logging(verbose=False, level="WARNING")
 
 
 @cli.command()

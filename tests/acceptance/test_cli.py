@@ -1,0 +1,184 @@
+"""The CLI as a user runs it: subprocesses, a simulator in its own process, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_KEY, forecast, free_port, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, check: bool = False, **kw: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        **kw,  # type: ignore[call-overload]
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr)
+    return proc
+
+
+def http_json(url: str, body: dict[str, object] | None = None) -> object:
+    req = urllib.request.Request(  # noqa: S310 (loopback simulator)
+        url,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
+@pytest.fixture
+def simulator() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "simulate",
+            "--port",
+            str(port),
+            "--duration",
+            "1.5",
+            "--concurrent-limit",
+            "4",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/clari/v4"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            http_json(base + "/_sim/stats")
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+    yield base
+    proc.terminate()
+    proc.wait(10)
+
+
+def jobs_json(config: Path) -> list[dict[str, object]]:
+    out = cli("jobs", "list", "--json", "--config", str(config), check=True)
+    return list(json.loads(out.stdout))
+
+
+def test_kill_9_mid_run_then_exit_when_idle_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path, simulator: str
+) -> None:
+    config = write_config(
+        tmp_path, simulator, [forecast(f"f{i}") for i in range(10)], api_key=API_KEY
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", "--once", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Kill it while jobs are in every state: some submitted, some still pending.
+    deadline = time.monotonic() + 30
+    while int(http_json(simulator + "/_sim/stats")["created"]) < 3:  # type: ignore[index]
+        assert time.monotonic() < deadline and daemon.poll() is None
+        time.sleep(0.05)
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait(10)
+    before = {j["state"] for j in jobs_json(config)}
+    assert before - {"SUCCEEDED"}, "the kill came too late to test anything"
+
+    resumed = cli("run", "--exit-when-idle", "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    jobs = jobs_json(config)
+    assert len(jobs) == 10
+    assert {j["state"] for j in jobs} == {"SUCCEEDED"}
+    stats = http_json(simulator + "/_sim/stats")
+    assert stats["created"] == 10  # type: ignore[index]  # not one export made twice
+    assert len({j["remote_id"] for j in jobs}) == 10
+    import hashlib
+
+    for j in jobs:
+        data = Path(str(j["result_path"])).read_bytes()
+        assert len(data) == j["result_bytes"]
+        assert hashlib.sha256(data).hexdigest() == j["result_sha256"]
+    assert list((tmp_path / "results").rglob(".*.part")) == []
+    assert API_KEY not in resumed.stderr + resumed.stdout
+
+
+def test_cli_contract(tmp_path: Path, simulator: str) -> None:
+    config = write_config(
+        tmp_path, simulator, [{**forecast("weekly"), "schedule": "0 6 * * MON"}], api_key=API_KEY
+    )
+    ok = cli("check-config", "--config", str(config))
+    assert ok.returncode == 0 and "ok" in ok.stdout
+
+    trig = cli("trigger", "weekly", "--config", str(config), check=True)
+    assert "enqueued" in trig.stdout
+    assert cli("trigger", "nope", "--config", str(config)).returncode == 2
+
+    run = cli("run", "--exit-when-idle", "--config", str(config))
+    assert run.returncode == 0, run.stderr[-2000:]
+    (job,) = jobs_json(config)
+    for key in (
+        "id",
+        "pipeline",
+        "kind",
+        "state",
+        "remote_id",
+        "attempts",
+        "created_at",
+        "finished_at",
+        "result_path",
+        "result_bytes",
+        "result_sha256",
+        "error",
+    ):
+        assert key in job
+    assert job["state"] == "SUCCEEDED"
+
+    show = json.loads(cli("jobs", "show", str(job["id"]), "--json", "--config", str(config)).stdout)
+    assert [t["to"] for t in show["transitions"]][-1] == "SUCCEEDED"
+
+    retry = cli("jobs", "retry", str(job["id"]), "--config", str(config))
+    assert retry.returncode == 2  # only FAILED/CANCELLED jobs are retried
+
+    cli("trigger", "weekly", "--config", str(config), check=True)
+    pending = [j for j in jobs_json(config) if j["state"] == "PENDING"]
+    cancel = cli("jobs", "cancel", str(pending[0]["id"]), "--config", str(config), check=True)
+    assert "cancelled" in cancel.stdout
+    again = cli("jobs", "retry", str(pending[0]["id"]), "--config", str(config), check=True)
+    assert "retry of" in again.stdout
+
+    quota = json.loads(cli("quota", "--json", "--config", str(config), check=True).stdout)
+    assert quota["clari"]["used"] == 1
+    assert quota["clari"]["concurrency_limit"] == 4
+    assert quota["clari"]["projected_30d"] in (4, 5)
+    assert API_KEY not in json.dumps(quota)
+
+
+def test_bad_config_exits_2_with_file_and_line(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, "http://127.0.0.1:1/clari/v4", [forecast("f", timePeriod="Q4-2026")]
+    )
+    proc = cli("check-config", "--config", str(config))
+    assert proc.returncode == 2
+    assert f"{config}:" in proc.stderr and "timePeriod" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert cli("run", "--once", "--config", str(config)).returncode == 2

@@ -1,0 +1,96 @@
+"""The ledger against real SQLite: migrations match the models, group commit, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection
+
+from orchestrator.domain import JobState, StaleState
+from orchestrator.ledger import migrate
+from orchestrator.ledger.models import Base
+from orchestrator.ledger.store import Ledger
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path) -> Ledger:
+    lg = Ledger(f"sqlite+aiosqlite:///{tmp_path}/l.db")
+    await migrate.upgrade(lg)
+    await lg.start()
+    yield lg  # type: ignore[misc]
+    await lg.close()
+
+
+async def test_migrations_match_the_models(ledger: Ledger) -> None:
+    def diff(conn: Connection) -> list[object]:
+        return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
+
+    async with ledger.read_engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
+    assert await migrate.is_current(ledger)
+
+
+async def enqueue(ledger: Ledger, key: str) -> int | None:
+    return await ledger.enqueue(
+        pipeline="p",
+        kind="clari.forecast_export",
+        provider="clari",
+        params={"forecastId": "x"},
+        idempotency_key=key,
+        fire_time=None,
+        max_attempts=3,
+    )
+
+
+async def test_enqueue_is_idempotent_per_key(ledger: Ledger) -> None:
+    first = await enqueue(ledger, "sched:p:2026-11-22T06:00:00Z")
+    again = await enqueue(ledger, "sched:p:2026-11-22T06:00:00Z")
+    assert first is not None and again is None
+
+
+async def test_concurrent_transitions_are_grouped_and_all_durable(ledger: Ledger) -> None:
+    ids = await asyncio.gather(*(enqueue(ledger, f"k{i}") for i in range(300)))
+    batches_before = ledger.batches
+    await asyncio.gather(
+        *(
+            ledger.transition(i, JobState.PENDING, JobState.SUBMITTING, quota="clari")
+            for i in ids
+            if i
+        )
+    )
+    assert ledger.batches - batches_before < 300 / 5  # many transitions per commit
+    counts = await ledger.counts_by_state()
+    assert counts == {"SUBMITTING": 300}
+    assert len(await ledger.transitions(ids[0] or 0)) == 2
+
+
+async def test_a_stale_transition_fails_alone(ledger: Ledger) -> None:
+    a, b = await enqueue(ledger, "a"), await enqueue(ledger, "b")
+    assert a and b
+    results = await asyncio.gather(
+        ledger.transition(a, JobState.RUNNING, JobState.FETCHING),  # wrong source state
+        ledger.transition(b, JobState.PENDING, JobState.SUBMITTING),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], StaleState)
+    assert results[1] is None
+    job_a, job_b = await ledger.get(a), await ledger.get(b)
+    assert job_a and job_a.state == JobState.PENDING
+    assert job_b and job_b.state == JobState.SUBMITTING
+
+
+async def test_quota_refund(ledger: Ledger) -> None:
+    from datetime import timedelta
+
+    from orchestrator.ledger.store import utcnow
+
+    job = await enqueue(ledger, "q")
+    assert job
+    await ledger.transition(job, JobState.PENDING, JobState.SUBMITTING, quota="clari")
+    assert len(await ledger.quota_times("clari", utcnow() - timedelta(days=30))) == 1
+    await ledger.transition(job, JobState.SUBMITTING, JobState.PENDING, refund_quota=True)
+    assert await ledger.quota_times("clari", utcnow() - timedelta(days=30)) == []
