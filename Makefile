@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo bench simulate clean
+.PHONY: install test lint typecheck pytest demo simulate clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator tests bench migrations
-	$(BIN)/ruff format --check orchestrator tests bench migrations
+	$(BIN)/ruff check orchestrator tests migrations
+	$(BIN)/ruff format --check orchestrator tests migrations
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
