@@ -140,3 +140,10 @@ def test_durations() -> None:
     assert parse_duration(5) == 5.0
     with pytest.raises(ValueError, match="duration"):
         parse_duration("soon")
+
+
+@pytest.mark.parametrize("name", ["example.toml", "demo.toml"])
+def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLARI_API_KEY", "k")
+    cfg = load_config(Path(__file__).parents[2] / "config" / name)
+    assert cfg.pipelines
