@@ -32,6 +32,10 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sem = asyncio.Semaphore(ctx.cfg.daemon.max_submits)
         self.unresolved: dict[int, Job] = {}  # submits whose outcome we could not learn yet
+        self._errors: dict[int, str] = {}
+        self._posting: dict[str, int] = defaultdict(int)  # submit requests in the air
+        self._reconciling: set[str] = set()
+        self._reconcile_lock = asyncio.Lock()
 
     @property
     def busy(self) -> int:
@@ -52,7 +56,7 @@ class Dispatcher:
 
     def _dispatch_provider(self, provider: str, queues: dict[str, deque[Job]]) -> int:
         budget = self.ctx.budgets.get(provider)
-        if budget is None:
+        if budget is None or provider in self._reconciling:
             return 0
         turn = self._turn[provider]
         for name in queues:
@@ -101,7 +105,7 @@ class Dispatcher:
         sub = replace(job, state=JobState.SUBMITTING, attempts=job.attempts + 1, submitted_at=now)
         log.info("job_submitting", job_id=job.id, pipeline=job.pipeline, attempt=sub.attempts)
         try:
-            remote_id = await ctx.adapters[job.provider].submit(sub)
+            remote_id = await self._post(sub)
         except QuotaExceeded as exc:
             await self._refused(sub, exc, full=True)
             return
@@ -124,6 +128,13 @@ class Dispatcher:
             await self._lost(sub, exc)
             return
         await self.adopt(sub, remote_id, reason="submitted")
+
+    async def _post(self, job: Job) -> str:
+        self._posting[job.provider] += 1
+        try:
+            return await self.ctx.adapters[job.provider].submit(job)
+        finally:
+            self._posting[job.provider] -= 1
 
     async def adopt(self, job: Job, remote_id: str, *, reason: str) -> None:
         ctx = self.ctx
@@ -176,28 +187,62 @@ class Dispatcher:
         """The request may or may not have created a remote job: ask the provider before any
         retry, so the same export is never made twice."""
         log.warning("submit_outcome_unknown", job_id=job.id, error=str(exc))
+        self.unresolved[job.id] = job
+        self._errors[job.id] = str(exc)
         for attempt in range(1, LOST_SUBMIT_CHECKS + 1):
-            try:
-                known = await self.ctx.ledger.known_remote_ids(job.provider)
-                found = await self.ctx.adapters[job.provider].find([job], known)
-            except ProviderError as find_exc:
-                log.warning("reconcile_failed", job_id=job.id, error=str(find_exc), attempt=attempt)
-                await asyncio.sleep(self.ctx.retry_at(attempt).total_seconds())
-                continue
-            if job.id not in found:
-                break
-            await self.settle(job, found[job.id], error=str(exc))
-            return
-        self.unresolved[job.id] = job  # keep the slot; the daemon retries reconciliation later
+            if await self.reconcile(job.provider) or job.id not in self.unresolved:
+                return
+            await asyncio.sleep(self.ctx.retry_at(attempt).total_seconds())
+        # still unknown: the slot stays held; the daemon calls reconcile() again later
+
+    async def reconcile(self, provider: str) -> bool:
+        """Settle every unresolved SUBMITTING job of `provider` in one look at the provider.
+
+        New submissions to the account pause, and those already in the air are awaited, so
+        every remote job the listing shows is either owned by a ledger row or one of ours that
+        lost its answer. Returns False when the provider could not be asked."""
+        self._reconciling.add(provider)
+        try:
+            async with self._reconcile_lock:
+                while self._posting.get(provider, 0) > 0:  # noqa: ASYNC110 (brief, rare wait)
+                    await asyncio.sleep(0.02)
+                group = [j for j in self.unresolved.values() if j.provider == provider]
+                if not group:
+                    return True
+                try:
+                    known = await self.ctx.ledger.known_remote_ids(provider)
+                    found = await self.ctx.adapters[provider].find(group, known)
+                except ProviderError as exc:
+                    log.warning("reconcile_failed", provider=provider, error=str(exc))
+                    return False
+                for job in group:
+                    if job.id in found:
+                        log.info("reconciled", job_id=job.id, adopted=found[job.id] is not None)
+                        await self.settle(job, found[job.id], error=self._errors.get(job.id, ""))
+                return True
+        finally:
+            self._reconciling.discard(provider)
+            self.ctx.wake_dispatch.set()
 
     async def settle(self, job: Job, remote_id: str | None, *, error: str) -> None:
         """Conclude a SUBMITTING job whose outcome was unknown."""
         self.unresolved.pop(job.id, None)
+        self._errors.pop(job.id, None)
         if remote_id is not None:
             await self.adopt(job, remote_id, reason="adopted after an unanswered submit")
             return
         ctx = self.ctx
         ctx.budgets[job.provider].on_unreserve()
+        if not error:  # a crash, not a failed request: the attempt never happened
+            await ctx.ledger.transition(
+                job,
+                JobState.SUBMITTING,
+                JobState.PENDING,
+                reason="recovered: no remote job was created",
+                refund_quota=True,
+                attempts=max(0, job.attempts - 1),
+            )
+            return
         if job.attempts >= job.max_attempts:
             await ctx.ledger.transition(
                 job,
