@@ -9,7 +9,6 @@ import contextlib
 import signal
 import time
 from dataclasses import replace
-from datetime import timedelta
 
 import structlog
 
@@ -257,7 +256,3 @@ class Daemon:
             log.info("transition_raced", job_id=job.id, error=str(exc))
             return False
         return True
-
-
-def remaining(deadline: timedelta | None) -> float | None:
-    return deadline.total_seconds() if deadline else None
