@@ -13,7 +13,6 @@ import heapq
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 
 import structlog
 
@@ -151,7 +150,3 @@ class Poller:
     async def _reschedule(self, job: Job) -> None:
         if job.id in self.jobs:
             heapq.heappush(self._heap, (time.monotonic() + await self._delay(job), job.id))
-
-    def update(self, job: Job) -> None:
-        if job.id in self.jobs:
-            self.jobs[job.id] = replace(job)

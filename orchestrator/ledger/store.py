@@ -69,7 +69,7 @@ _DATETIME_FIELDS = {
 }
 
 
-def row_to_job(row: Any, result: Any | None = None) -> Job:
+def row_to_job(row: Any) -> Job:
     m = row._mapping
     return Job(
         id=m["id"],
@@ -92,7 +92,7 @@ def row_to_job(row: Any, result: Any | None = None) -> Job:
         cancel_requested=bool(m["cancel_requested"]),
         error=m["error"],
         retry_of=m["retry_of"],
-        result_path=m.get("path") if result is None else result,
+        result_path=m.get("path"),
         result_bytes=m.get("bytes"),
         result_sha256=m.get("sha256"),
         result_rows=m.get("rows"),
