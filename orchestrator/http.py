@@ -110,7 +110,7 @@ class HttpClient:
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=32),
+                connector=aiohttp.TCPConnector(limit=100),
                 raise_for_status=False,
             )
         return self._session
@@ -139,7 +139,7 @@ class HttpClient:
         self, method: str, path: str, **kw: Any
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response with a 2xx status, after retries; its body is not read yet (stream it)."""
-        where = self._where(method, path)
+        where = self._where(method, path)  # for messages: path only, never query or headers
         last: ProviderError | None = None
         for attempt in range(1, self.retries + 2):
             await self.limiter.acquire()

@@ -118,9 +118,14 @@ class Daemon:
     # --- the claim loop ---------------------------------------------------------------------
     async def _main_loop(self) -> None:
         interval = self.cfg.daemon.claim_interval
+        last_housekeeping = 0.0
         while not self.ctx.stopping.is_set():
             self.ctx.wake_dispatch.clear()
-            await self._housekeeping()
+            # Housekeeping reads the ledger for work of other processes and due retries: on its
+            # own cadence, not on every wake-up (those come once per finished submit).
+            if time.monotonic() - last_housekeeping >= interval:
+                last_housekeeping = time.monotonic()
+                await self._housekeeping()
             await self.dispatcher.dispatch()
             if self.exit_when_idle and await self._idle():
                 log.info("idle_exit")
@@ -142,17 +147,14 @@ class Daemon:
         await self._retry_unresolved()
 
     async def _release_retries(self) -> None:
-        now = utcnow()
-        for job in await self.ledger.list_jobs(states=[JobState.RETRY_WAIT], oldest_first=True):
-            if job.next_attempt_at is None or job.next_attempt_at <= now:
-                with contextlib.suppress(Exception):
-                    await self.ledger.transition(
-                        job, JobState.RETRY_WAIT, JobState.PENDING, reason="retry"
-                    )
+        for job in await self.ledger.due_retries(utcnow()):
+            with contextlib.suppress(Exception):
+                await self.ledger.transition(
+                    job, JobState.RETRY_WAIT, JobState.PENDING, reason="retry"
+                )
 
     async def _handle_cancels_and_deadlines(self) -> None:
-        running = await self.ledger.list_jobs(states=[JobState.RUNNING])
-        for job in running:
+        for job in await self.ledger.running_to_stop(utcnow()):
             if job.cancel_requested:
                 await self._cancel_remote(job, JobState.CANCELLED, "cancelled by user")
             elif self.ctx.deadline_passed(job):

@@ -8,6 +8,7 @@ each free slot goes to the next pipeline in turn, oldest job first.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -33,6 +34,7 @@ class Dispatcher:
         self._sem = asyncio.Semaphore(ctx.cfg.daemon.max_submits)
         self.unresolved: dict[int, Job] = {}  # submits whose outcome we could not learn yet
         self._errors: dict[int, str] = {}
+        self._claimed: set[int] = set()  # jobs with a live submit task
         self._posting: dict[str, int] = defaultdict(int)  # submit requests in the air
         self._reconciling: set[str] = set()
         self._reconcile_lock = asyncio.Lock()
@@ -43,12 +45,13 @@ class Dispatcher:
 
     async def dispatch(self) -> int:
         """Start as many submissions as the budgets allow. Returns how many were started."""
-        pending = await self.ctx.ledger.list_jobs(states=[JobState.PENDING], oldest_first=True)
+        capacity = self.ctx.cfg.daemon.max_submits - len(self._claimed)
+        if capacity <= 0:
+            return 0
+        pending = await self.ctx.ledger.pending_heads(capacity, exclude=self._claimed)
         started = 0
         by_provider: dict[str, dict[str, deque[Job]]] = defaultdict(lambda: defaultdict(deque))
         for job in pending:
-            if job.cancel_requested:
-                continue
             by_provider[job.provider][job.pipeline].append(job)
         for provider, queues in by_provider.items():
             started += self._dispatch_provider(provider, queues)
@@ -63,18 +66,28 @@ class Dispatcher:
             if name not in turn:
                 turn.append(name)
         started = 0
-        while any(queues.values()) and budget.can_submit():
+        while (
+            any(queues.values())
+            and budget.can_submit()
+            and len(self._claimed) < self.ctx.cfg.daemon.max_submits
+        ):
             name = turn[0]
             turn.rotate(-1)
             if not queues.get(name):
                 continue
             job = queues[name].popleft()
             budget.on_reserve()  # hold the slot and quota unit before the request leaves
+            self._claimed.add(job.id)
             task = asyncio.create_task(self._submit(job), name=f"submit-{job.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._release_claim, job.id))
             started += 1
         return started
+
+    def _release_claim(self, job_id: int, _task: object = None) -> None:
+        self._claimed.discard(job_id)
+        self.ctx.wake_dispatch.set()  # a submit slot is free: refill it now
 
     async def _submit(self, job: Job) -> None:
         async with self._sem:

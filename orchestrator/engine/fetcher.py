@@ -12,7 +12,7 @@ from orchestrator.domain import Job, JobState
 from orchestrator.engine.context import Context
 from orchestrator.errors import ProviderError, Rejected
 from orchestrator.ledger.store import utcnow
-from orchestrator.outputs import AtomicFile, count_rows, result_path
+from orchestrator.outputs import AtomicFile, FileCommitter, count_rows, result_path
 
 log = structlog.get_logger(__name__)
 FETCH_TRIES = 4
@@ -24,6 +24,7 @@ class Fetcher:
         self._sem = asyncio.Semaphore(ctx.cfg.daemon.max_fetches)
         self._tasks: set[asyncio.Task[None]] = set()
         self.active: set[int] = set()
+        self.committer = FileCommitter()
 
     @property
     def busy(self) -> int:
@@ -53,10 +54,10 @@ class Fetcher:
         final = result_path(ctx.cfg.output.dir, job, ext)
         error: ProviderError | None = None
         for attempt in range(1, FETCH_TRIES + 1):
-            sink = AtomicFile(final).open()
+            sink = await asyncio.to_thread(AtomicFile(final).open)
             try:
                 await adapter.fetch(job, sink)
-                await sink.commit()
+                await sink.commit(self.committer)
             except Rejected as exc:  # the provider will not serve it (expired, unknown)
                 sink.abort()
                 await self._give_up(job, exc)

@@ -127,6 +127,7 @@ class Poller:
             return
         self.ctx.stats.polls += 1
         due_ids = {j.id for j in due}
+        changes = []
         for job in asked:
             status = statuses.get(job.remote_id or "")
             if job.id in due_ids:
@@ -135,7 +136,9 @@ class Poller:
                 if job.id in due_ids:
                     await self._reschedule(job)
                 continue
-            await self._apply(job, status, due=job.id in due_ids)
+            changes.append(self._apply(job, status, due=job.id in due_ids))
+        # Concurrently, so the ledger commits the jobs this poll finished as one group.
+        await asyncio.gather(*changes)
 
     async def _apply(self, job: Job, status: RemoteStatus, *, due: bool) -> None:
         if status.state == RemoteState.DONE:

@@ -32,8 +32,7 @@ def _current(conn: Connection) -> str | None:
 
 async def upgrade(ledger: Ledger) -> None:
     cfg = alembic_config()
-    async with ledger.write_engine.begin() as conn:
-        await conn.run_sync(_upgrade, cfg)
+    await ledger.run_write(lambda conn: _upgrade(conn, cfg))
 
 
 async def is_current(ledger: Ledger) -> bool:

@@ -1,0 +1,127 @@
+"""Shared pieces: a simulator in its own pinned process, configs, RSS readings."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pin(core: int) -> None:
+    """Pin this process to one core when the machine has more than one."""
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {core})
+
+
+def rss_peak_mib(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_now_mib(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
+    req = urllib.request.Request(  # noqa: S310 (loopback only)
+        url,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
+class Simulator:
+    """`orchestrator simulate` in a subprocess pinned to core 1."""
+
+    def __init__(self, **config: Any) -> None:
+        self.port = free_port()
+        self.config = config
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/clari/v4"
+
+    def __enter__(self) -> Simulator:
+        code = (
+            "import bench.common as c; c.pin(1); from orchestrator.cli import main; main()"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, "simulate", "--port", str(self.port)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                http_json(self.base + "/_sim/stats")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        if self.config:
+            http_json(self.base + "/_sim/config", self.config)
+        return self
+
+    def stats(self) -> dict[str, Any]:
+        return dict(http_json(self.base + "/_sim/stats"))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def write_config(tmp: Path, base_url: str, **overrides: Any) -> Path:
+    daemon = {"claim_interval": "0.05s", "max_submits": 64, "max_fetches": 32, "retry_base": "0.1s"}
+    daemon.update(overrides.pop("daemon", {}))
+    provider = {
+        "requests_per_second": 100000, "retries": 3, "limits_refresh": "600s",
+        "poll": '{ initial = "0.05s", max_interval = "0.5s", min_interval = "0.01s" }',
+    }
+    provider.update(overrides.pop("provider", {}))
+
+    def val(v: Any) -> str:
+        if isinstance(v, str) and not v.startswith("{"):
+            return f'"{v}"'
+        return str(v)
+
+    lines = [
+        "[ledger]", f'url = "sqlite+aiosqlite:///{tmp}/ledger.db"',
+        "[output]", f'dir = "{tmp}/results"',
+        "[daemon]", *(f"{k} = {val(v)}" for k, v in daemon.items()),
+        "[providers.clari]", f'base_url = "{base_url}"', 'api_key = "bench-key"',
+        *(f"{k} = {val(v)}" for k, v in provider.items()),
+        "[[pipelines]]", 'name = "bench"', 'kind = "clari.forecast_export"',
+        'params = { forecastId = "fc", timePeriod = "2026_Q4", exportFormat = "CSV" }',
+    ]
+    path = tmp / "bench.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
