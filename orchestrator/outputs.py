@@ -45,13 +45,16 @@ class AtomicFile:
         self.final = final
         self.tmp = part_path(final)
         self.bytes = 0
+        self.newlines = 0
+        self._last = b""
         self._sha = hashlib.sha256()
         self._f: IO[bytes] | None = None
 
     def open(self) -> AtomicFile:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self._f = self.tmp.open("wb")
-        self.bytes = 0
+        self.bytes = self.newlines = 0
+        self._last = b""
         self._sha = hashlib.sha256()
         return self
 
@@ -60,6 +63,14 @@ class AtomicFile:
         self._f.write(data)
         self._sha.update(data)
         self.bytes += len(data)
+        if data:
+            self.newlines += data.count(b"\n")
+            self._last = data[-1:]
+
+    def csv_rows(self) -> int:
+        """Data rows of a CSV written through this sink (lines after the header)."""
+        lines = self.newlines + (1 if self.bytes and self._last != b"\n" else 0)
+        return max(0, lines - 1)
 
     @property
     def sha256(self) -> str:

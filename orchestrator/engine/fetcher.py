@@ -77,7 +77,10 @@ class Fetcher:
                 error = ProviderError(job.provider, f"fetch crashed: {type(exc).__name__}")
                 await asyncio.sleep(ctx.retry_at(attempt).total_seconds())
                 continue
-            rows = await asyncio.to_thread(count_rows, final, ext)
+            if ext == "csv":  # counted while streaming: no second pass over a big file
+                rows: int | None = sink.csv_rows()
+            else:
+                rows = await asyncio.to_thread(count_rows, final, ext)
             result = {"path": str(final), "bytes": sink.bytes, "sha256": sink.sha256, "rows": rows}
             await ctx.ledger.transition(
                 job,

@@ -34,7 +34,7 @@ async def recover(ctx: Context, dispatcher: Dispatcher, poller: Poller, fetcher:
     submitting = [j for j in jobs if j.state == JobState.SUBMITTING]
     for job in jobs:
         if job.state == JobState.RUNNING:
-            await poller.track(job, now=True)
+            await poller.track(job)  # on its own schedule: elapsed time counts from submit
         elif job.state == JobState.FETCHING:
             fetcher.start(job)
     if submitting:

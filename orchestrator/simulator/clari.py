@@ -30,6 +30,7 @@ ACTIVITY_TYPES = {
     "ATTACHMENT_SENT",
     "ATTACHMENT_RECEIVED",
 }
+BIG_LINE = b"rep,rep@example.com,0050001,Sales Rep,CEO,2026_Q4,Commit,1,x,y,Forecast Value,1\n"
 FORECAST_HEADER = [
     "User",
     "Email",
@@ -158,6 +159,7 @@ class ClariSimulator:
         app.router.add_get("/admin/limits", self.limits)
         app.router.add_get("/_sim/stats", self.sim_stats)
         app.router.add_post("/_sim/config", self.sim_config)
+        app.router.add_post("/_sim/seed", self.sim_seed)
         return app
 
     @staticmethod
@@ -456,6 +458,8 @@ class ClariSimulator:
         if now > job.created + job.queue_delay + job.duration + self.config.expire_after:
             return web.json_response(_err("invalid_jobId", "The export has expired."), status=400)
         job.downloads += 1
+        if self.config.result_bytes > 0:
+            return await self._stream_big(request, job)
         payload = self.result_bytes(job)
         resp = web.StreamResponse(
             headers={
@@ -475,6 +479,26 @@ class ClariSimulator:
             await resp.write(payload[start : start + chunk])
             if start % (chunk * 64) == 0:
                 await asyncio.sleep(0)
+        await resp.write_eof()
+        return resp
+
+    async def _stream_big(self, request: web.Request, job: SimJob) -> web.StreamResponse:
+        """A large CSV generated on the fly (benchmarks): constant memory on both sides."""
+        head = (",".join(FORECAST_HEADER) + "\n").encode()
+        line = BIG_LINE
+        lines = max(1, (self.config.result_bytes - len(head)) // len(line))
+        block = line * 8192
+        length = len(head) + lines * len(line)
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/csv", "Content-Length": str(length)}
+        )
+        await resp.prepare(request)
+        await resp.write(head)
+        left = lines
+        while left:
+            n = min(left, 8192)
+            await resp.write(block if n == 8192 else line * n)
+            left -= n
         await resp.write_eof()
         return resp
 
@@ -534,12 +558,6 @@ class ClariSimulator:
         ]
 
     def result_bytes(self, job: SimJob) -> bytes:
-        if self.config.result_bytes > 0:
-            line = (
-                b"rep,rep@example.com,0050001,Sales Rep,CEO,2026_Q4,Commit,1,x,y,Forecast Value,1\n"
-            )
-            head = (",".join(FORECAST_HEADER) + "\n").encode()
-            return head + line * max(1, self.config.result_bytes // len(line))
         rows = self.result_rows(job)
         if job.module == "FORECAST" and job.fmt == "CSV":
             lines = [",".join(FORECAST_HEADER)] + [
@@ -573,9 +591,31 @@ class ClariSimulator:
                 "active": len(self.active(now)),
                 "quota_used": len(self.quota_used(now)),
                 "faults": dict(self.faults.counts),
+                "max_requests_per_second": self.faults.max_per_second(),
                 "created_by_title": self.created_by_title,
             }
         )
+
+    async def sim_seed(self, request: web.Request) -> web.Response:
+        """Create `count` long-running jobs outside the limits (benchmarks of many in flight)."""
+        body = await request.json()
+        now = time.time()
+        ids = []
+        for _ in range(int(body.get("count", 0))):
+            job_id = f"{int(now):08x}{next(self._ids):016x}"
+            self.jobs[job_id] = SimJob(
+                job_id=job_id,
+                module="FORECAST",
+                title="seeded",
+                fmt="CSV",
+                created=now,
+                queue_delay=0.0,
+                duration=float(body.get("duration", 3600)),
+                fails=False,
+                params={},
+            )
+            ids.append(job_id)
+        return web.json_response({"jobIds": ids})
 
     async def sim_config(self, request: web.Request) -> web.Response:
         values = await request.json()

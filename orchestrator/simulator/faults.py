@@ -25,16 +25,26 @@ class Faults:
     retry_after: float = 0.2  # seconds announced with a 429
     seed: int | None = None
     counts: Counter[str] = field(default_factory=Counter)
+    request_times: list[float] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
 
     def update(self, values: dict[str, Any]) -> list[str]:
-        known = {f.name for f in fields(self)} - {"counts", "rng"}
+        known = {f.name for f in fields(self)} - {"counts", "rng", "request_times"}
         for key, value in values.items():
             if key in known:
                 setattr(self, key, value)
         if "seed" in values and values["seed"] is not None:
             self.rng.seed(values["seed"])
         return sorted(set(values) - known)
+
+    def max_per_second(self) -> int:
+        """Most requests seen in any sliding one-second window."""
+        times, best, lo = self.request_times, 0, 0
+        for hi, t in enumerate(times):
+            while t - times[lo] >= 1.0:
+                lo += 1
+            best = max(best, hi - lo + 1)
+        return best
 
     def roll(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate
@@ -53,6 +63,7 @@ def make_middleware(faults: Faults, *, error_body: Callable[[int], dict[str, Any
         if "/_sim/" in request.path:
             return await handler(request)
         faults.counts["requests"] += 1
+        faults.request_times.append(time.monotonic())
         if faults.latency:
             await asyncio.sleep(faults.latency)
         if faults.roll(faults.drop_rate):
