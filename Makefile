@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo simulate clean
+.PHONY: install test lint typecheck pytest demo bench simulate clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator tests migrations
-	$(BIN)/ruff format --check orchestrator tests migrations
+	$(BIN)/ruff check orchestrator tests migrations bench
+	$(BIN)/ruff format --check orchestrator tests migrations bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -25,6 +25,16 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# The benchmark suite: one table, bench/results/latest.json and bench/results/polling.png.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run
 
 demo: $(STAMP)
 	$(BIN)/orchestrator demo --config config/demo.toml

@@ -64,12 +64,12 @@ class Simulator:
         return f"http://127.0.0.1:{self.port}/clari/v4"
 
     def __enter__(self) -> Simulator:
-        code = (
-            "import bench.common as c; c.pin(1); from orchestrator.cli import main; main()"
-        )
+        code = "import bench.common as c; c.pin(1); from orchestrator.cli import main; main()"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, "simulate", "--port", str(self.port)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while True:
@@ -84,6 +84,9 @@ class Simulator:
             http_json(self.base + "/_sim/config", self.config)
         return self
 
+    def remote_jobs(self) -> list[dict[str, Any]]:
+        return list(http_json(self.base + "/_sim/jobs"))
+
     def stats(self) -> dict[str, Any]:
         return dict(http_json(self.base + "/_sim/stats"))
 
@@ -97,7 +100,9 @@ def write_config(tmp: Path, base_url: str, **overrides: Any) -> Path:
     daemon = {"claim_interval": "0.05s", "max_submits": 64, "max_fetches": 32, "retry_base": "0.1s"}
     daemon.update(overrides.pop("daemon", {}))
     provider = {
-        "requests_per_second": 100000, "retries": 3, "limits_refresh": "600s",
+        "requests_per_second": 100000,
+        "retries": 3,
+        "limits_refresh": "600s",
         "poll": '{ initial = "0.05s", max_interval = "0.5s", min_interval = "0.01s" }',
     }
     provider.update(overrides.pop("provider", {}))
@@ -108,12 +113,19 @@ def write_config(tmp: Path, base_url: str, **overrides: Any) -> Path:
         return str(v)
 
     lines = [
-        "[ledger]", f'url = "sqlite+aiosqlite:///{tmp}/ledger.db"',
-        "[output]", f'dir = "{tmp}/results"',
-        "[daemon]", *(f"{k} = {val(v)}" for k, v in daemon.items()),
-        "[providers.clari]", f'base_url = "{base_url}"', 'api_key = "bench-key"',
+        "[ledger]",
+        f'url = "sqlite+aiosqlite:///{tmp}/ledger.db"',
+        "[output]",
+        f'dir = "{tmp}/results"',
+        "[daemon]",
+        *(f"{k} = {val(v)}" for k, v in daemon.items()),
+        "[providers.clari]",
+        f'base_url = "{base_url}"',
+        'api_key = "bench-key"',
         *(f"{k} = {val(v)}" for k, v in provider.items()),
-        "[[pipelines]]", 'name = "bench"', 'kind = "clari.forecast_export"',
+        "[[pipelines]]",
+        'name = "bench"',
+        'kind = "clari.forecast_export"',
         'params = { forecastId = "fc", timePeriod = "2026_Q4", exportFormat = "CSV" }',
     ]
     path = tmp / "bench.toml"

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
-from aiolimiter import AsyncLimiter
 
 from orchestrator.backoff import RetryPolicy, retry_delay
 from orchestrator.errors import AuthFailed, ProviderError, Rejected, Throttled, Unavailable
+from orchestrator.limits import SlidingWindowLimiter
 
 log = structlog.get_logger(__name__)
 MAX_WAIT = 300.0  # never sleep longer than this on one server-provided hint
@@ -98,7 +98,7 @@ class HttpClient:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
         self.retries = retries
         self.retry_policy = RetryPolicy(base=retry_base, cap=30.0)
-        self.limiter = AsyncLimiter(max(1.0, requests_per_second), 1.0)
+        self.limiter = SlidingWindowLimiter(requests_per_second)
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
         self.requests = 0

@@ -6,7 +6,10 @@ submission fits. The request *rate* is enforced by the HTTP layer's token bucket
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -148,3 +151,34 @@ class AccountBudget:
             )
         self.since_submitted = 0
         self.since_released = 0
+
+
+class SlidingWindowLimiter:
+    """At most `rate` requests in any `period` seconds, strictly (a leaky bucket such as
+    aiolimiter lets a full burst through on top of its steady rate, so a one-second window can
+    see twice the rate). Callers await acquire() before each request."""
+
+    def __init__(
+        self, rate: float, period: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.capacity = max(1, int(rate * period))
+        # 10% margin: requests stamped here reach the server a few ms apart from each other
+        # again, so the server's own one-second windows must not see them bunched together.
+        self.period = period * 1.1
+        self._clock = clock
+        self._sent: deque[float] = deque()
+        self._lock = asyncio.Lock()
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until one more request fits (0 when it fits now). Pure given `now`."""
+        while self._sent and now - self._sent[0] >= self.period:
+            self._sent.popleft()
+        if len(self._sent) < self.capacity:
+            return 0.0
+        return self._sent[0] + self.period - now
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while (wait := self.wait_time(self._clock())) > 0:  # noqa: ASYNC110 (exact wait)
+                await asyncio.sleep(wait)
+            self._sent.append(self._clock())

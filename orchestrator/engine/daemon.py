@@ -208,6 +208,10 @@ class Daemon:
 
     async def _on_remote_done(self, job: Job) -> None:
         now = utcnow()
+        # The provider freed the slot the moment the job ended: refill it without waiting for
+        # our own bookkeeping to commit.
+        self.ctx.budgets[job.provider].on_slot_released()
+        self.ctx.wake_dispatch.set()
         try:
             await self.ledger.transition(
                 job,
@@ -219,8 +223,6 @@ class Daemon:
         except Exception as exc:  # cancelled meanwhile
             log.info("done_raced", job_id=job.id, error=str(exc))
             return
-        self.ctx.budgets[job.provider].on_slot_released()
-        self.ctx.wake_dispatch.set()
         self.fetcher.start(replace(job, state=JobState.FETCHING))
 
     async def _on_remote_ended(self, job: Job, status: RemoteStatus) -> None:

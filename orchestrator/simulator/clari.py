@@ -160,6 +160,7 @@ class ClariSimulator:
         app.router.add_get("/_sim/stats", self.sim_stats)
         app.router.add_post("/_sim/config", self.sim_config)
         app.router.add_post("/_sim/seed", self.sim_seed)
+        app.router.add_get("/_sim/jobs", self.sim_jobs)
         return app
 
     @staticmethod
@@ -594,6 +595,13 @@ class ClariSimulator:
                 "max_requests_per_second": self.faults.max_per_second(),
                 "created_by_title": self.created_by_title,
             }
+        )
+
+    async def sim_jobs(self, request: web.Request) -> web.Response:
+        """Every job as GET /export/jobs shows it, without auth or counting (test inspection)."""
+        now = time.time()
+        return web.json_response(
+            [j.to_json(now, self.config.expire_after) for j in self.jobs.values()]
         )
 
     async def sim_seed(self, request: web.Request) -> web.Response:

@@ -16,22 +16,33 @@ from orchestrator.backoff import (
 POLICY = PollPolicy(initial=2.0, factor=1.5, max_interval=60.0, min_interval=0.1, jitter=0.1)
 
 
-def test_without_history_the_interval_grows_to_the_cap() -> None:
-    delays = [next_poll_delay(POLICY, elapsed=0, polls_done=n) for n in range(20)]
-    assert delays[0] == 2.0
-    assert delays[1] == 3.0
-    assert all(a <= b for a, b in itertools.pairwise(delays))
-    assert delays[-1] == 60.0
+def test_without_history_waits_grow_with_the_jobs_age() -> None:
+    assert next_poll_delay(POLICY, elapsed=0, polls_done=0) == 2.0
+    assert next_poll_delay(POLICY, elapsed=4.0, polls_done=2) == 2.0
+    assert next_poll_delay(POLICY, elapsed=100.0, polls_done=9) == 50.0  # (factor - 1) x age
+    assert next_poll_delay(POLICY, elapsed=1000.0, polls_done=20) == 60.0  # capped
 
 
-def test_with_history_the_next_poll_lands_on_the_next_quantile() -> None:
-    points = poll_points([100.0] * 3 + [110.0, 120.0, 130.0, 140.0])
-    assert points[0] == 100.0
-    # A job 5 s old is not polled blindly: the first poll waits until the fastest past run ended.
-    assert next_poll_delay(POLICY, elapsed=5.0, polls_done=0, points=points) == 60.0
+def test_learned_points_start_at_the_fastest_past_run_and_cover_the_range() -> None:
+    history = [100.0 + i for i in range(50)]
+    points = poll_points(history)
+    assert points[0] == 100.0 and points[-1] == 149.0
+    assert all(a < b for a, b in itertools.pairwise(points))
+    # A young job waits for the first point; it is never polled blindly early.
+    assert next_poll_delay(POLICY, elapsed=5.0, polls_done=0, points=points) == 60.0  # capped
     assert next_poll_delay(POLICY, elapsed=95.0, polls_done=1, points=points) == 5.0
-    # Past every quantile it backs off relative to the job's age.
+    # Past every point it backs off relative to the job's age.
     assert next_poll_delay(POLICY, elapsed=200.0, polls_done=9, points=points) == 60.0
+
+
+def test_gaps_are_narrow_where_running_jobs_are_likely_to_end() -> None:
+    # Most runs end near 100 s; a few take up to 1,000 s.
+    history = [100.0 + i * 0.1 for i in range(95)] + [200.0 * (i + 1) for i in range(5)]
+    points = poll_points(history)
+    gaps = [b - a for a, b in itertools.pairwise(points)]
+    near = [g for a, g in zip(points, gaps, strict=False) if a < 110]
+    far = [g for a, g in zip(points, gaps, strict=False) if a > 300]
+    assert max(near) < min(far)
 
 
 def test_too_little_history_is_ignored() -> None:

@@ -85,3 +85,20 @@ def test_admission_never_exceeds_caps(ops: list[str], conc: int, quota: int) -> 
             b.on_slot_released()
         assert b.in_flight <= conc
         assert b.used <= quota
+
+
+def test_sliding_window_never_admits_more_than_rate_in_any_second() -> None:
+    from orchestrator.limits import SlidingWindowLimiter
+
+    now = [0.0]
+    lim = SlidingWindowLimiter(3, clock=lambda: now[0])
+    sent = []
+    for t in (0.0, 0.1, 0.2, 0.3, 0.5, 1.05, 1.15, 1.2):
+        now[0] = max([t, *sent])  # callers queue: time moves on while one waits
+        while (wait := lim.wait_time(now[0])) > 0:
+            now[0] += wait
+        lim._sent.append(now[0])
+        sent.append(now[0])
+    for s in sent:
+        assert sum(1 for x in sent if s <= x < s + 1.0) <= 3
+    assert sent[3] == 1.1  # the fourth waits until the first leaves the (1.1 s) window
