@@ -8,6 +8,7 @@ in separate processes pinned to one core each.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -265,7 +266,8 @@ def b5_b7_inflight() -> tuple[list[Row], dict[str, Any]]:
                 sim.base,
                 provider={"poll": '{ initial = "60s", max_interval = "60s" }'},
             )
-            res = worker("inflight", cfg, n)
+            worker("seed", cfg, n)
+            res = worker("inflight", cfg)
         out[str(n)] = res
         rows.append(
             row(
@@ -291,9 +293,26 @@ def b5_b7_inflight() -> tuple[list[Row], dict[str, Any]]:
     return rows, out
 
 
+def disk_ceiling(directory: Path, size: int) -> float:
+    """MiB/s of writing `size` bytes and fsyncing them on this disk: the download's ceiling."""
+    buf = os.urandom(1 << 20)
+    path = directory / "ceiling.bin"
+    t0 = time.perf_counter()
+    with path.open("wb") as f:
+        for _ in range(size >> 20):
+            f.write(buf)
+        f.flush()
+        os.fsync(f.fileno())
+    rate = (size >> 20) / (time.perf_counter() - t0)
+    path.unlink()
+    return rate
+
+
 def b6_download(size: int = 1 << 30) -> tuple[list[Row], dict[str, Any]]:
     with tempfile.TemporaryDirectory() as d, Simulator(result_bytes=size, duration=0) as sim:
+        ceiling = disk_ceiling(Path(d), size)
         res = worker("download", write_config(Path(d), sim.base))
+    res["disk_ceiling_mib_per_s"] = ceiling
     return [
         row(
             6,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -57,6 +58,7 @@ async def e2e(cfg: Config, n: int) -> dict[str, Any]:
         "succeeded": daemon.ctx.stats.finished.get("SUCCEEDED", 0),
         "ledger_ops_per_commit": daemon.ledger.ops / max(1, daemon.ledger.batches),
         "peak_rss_mib": rss_peak_mib(),
+        "cpu_s": time.process_time(),
     }
 
 
@@ -95,13 +97,9 @@ def _seed_running(cfg: Config, remote_ids: list[str]) -> None:
     con.close()
 
 
-async def inflight(cfg: Config, n: int) -> dict[str, Any]:
-    ledger = Ledger(cfg.ledger.url)
-    await migrate.upgrade(ledger)
-    await ledger.close()
-    base = cfg.providers["clari"].base_url
-    ids = http_json(base + "/_sim/seed", {"count": n, "duration": 3600})["jobIds"]
-    _seed_running(cfg, ids)
+async def inflight(cfg: Config) -> dict[str, Any]:
+    """The ledger already holds N RUNNING jobs (seeded by bench.run in another process, so the
+    seeding itself does not count): how fast is the daemon ready, and how big is it."""
     rss_before = rss_now_mib()
     daemon = Daemon(cfg)
     t0 = time.perf_counter()
@@ -110,15 +108,32 @@ async def inflight(cfg: Config, n: int) -> dict[str, Any]:
     ready = time.perf_counter() - t0
     tracked = len(daemon.poller)
     await asyncio.sleep(3.0)  # steady state: tracked, scheduled, waiting for their polls
+    rss_steady = rss_now_mib()
     daemon.stop()
     await task
     return {
-        "jobs": n,
         "ready_s": ready,
         "tracked": tracked,
         "rss_before_mib": rss_before,
+        "rss_steady_mib": rss_steady,
         "peak_rss_mib": rss_peak_mib(),
     }
+
+
+def seed_inflight(config: Path, n: int) -> None:
+    """python -m bench.worker seed CONFIG N: N long jobs at the simulator and RUNNING in the
+    ledger, as a previous process would have left them."""
+    cfg = load_config(config)
+
+    async def migrate_only() -> None:
+        ledger = Ledger(cfg.ledger.url)
+        await migrate.upgrade(ledger)
+        await ledger.close()
+
+    asyncio.run(migrate_only())
+    base = cfg.providers["clari"].base_url
+    ids = http_json(base + "/_sim/seed", {"count": n, "duration": 3600})["jobIds"]
+    _seed_running(cfg, ids)
 
 
 async def download(cfg: Config) -> dict[str, Any]:
@@ -166,14 +181,23 @@ def main() -> None:
     from orchestrator.logging import configure
 
     configure(json=True, level="WARNING")
-    scenario, config = sys.argv[1], load_config(Path(sys.argv[2]))
+    scenario = sys.argv[1]
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    if scenario == "seed":
+        seed_inflight(Path(sys.argv[2]), n)
+        print(json.dumps({"seeded": n}))
+        return
+    config = load_config(Path(sys.argv[2]))
     runners = {
         "e2e": lambda: e2e(config, n),
-        "inflight": lambda: inflight(config, n),
+        "inflight": lambda: inflight(config),
         "download": lambda: download(config),
         "slots": lambda: slots(config, n),
     }
+    if os.environ.get("BENCH_UVLOOP"):
+        import uvloop
+
+        uvloop.install()
     print(json.dumps(asyncio.run(runners[scenario]())))
 
 

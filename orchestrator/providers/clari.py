@@ -266,7 +266,7 @@ class ClariAdapter:
 
     async def fetch(self, job: Job, sink: Sink) -> None:
         async with self.http.open("GET", f"/export/jobs/{job.remote_id}/results") as resp:
-            async for chunk in resp.content.iter_chunked(1 << 16):
+            async for chunk in resp.content.iter_chunked(1 << 20):
                 await sink.write(chunk)
 
     async def cancel(self, job: Job) -> None:
