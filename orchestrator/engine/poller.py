@@ -4,12 +4,16 @@ When a job falls due, its account is polled; where the provider answers for ever
 (Clari `GET /export/jobs`), every tracked job of that account learns its status from that call,
 so a backlog costs far fewer than one request per job. Each job's own next poll comes from
 backoff.next_poll_delay, informed by how long its pipeline's jobs took before.
+
+A tracked job is a small record (about 200 bytes), not the whole Job: the full job is read
+back from the ledger, for all the jobs one poll finished at once, only when its state changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -20,10 +24,21 @@ from orchestrator.backoff import PollPolicy, next_poll_delay, poll_points
 from orchestrator.domain import Job, RemoteState, RemoteStatus
 from orchestrator.engine.context import Context
 from orchestrator.errors import ProviderError
-from orchestrator.ledger.store import utcnow
 
 log = structlog.get_logger(__name__)
 HISTORY_TTL = 60.0  # seconds a pipeline's duration history is cached
+
+
+class Tracked:
+    __slots__ = ("id", "pipeline", "polls", "provider", "remote_id", "submitted")
+
+    def __init__(self, job: Job) -> None:
+        self.id = job.id
+        self.pipeline = sys.intern(job.pipeline)
+        self.provider = sys.intern(job.provider)
+        self.remote_id = job.remote_id or ""
+        self.submitted = job.submitted_at.timestamp() if job.submitted_at else time.time()
+        self.polls = 0
 
 
 class Poller:
@@ -36,20 +51,22 @@ class Poller:
         self.ctx = ctx
         self.on_done = on_done
         self.on_ended = on_ended
-        self.jobs: dict[int, Job] = {}
-        self.polls_done: dict[int, int] = {}
+        self.jobs: dict[int, Tracked] = {}
         self._heap: list[tuple[float, int]] = []
         self._wake = asyncio.Event()
         self._points: dict[str, tuple[float, list[float]]] = {}
+        self._policies: dict[str, PollPolicy] = {}
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def policy(self, provider: str) -> PollPolicy:
-        p = self.ctx.cfg.providers[provider].poll
-        return PollPolicy(
-            initial=p.initial, max_interval=p.max_interval, min_interval=p.min_interval
-        )
+        if provider not in self._policies:
+            p = self.ctx.cfg.providers[provider].poll
+            self._policies[provider] = PollPolicy(
+                initial=p.initial, max_interval=p.max_interval, min_interval=p.min_interval
+            )
+        return self._policies[provider]
 
     async def points(self, pipeline: str) -> list[float]:
         cached = self._points.get(pipeline)
@@ -60,9 +77,9 @@ class Poller:
         return pts
 
     async def track(self, job: Job, *, now: bool = False) -> None:
-        self.jobs[job.id] = job
-        self.polls_done.setdefault(job.id, 0)
-        delay = 0.0 if now else await self._delay(job)
+        item = Tracked(job)
+        self.jobs[job.id] = item
+        delay = 0.0 if now else await self._delay(item)
         heapq.heappush(self._heap, (time.monotonic() + delay, job.id))
         self._wake.set()
 
@@ -71,15 +88,13 @@ class Poller:
 
     def forget(self, job_id: int) -> None:
         self.jobs.pop(job_id, None)
-        self.polls_done.pop(job_id, None)
 
-    async def _delay(self, job: Job) -> float:
-        elapsed = (utcnow() - job.submitted_at).total_seconds() if job.submitted_at else 0.0
+    async def _delay(self, item: Tracked) -> float:
         return next_poll_delay(
-            self.policy(job.provider),
-            elapsed=max(0.0, elapsed),
-            polls_done=self.polls_done.get(job.id, 0),
-            points=await self.points(job.pipeline),
+            self.policy(item.provider),
+            elapsed=max(0.0, time.time() - item.submitted),
+            polls_done=item.polls,
+            points=await self.points(item.pipeline),
             rng=self.ctx.rng,
         )
 
@@ -95,61 +110,68 @@ class Poller:
                 except TimeoutError:
                     pass
                 continue
-            by_provider: dict[str, list[Job]] = defaultdict(list)
-            for job in due:
-                by_provider[job.provider].append(job)
-            await asyncio.gather(*(self._poll_account(p, jobs) for p, jobs in by_provider.items()))
+            by_provider: dict[str, list[Tracked]] = defaultdict(list)
+            for item in due:
+                by_provider[item.provider].append(item)
+            await asyncio.gather(
+                *(self._poll_account(p, items) for p, items in by_provider.items())
+            )
 
-    def _pop_due(self) -> list[Job]:
+    def _pop_due(self) -> list[Tracked]:
         now = time.monotonic()
-        due: list[Job] = []
+        due: list[Tracked] = []
         seen: set[int] = set()
         while self._heap and self._heap[0][0] <= now:
             _, job_id = heapq.heappop(self._heap)
-            job = self.jobs.get(job_id)
-            if job is not None and job_id not in seen:
-                due.append(job)
+            item = self.jobs.get(job_id)
+            if item is not None and job_id not in seen:
+                due.append(item)
                 seen.add(job_id)
         return due
 
-    async def _poll_account(self, provider: str, due: list[Job]) -> None:
+    async def _poll_account(self, provider: str, due: list[Tracked]) -> None:
         adapter = self.ctx.adapters[provider]
         asked = due
-        if adapter.batch_poll and len(due) >= 1:
-            asked = [j for j in self.jobs.values() if j.provider == provider]
+        if adapter.batch_poll:
+            asked = [t for t in self.jobs.values() if t.provider == provider]
         try:
-            statuses = await adapter.poll(asked)
+            statuses = await adapter.poll([t.remote_id for t in asked])
         except ProviderError as exc:
             log.warning("poll_failed", provider=provider, error=str(exc), jobs=len(due))
-            for job in due:
-                self.polls_done[job.id] = self.polls_done.get(job.id, 0) + 1
-                await self._reschedule(job)
+            for item in due:
+                item.polls += 1
+                await self._reschedule(item)
             return
         self.ctx.stats.polls += 1
-        due_ids = {j.id for j in due}
-        changes = []
-        for job in asked:
-            status = statuses.get(job.remote_id or "")
-            if job.id in due_ids:
-                self.polls_done[job.id] = self.polls_done.get(job.id, 0) + 1
-            if status is None:
-                if job.id in due_ids:
-                    await self._reschedule(job)
+        due_ids = {t.id for t in due}
+        changed: list[tuple[Tracked, RemoteStatus]] = []
+        for item in asked:
+            status = statuses.get(item.remote_id)
+            if item.id in due_ids:
+                item.polls += 1
+            if status is not None and status.state not in (RemoteState.QUEUED, RemoteState.RUNNING):
+                changed.append((item, status))
+            elif item.id in due_ids:
+                await self._reschedule(item)
+        if changed:
+            await self._apply(changed)
+
+    async def _apply(self, changed: list[tuple[Tracked, RemoteStatus]]) -> None:
+        for item, _ in changed:
+            self.forget(item.id)
+        jobs = await self.ctx.ledger.get_many([item.id for item, _ in changed])
+        calls = []
+        for item, status in changed:
+            job = jobs.get(item.id)
+            if job is None:
                 continue
-            changes.append(self._apply(job, status, due=job.id in due_ids))
+            if status.state == RemoteState.DONE:
+                calls.append(self.on_done(job))
+            else:
+                calls.append(self.on_ended(job, status))
         # Concurrently, so the ledger commits the jobs this poll finished as one group.
-        await asyncio.gather(*changes)
+        await asyncio.gather(*calls)
 
-    async def _apply(self, job: Job, status: RemoteStatus, *, due: bool) -> None:
-        if status.state == RemoteState.DONE:
-            self.forget(job.id)
-            await self.on_done(job)
-        elif status.state in (RemoteState.FAILED, RemoteState.CANCELLED, RemoteState.UNKNOWN):
-            self.forget(job.id)
-            await self.on_ended(job, status)
-        elif due:
-            await self._reschedule(job)
-
-    async def _reschedule(self, job: Job) -> None:
-        if job.id in self.jobs:
-            heapq.heappush(self._heap, (time.monotonic() + await self._delay(job), job.id))
+    async def _reschedule(self, item: Tracked) -> None:
+        if item.id in self.jobs:
+            heapq.heappush(self._heap, (time.monotonic() + await self._delay(item), item.id))

@@ -30,18 +30,18 @@ async def reconcile_submitting(ctx: Context, dispatcher: Dispatcher, jobs: list[
 
 
 async def recover(ctx: Context, dispatcher: Dispatcher, poller: Poller, fetcher: Fetcher) -> None:
-    jobs = await ctx.ledger.in_flight()
-    submitting = [j for j in jobs if j.state == JobState.SUBMITTING]
-    for job in jobs:
-        if job.state == JobState.RUNNING:
-            await poller.track(job)  # on its own schedule: elapsed time counts from submit
-        elif job.state == JobState.FETCHING:
-            fetcher.start(job)
+    submitting: list[Job] = []
+    running = fetching = 0
+    async for chunk in ctx.ledger.iter_in_flight():
+        for job in chunk:
+            if job.state == JobState.RUNNING:
+                await poller.track(job)  # on its own schedule: elapsed time counts from submit
+                running += 1
+            elif job.state == JobState.FETCHING:
+                fetcher.start(job)
+                fetching += 1
+            else:
+                submitting.append(job)
     if submitting:
         await reconcile_submitting(ctx, dispatcher, submitting)
-    log.info(
-        "recovered",
-        submitting=len(submitting),
-        running=sum(j.state == JobState.RUNNING for j in jobs),
-        fetching=sum(j.state == JobState.FETCHING for j in jobs),
-    )
+    log.info("recovered", submitting=len(submitting), running=running, fetching=fetching)

@@ -1,41 +1,70 @@
-"""Apply Alembic migrations from inside the daemon or the CLI."""
+"""Apply Alembic migrations from inside the daemon or the CLI.
+
+Alembic (and Mako under it) costs ~10 MiB of resident memory for the life of the process, so it
+is imported only when the database is not already at the newest revision; that check reads the
+revision files' headers and `alembic_version` directly.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from orchestrator.ledger.store import Ledger
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+_REV = re.compile(r"^revision(?::\s*str)?\s*=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+_DOWN = re.compile(r"^down_revision(?::[^=]+)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
 
 
-def alembic_config() -> AlembicConfig:
+def head_revision() -> str:
+    """The newest revision: the one no other revision names as its parent."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        if m := _REV.search(source):
+            revisions.add(m.group(1))
+        if m := _DOWN.search(source):
+            parents.add(m.group(1))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"migrations must have exactly one head, found {sorted(heads)}")
+    return heads.pop()
+
+
+def alembic_config() -> Any:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return cfg
 
 
-def _upgrade(conn: Connection, cfg: AlembicConfig) -> None:
+def _current(conn: Connection) -> str | None:
+    try:
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError):
+        return None
+
+
+def _upgrade(conn: Connection) -> None:
+    if _current(conn) == head_revision():
+        return
+    from alembic import command
+
+    cfg = alembic_config()
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, "head")
 
 
-def _current(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
-
-
 async def upgrade(ledger: Ledger) -> None:
-    cfg = alembic_config()
-    await ledger.run_write(lambda conn: _upgrade(conn, cfg))
+    await ledger.run_write(_upgrade)
 
 
 async def is_current(ledger: Ledger) -> bool:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     async with ledger.read_engine.connect() as conn:
-        return await conn.run_sync(_current) == head
+        return await conn.run_sync(_current) == head_revision()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import enum
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -547,6 +547,35 @@ class Ledger:
         async with self.read_engine.connect() as conn:
             row = (await conn.execute(self._job_select().where(jobs_t.c.id == job_id))).first()
         return row_to_job(row) if row is not None else None
+
+    async def get_many(self, ids: Sequence[int]) -> dict[int, Job]:
+        out: dict[int, Job] = {}
+        async with self.read_engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                stmt = self._job_select().where(jobs_t.c.id.in_(chunk))
+                for row in (await conn.execute(stmt)).fetchall():
+                    job = row_to_job(row)
+                    out[job.id] = job
+        return out
+
+    async def iter_in_flight(self, chunk: int = 500) -> AsyncIterator[list[Job]]:
+        """Jobs in SUBMITTING/RUNNING/FETCHING, a chunk at a time (bounded memory at start)."""
+        last = 0
+        while True:
+            stmt = (
+                self._job_select()
+                .where(jobs_t.c.state.in_([s.value for s in IN_FLIGHT]), jobs_t.c.id > last)
+                .order_by(jobs_t.c.id)
+                .limit(chunk)
+            )
+            async with self.read_engine.connect() as conn:
+                rows = (await conn.execute(stmt)).fetchall()
+            if not rows:
+                return
+            jobs = [row_to_job(r) for r in rows]
+            last = jobs[-1].id
+            yield jobs
 
     async def list_jobs(
         self,

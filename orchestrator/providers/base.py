@@ -41,8 +41,8 @@ class ProviderAdapter(Protocol):
         """Create one remote job and return its id. Raises QuotaExceeded/Throttled/Rejected."""
         ...
 
-    async def poll(self, jobs: Sequence[Job]) -> dict[str, RemoteStatus]:
-        """Status of each job's remote id (batched where the API allows)."""
+    async def poll(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        """Status of each remote job (batched where the API allows)."""
         ...
 
     async def fetch(self, job: Job, sink: Sink) -> None:

@@ -242,8 +242,8 @@ class ClariAdapter:
         body = await self.http.json("GET", "/export/jobs")
         return [item for item in body if isinstance(item, dict)] if isinstance(body, list) else []
 
-    async def poll(self, jobs: Sequence[Job]) -> dict[str, RemoteStatus]:
-        wanted = {j.remote_id for j in jobs if j.remote_id}
+    async def poll(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        wanted = {rid for rid in remote_ids if rid}
         if len(wanted) == 1:
             (rid,) = wanted
             try:

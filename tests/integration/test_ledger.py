@@ -94,3 +94,12 @@ async def test_quota_refund(ledger: Ledger) -> None:
     assert len(await ledger.quota_times("clari", utcnow() - timedelta(days=30))) == 1
     await ledger.transition(job, JobState.SUBMITTING, JobState.PENDING, refund_quota=True)
     assert await ledger.quota_times("clari", utcnow() - timedelta(days=30)) == []
+
+
+def test_head_revision_without_alembic_matches_alembic() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert (
+        migrate.head_revision()
+        == ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
+    )
