@@ -54,7 +54,8 @@ def b1_end_to_end(jobs: int = 5000) -> tuple[list[Row], dict[str, Any]]:
             concurrent_limit=10**9, monthly_quota=10**9, queue_delay=0, duration=0, result_rows=10
         ) as sim,
     ):
-        out = worker("e2e", write_config(Path(d), sim.base), jobs)
+        daemon = {"max_submits": 256, "max_fetches": 128}  # no limits: let concurrency rise
+        out = worker("e2e", write_config(Path(d), sim.base, daemon=daemon), jobs)
         stats = sim.stats()
     raw = ledger.raw_sqlite(2000)
     rate = out["jobs_per_s"]

@@ -46,7 +46,7 @@ class Daemon:
         self.poller = Poller(self.ctx, self._on_remote_done, self._on_remote_ended)
         self.fetcher = Fetcher(self.ctx)
         self.dispatcher = Dispatcher(self.ctx, self._on_submitted)
-        self.scheduler = PipelineScheduler(cfg, self.ledger, on_enqueued=self.ctx.wake_dispatch.set)
+        self.scheduler = PipelineScheduler(cfg, self.ledger, on_enqueued=self._on_enqueued)
         self.ready = asyncio.Event()
         self._signals = 0
         self._last_refresh: dict[str, float] = {}
@@ -202,6 +202,10 @@ class Daemon:
         )
 
     # --- callbacks from the parts -----------------------------------------------------------
+    def _on_enqueued(self) -> None:
+        self.dispatcher.invalidate()
+        self.ctx.wake_dispatch.set()
+
     def _on_submitted(self, job: Job) -> None:
         task = asyncio.get_running_loop().create_task(self.poller.track(job))
         task.add_done_callback(lambda t: t.exception())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,6 +24,7 @@ from orchestrator.ledger.store import utcnow
 
 log = structlog.get_logger(__name__)
 LOST_SUBMIT_CHECKS = 3
+HEADS_AHEAD = 16  # pending jobs read beyond the free submit capacity, to refill from
 
 
 class Dispatcher:
@@ -35,6 +37,8 @@ class Dispatcher:
         self.unresolved: dict[int, Job] = {}  # submits whose outcome we could not learn yet
         self._errors: dict[int, str] = {}
         self._claimed: set[int] = set()  # jobs with a live submit task
+        self._heads: dict[str, dict[str, deque[Job]]] = {}
+        self._heads_at = -1.0
         self._posting: dict[str, int] = defaultdict(int)  # submit requests in the air
         self._reconciling: set[str] = set()
         self._reconcile_lock = asyncio.Lock()
@@ -43,17 +47,31 @@ class Dispatcher:
     def busy(self) -> int:
         return len(self._tasks)
 
+    def invalidate(self) -> None:
+        """New PENDING jobs exist (enqueued in this process): read the ledger on the next round."""
+        self._heads_at = -1.0
+
     async def dispatch(self) -> int:
-        """Start as many submissions as the budgets allow. Returns how many were started."""
+        """Start as many submissions as the budgets allow. Returns how many were started.
+
+        The oldest PENDING jobs of each pipeline are read once and reused until `claim_interval`
+        passes (or something new is enqueued here), so refilling a freed slot needs no query.
+        """
         capacity = self.ctx.cfg.daemon.max_submits - len(self._claimed)
         if capacity <= 0:
             return 0
-        pending = await self.ctx.ledger.pending_heads(capacity, exclude=self._claimed)
+        now = time.monotonic()
+        stale = now - self._heads_at >= self.ctx.cfg.daemon.claim_interval
+        if stale or not any(q for qs in self._heads.values() for q in qs.values()):
+            pending = await self.ctx.ledger.pending_heads(
+                capacity + HEADS_AHEAD, exclude=self._claimed
+            )
+            self._heads = defaultdict(lambda: defaultdict(deque))
+            for job in pending:
+                self._heads[job.provider][job.pipeline].append(job)
+            self._heads_at = now
         started = 0
-        by_provider: dict[str, dict[str, deque[Job]]] = defaultdict(lambda: defaultdict(deque))
-        for job in pending:
-            by_provider[job.provider][job.pipeline].append(job)
-        for provider, queues in by_provider.items():
+        for provider, queues in self._heads.items():
             started += self._dispatch_provider(provider, queues)
         return started
 
