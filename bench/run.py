@@ -277,7 +277,8 @@ def b5_b7_inflight() -> tuple[list[Row], dict[str, Any]]:
                 f"{res['peak_rss_mib']:.0f} MiB",
                 f"<= {limit} MiB",
                 res["peak_rss_mib"] <= limit,
-                f"process before start {res['rss_before_mib']:.0f} MiB; {res['tracked']:,} tracked",
+                f"imports alone {res['rss_before_mib']:.0f} MiB; steady "
+                f"{res['rss_steady_mib']:.0f} MiB; {res['tracked']:,} tracked",
             )
         )
         if n == 10_000:
@@ -328,6 +329,8 @@ def b6_download(size: int = 1 << 30) -> tuple[list[Row], dict[str, Any]]:
             f"{res['mib_per_s']:.0f} MiB/s",
             ">= 300 MiB/s",
             res["mib_per_s"] >= 300,
+            f"this disk's own write+fsync ceiling, same run: {ceiling:.0f} MiB/s "
+            f"(download reaches {res['mib_per_s'] / ceiling:.0%} of it)",
         ),
     ], res
 
