@@ -1,7 +1,7 @@
 """Per-provider-account admission arithmetic: concurrency slots and the rolling monthly quota.
 
 Pure state: callers feed it what the ledger and the provider say, and ask whether one more
-submission fits. The request *rate* is enforced by the HTTP layer's token bucket (aiolimiter).
+submission fits. The request *rate* is enforced by SlidingWindowLimiter (below) in the HTTP layer.
 """
 
 from __future__ import annotations

@@ -157,9 +157,15 @@ class Poller:
             await self._apply(changed)
 
     async def _apply(self, changed: list[tuple[Tracked, RemoteStatus]]) -> None:
+        try:
+            jobs = await self.ctx.ledger.get_many([item.id for item, _ in changed])
+        except Exception as exc:  # keep tracking them: the next poll tries again
+            log.warning("poll_apply_deferred", jobs=len(changed), error=str(exc))
+            for item, _ in changed:
+                await self._reschedule(item)
+            return
         for item, _ in changed:
             self.forget(item.id)
-        jobs = await self.ctx.ledger.get_many([item.id for item, _ in changed])
         calls = []
         for item, status in changed:
             job = jobs.get(item.id)
