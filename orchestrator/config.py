@@ -164,8 +164,17 @@ class DaemonConfig(_Model):
         return parse_duration(v)
 
 
+class WebConfig(_Model):
+    """The status server of `orchestrator run` (not of --once / --exit-when-idle batch runs)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)  # 0: any free port (tests)
+
+
 class Config(_Model):
     ledger: LedgerConfig = LedgerConfig()
+    web: WebConfig = WebConfig()
     output: OutputConfig = OutputConfig()
     daemon: DaemonConfig = DaemonConfig()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)

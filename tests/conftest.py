@@ -65,6 +65,8 @@ def write_config(
         f'url = "sqlite+aiosqlite:///{tmp_path}/ledger.db"',
         "[output]",
         f'dir = "{tmp_path}/results"',
+        "[web]",
+        "port = 0",
         "[daemon]",
         *(f"{k} = {toml_value(v)}" for k, v in dmn.items()),
         "[providers.clari]",

@@ -15,6 +15,7 @@ from orchestrator.config import Config
 from orchestrator.domain import Job, JobState
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.limits import QUOTA_WINDOW, AccountBudget, Caps
+from orchestrator.metrics import Metrics
 from orchestrator.providers import PROVIDERS
 from orchestrator.providers.base import ProviderAdapter
 
@@ -37,6 +38,7 @@ class Context:
     adapters: dict[str, ProviderAdapter]
     budgets: dict[str, AccountBudget]
     stats: Stats = field(default_factory=Stats)
+    metrics: Metrics = field(default_factory=Metrics)
     rng: random.Random = field(default_factory=random.Random)
     wake_dispatch: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -66,6 +68,10 @@ class Context:
 
     def finished(self, job: Job, state: JobState) -> None:
         self.stats.finished[state.value] += 1
+        if job.created_at is not None:
+            self.metrics.job_seconds.labels(job.provider, job.kind, state.value).observe(
+                (utcnow() - job.created_at).total_seconds()
+            )
         log.info("job_finished", job_id=job.id, pipeline=job.pipeline, state=state.value)
 
     async def refresh_budget(self, provider: str) -> None:
@@ -89,6 +95,10 @@ class Context:
             free_slots=budget.free_slots(),
             free_quota=budget.free_quota(),
         )
+
+    def retried(self, job: Job) -> None:
+        self.stats.retries += 1
+        self.metrics.retries.labels(job.provider).inc()
 
     def deadline_passed(self, job: Job) -> bool:
         return job.deadline_at is not None and utcnow() >= job.deadline_at

@@ -23,6 +23,8 @@ from orchestrator.errors import ProviderError
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.scheduler import PipelineScheduler, trigger
+from orchestrator.sdnotify import Notifier
+from orchestrator.web import StatusServer
 
 log = structlog.get_logger(__name__)
 UNRESOLVED_RETRY = 15.0
@@ -48,6 +50,9 @@ class Daemon:
         self.dispatcher = Dispatcher(self.ctx, self._on_submitted)
         self.scheduler = PipelineScheduler(cfg, self.ledger, on_enqueued=self._on_enqueued)
         self.ready = asyncio.Event()
+        self.web = StatusServer(self)
+        self.notifier = Notifier()
+        self.ledger.on_commit = self.ctx.metrics.ledger_commit_seconds.observe
         self._signals = 0
         self._last_refresh: dict[str, float] = {}
         self._last_unresolved = 0.0
@@ -74,6 +79,9 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal)
         try:
+            if self.cfg.web.enabled and not self.exit_when_idle:
+                # Up before migrating, so /readyz can say "not yet" instead of nothing.
+                await self.web.start(self.cfg.web.host, self.cfg.web.port)
             await migrate.upgrade(self.ledger)
             await self.ledger.start()
             for provider in self.ctx.budgets:
@@ -88,9 +96,12 @@ class Daemon:
                 await self.scheduler.start()
             self.ready.set()
             log.info("daemon_ready", providers=sorted(self.ctx.adapters), tracked=len(self.poller))
+            self.notifier.notify("READY=1", self._status_line())
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.poller.run(), name="poller")
                 tg.create_task(self._main_loop(), name="dispatcher")
+                if self.notifier.enabled:
+                    tg.create_task(self._notify_loop(), name="sd-notify")
         finally:
             await self._shutdown()
             if self.install_signals:
@@ -99,7 +110,27 @@ class Daemon:
         failed = self.ctx.stats.finished.get(JobState.FAILED.value, 0)
         return 1 if failed else 0
 
+    def _status_line(self) -> str:
+        return (
+            f"STATUS=in flight: {len(self.poller)} polling, {self.dispatcher.busy} submitting, "
+            f"{self.fetcher.busy} fetching; finished {sum(self.ctx.stats.finished.values())}"
+        )
+
+    async def _notify_loop(self) -> None:
+        """WATCHDOG=1 from the event loop itself (a stuck loop stops the keep-alives), at half of
+        WatchdogSec, and a STATUS= line with the work in flight."""
+        interval = self.notifier.watchdog_interval() or 5.0
+        while not self.ctx.stopping.is_set():
+            lines = [self._status_line()]
+            if self.notifier.watchdog_interval() is not None:
+                lines.insert(0, "WATCHDOG=1")
+            self.notifier.notify(*lines)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self.ctx.stopping.wait()
+
     async def _shutdown(self) -> None:
+        self.notifier.notify("STOPPING=1", self._status_line())
         self.ctx.stopping.set()
         self.scheduler.shutdown()
         drain = self.cfg.daemon.drain_timeout
@@ -111,6 +142,8 @@ class Daemon:
 
     async def _close(self) -> None:
         await asyncio.sleep(0)  # let cancelled tasks run their cleanup
+        await self.web.stop()
+        self.notifier.close()
         await self.ctx.close()
         await self.ledger.close()
         log.info("daemon_stopped", finished=dict(self.ctx.stats.finished))
@@ -247,7 +280,7 @@ class Daemon:
                 refund_quota=refund,
                 next_attempt_at=utcnow() + wait,
             )
-            ctx.stats.retries += 1
+            ctx.retried(job)
             log.warning(
                 "job_retry_scheduled", job_id=job.id, wait=wait.total_seconds(), error=error
             )

@@ -173,6 +173,7 @@ class Dispatcher:
             job, JobState.SUBMITTING, JobState.RUNNING, reason=reason, remote_id=remote_id
         )
         ctx.stats.submissions += 1
+        ctx.metrics.submissions.labels(job.provider, job.kind).inc()
         log.info("job_submitted", job_id=job.id, pipeline=job.pipeline, remote_id=remote_id)
         self.on_submitted(replace(job, state=JobState.RUNNING, remote_id=remote_id))
 
@@ -294,7 +295,7 @@ class Dispatcher:
             error=error,
             next_attempt_at=utcnow() + ctx.retry_at(job.attempts),
         )
-        ctx.stats.retries += 1
+        ctx.retried(job)
 
     async def drain(self, within: float) -> None:
         if self._tasks:

@@ -116,7 +116,7 @@ class Fetcher:
                 error=str(exc),
                 next_attempt_at=utcnow() + ctx.retry_at(job.attempts),
             )
-            ctx.stats.retries += 1
+            ctx.retried(job)
             return
         await ctx.ledger.transition(
             job, JobState.FETCHING, JobState.FAILED, reason="result unavailable", error=str(exc)

@@ -134,6 +134,7 @@ class Poller:
         asked = due
         if adapter.batch_poll:
             asked = [t for t in self.jobs.values() if t.provider == provider]
+        started = time.perf_counter()
         try:
             statuses = await adapter.poll([t.remote_id for t in asked])
         except ProviderError as exc:
@@ -143,6 +144,8 @@ class Poller:
                 await self._reschedule(item)
             return
         self.ctx.stats.polls += 1
+        self.ctx.metrics.polls.labels(provider).inc()
+        self.ctx.metrics.poll_seconds.labels(provider).observe(time.perf_counter() - started)
         due_ids = {t.id for t in due}
         changed: list[tuple[Tracked, RemoteStatus]] = []
         for item in asked:

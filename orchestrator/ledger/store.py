@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -265,6 +266,7 @@ class Ledger:
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0
         self.ops = 0
+        self.on_commit: Callable[[float], None] | None = None  # commit latency observer
 
     # --- engines ----------------------------------------------------------------------------
     def _sync_engine(self) -> Engine:
@@ -356,8 +358,11 @@ class Ledger:
                     raise BatchError from exc
             return out
 
+        started = time.perf_counter()
         try:
             outcomes = await self.run_write(run_all)
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started)
         except BatchError:
             outcomes = [await self._commit_alone(op) for op in batch]
         except Exception as exc:
@@ -679,6 +684,13 @@ class Ledger:
         stmt = select(jobs_t.c.state, func.count()).group_by(jobs_t.c.state)
         async with self.read_engine.connect() as conn:
             return {s: int(n) for s, n in (await conn.execute(stmt)).all()}
+
+    async def counts_by_kind(self) -> dict[tuple[str, str, str], int]:
+        stmt = select(jobs_t.c.provider, jobs_t.c.kind, jobs_t.c.state, func.count()).group_by(
+            jobs_t.c.provider, jobs_t.c.kind, jobs_t.c.state
+        )
+        async with self.read_engine.connect() as conn:
+            return {(p, k, s): int(n) for p, k, s, n in (await conn.execute(stmt)).all()}
 
     async def quota_times(self, provider: str, since: datetime) -> list[datetime]:
         stmt = select(quota_t.c.at).where(

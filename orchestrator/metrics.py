@@ -1,0 +1,92 @@
+"""Prometheus metrics of one daemon (its own registry, so several daemons can share a process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 1800, 3600, 21600)
+
+
+class _Snapshot(Collector):
+    """Values read at scrape time from what the daemon already holds."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Any]:
+        data = self.read()
+        jobs = GaugeMetricFamily(
+            "orchestrator_jobs", "Jobs in the ledger by state", labels=["provider", "kind", "state"]
+        )
+        for (provider, kind, state), n in data.get("jobs", {}).items():
+            jobs.add_metric([provider, kind, state], n)
+        yield jobs
+        http = CounterMetricFamily(
+            "orchestrator_http_responses", "HTTP responses by status", labels=["provider", "status"]
+        )
+        for (provider, status), n in data.get("http", {}).items():
+            http.add_metric([provider, str(status)], n)
+        yield http
+        quota = GaugeMetricFamily(
+            "orchestrator_quota_remaining",
+            "Submissions left in the rolling window",
+            labels=["provider"],
+        )
+        slots = GaugeMetricFamily(
+            "orchestrator_concurrency_in_use", "Remote jobs queued or running", labels=["provider"]
+        )
+        limit = GaugeMetricFamily(
+            "orchestrator_concurrency_limit", "Concurrency limit in force", labels=["provider"]
+        )
+        for provider, b in data.get("budgets", {}).items():
+            if b["free_quota"] is not None:
+                quota.add_metric([provider], b["free_quota"])
+            slots.add_metric([provider], b["in_flight"])
+            if b["limit"] is not None:
+                limit.add_metric([provider], b["limit"])
+        yield quota
+        yield slots
+        yield limit
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.submissions = Counter(
+            "orchestrator_submissions", "Remote jobs created", ["provider", "kind"], registry=r
+        )
+        self.polls = Counter("orchestrator_polls", "Status polls", ["provider"], registry=r)
+        self.retries = Counter(
+            "orchestrator_retries", "Jobs sent to RETRY_WAIT", ["provider"], registry=r
+        )
+        self.job_seconds = Histogram(
+            "orchestrator_job_duration_seconds",
+            "Enqueue to terminal state",
+            ["provider", "kind", "state"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.poll_seconds = Histogram(
+            "orchestrator_poll_request_seconds",
+            "Latency of one status poll",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ledger_commit_seconds = Histogram(
+            "orchestrator_ledger_commit_seconds",
+            "Latency of one grouped ledger commit",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.snapshot: dict[str, Any] = {}
+        r.register(_Snapshot(lambda: self.snapshot))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,72 @@
+"""The daemon as systemd runs it: sd_notify messages in order, SIGTERM drains and exits 0, the
+next start finishes everything without a duplicate export."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.helpers import cli, http_json, jobs_json
+from tests.conftest import API_KEY, forecast, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigterm_drains_exits_0_and_the_next_start_resumes(
+    tmp_path: Path,
+    simulator: str,
+) -> None:
+    pipelines = [forecast(f"f{i}") for i in range(8)]
+    config = write_config(tmp_path, simulator, pipelines, api_key=API_KEY)
+    for p in pipelines:
+        cli("trigger", p["name"], "--config", str(config), check=True)
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        messages = [sock.recv(4096).decode()]
+        assert messages[0].startswith("READY=1"), messages
+        while sum("WATCHDOG=1" in m for m in messages) < 2:
+            messages.append(sock.recv(4096).decode())
+        deadline = time.monotonic() + 30
+        while int(http_json(simulator + "/_sim/stats")["created"]) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        daemon.send_signal(signal.SIGTERM)
+        while not messages[-1].startswith("STOPPING=1"):
+            messages.append(sock.recv(4096).decode())
+        _, err = daemon.communicate(timeout=40)
+        assert daemon.returncode == 0, err.decode()[-2000:]
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        sock.close()
+    kinds = [m.split("=", 1)[0] for m in messages]
+    assert kinds[0] == "READY" and kinds[-1] == "STOPPING" and "WATCHDOG" in kinds
+    assert any("STATUS=in flight" in m for m in messages)
+
+    states = {j["state"] for j in jobs_json(config)}
+    assert states <= {"PENDING", "SUBMITTING", "RUNNING", "FETCHING", "SUCCEEDED"}
+
+    resumed = cli("run", "--exit-when-idle", "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    jobs = jobs_json(config)
+    assert {j["state"] for j in jobs} == {"SUCCEEDED"}
+    assert http_json(simulator + "/_sim/stats")["created"] == len(pipelines)
+    assert API_KEY not in err.decode() + resumed.stderr
