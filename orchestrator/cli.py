@@ -313,6 +313,27 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
     Console().print(table)
 
 
+@cli.command()
+@config_option
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def healthcheck(config_path: str | None, timeout: float) -> None:
+    """Exit 0 if the running daemon's /healthz answers 200 (Docker HEALTHCHECK), else 1."""
+    import urllib.error
+    import urllib.request
+
+    cfg = _load(config_path)
+    host = "127.0.0.1" if cfg.web.host in ("0.0.0.0", "::", "") else cfg.web.host  # noqa: S104
+    url = f"http://{host}:{cfg.web.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            ok = resp.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"unhealthy: {url}: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{'healthy' if ok else 'unhealthy'}: {url}")
+    sys.exit(0 if ok else 1)
+
+
 @cli.group()
 def db() -> None:
     """Ledger schema."""

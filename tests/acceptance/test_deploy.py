@@ -1,0 +1,97 @@
+"""Deployment files: the systemd unit verified and rated by systemd-analyze, the container's
+entrypoint and healthcheck commands run for real, the Dockerfile checked for what we promise.
+(No Docker engine runs on our machines, so the image itself is not built here.)"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.helpers import cli
+from tests.conftest import API_KEY, forecast, free_port, write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "deploy" / "orchestrator.service"
+ANALYZE = shutil.which("systemd-analyze")
+
+
+def _unit_for_here(tmp_path: Path) -> Path:
+    """The unit with ExecStart pointing at this checkout's orchestrator (verify checks it)."""
+    exe = Path(sys.executable).parent / "orchestrator"
+    text = UNIT.read_text().replace("/opt/orchestrator/.venv/bin/orchestrator", str(exe))
+    path = tmp_path / "orchestrator.service"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+def test_unit_verifies_and_its_exposure_is_at_most_2(tmp_path: Path) -> None:
+    unit = _unit_for_here(tmp_path)
+    verify = subprocess.run(
+        [str(ANALYZE), "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    sec = subprocess.run(
+        [str(ANALYZE), "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", sec.stdout)
+    assert m, sec.stdout[-2000:] + sec.stderr
+    assert float(m.group(1)) <= 2.0
+
+
+def test_unit_promises() -> None:
+    text = UNIT.read_text()
+    for line in (
+        "Type=notify",
+        "DynamicUser=yes",
+        "StateDirectory=orchestrator",
+        "LoadCredential=",
+        "WatchdogSec=",
+        "TimeoutStopSec=60s",
+    ):
+        assert line in text
+
+
+def test_dockerfile_promises() -> None:
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.MULTILINE)) == 2  # multi-stage
+    assert "-slim" in text
+    assert re.search(r"^USER 10001", text, re.MULTILINE)  # non-root, fixed UID
+    assert "PYTHONUNBUFFERED=1" in text
+    assert 'CMD ["orchestrator", "healthcheck"]' in text
+    assert 'VOLUME ["/var/lib/orchestrator"]' in text
+    assert "ADD " not in text  # COPY only: nothing fetched at build time
+    compose = (ROOT / "deploy" / "compose.yaml").read_text()
+    assert "init: true" in compose and "stop_grace_period: 60s" in compose
+
+
+def test_entrypoint_and_healthcheck_commands(tmp_path: Path) -> None:
+    """What the container runs: `orchestrator run` (ENTRYPOINT + CMD) and, beside it,
+    `orchestrator healthcheck` — unhealthy before the daemon listens, healthy after."""
+    port = free_port()
+    config = write_config(tmp_path, "http://127.0.0.1:9/clari/v4", [forecast("f")], api_key=API_KEY)
+    config.write_text(config.read_text().replace("port = 0", f"port = {port}"))
+    assert cli("healthcheck", "--config", str(config), "--timeout", "1").returncode == 1
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while cli("healthcheck", "--config", str(config), "--timeout", "1").returncode != 0:
+            assert time.monotonic() < deadline and daemon.poll() is None
+            time.sleep(0.2)
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+    assert daemon.returncode == 0
