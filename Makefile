@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo bench simulate clean
+.PHONY: install test lint typecheck pytest demo bench simulate chromium clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,10 @@ demo: $(STAMP)
 
 simulate: $(STAMP)
 	$(BIN)/orchestrator simulate --port 8765
+
+# Debian's Chromium for the status-page test (skipped where it is missing). Needs root.
+chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

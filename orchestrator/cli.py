@@ -164,6 +164,68 @@ def jobs_list(
         print_jobs_table(rows)
 
 
+@jobs.command("watch")
+@config_option
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="Seconds between refreshes."
+)
+@click.option("--iterations", type=int, default=0, help="Stop after N refreshes (0: until Ctrl-C).")
+def jobs_watch(config_path: str | None, interval: float, iterations: int) -> None:
+    """A live view of jobs in flight and the latest finished ones."""
+    cfg = _load(config_path)
+    from rich.console import Console
+    from rich.live import Live
+
+    async def watch(lg: Ledger) -> None:
+        console = Console() if Console().is_terminal else Console(width=200)
+        with Live(console=console, auto_refresh=False) as live:
+            n = 0
+            while True:
+                live.update(await _watch_table(lg), refresh=True)
+                n += 1
+                if iterations and n >= iterations:
+                    return
+                await asyncio.sleep(interval)
+
+    try:
+        _with_ledger(cfg, watch)
+    except KeyboardInterrupt:
+        pass
+
+
+async def _watch_table(lg: Ledger) -> Any:
+    from rich.table import Table
+
+    from orchestrator.domain import IN_FLIGHT
+
+    counts = await lg.counts_by_state()
+    flight = await lg.list_jobs(states=sorted(IN_FLIGHT))
+    waiting = await lg.list_jobs(states=[JobState.PENDING, JobState.RETRY_WAIT], limit=10)
+    recent = await lg.list_jobs(
+        states=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED], limit=10
+    )
+    summary = "  ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no jobs"
+    table = Table(title=f"orchestrator jobs — {summary}")
+    for col in ("id", "pipeline", "state", "attempt", "age", "remote id / result / error"):
+        table.add_column(col, overflow="fold")
+    for job in [*flight, *waiting, *recent]:
+        d = job_to_dict(job)
+        start = job.submitted_at or job.created_at
+        end = job.finished_at or utcnow()
+        age = f"{(end - start).total_seconds():.1f}s" if start else ""
+        table.add_row(
+            str(job.id),
+            job.pipeline,
+            job.state.value,
+            str(job.attempts),
+            age,
+            job.remote_id
+            if job.state.value in ("SUBMITTING", "RUNNING", "FETCHING")
+            else (d["result_path"] or d["error"] or ""),
+        )
+    return table
+
+
 @jobs.command("show")
 @config_option
 @click.argument("job_id", type=int)

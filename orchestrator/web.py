@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from orchestrator.domain import JobState
+from orchestrator import statuspage
+from orchestrator.domain import IN_FLIGHT, JobState
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import job_to_dict
 
@@ -30,6 +31,7 @@ class StatusServer:
 
     def app(self) -> web.Application:
         app = web.Application()
+        app.router.add_get("/", self.index)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -47,6 +49,25 @@ class StatusServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def index(self, _: web.Request) -> web.Response:
+        d = self.daemon
+        counts = await d.ledger.counts_by_state()
+        in_flight = await d.ledger.list_jobs(states=sorted(IN_FLIGHT))
+        recent = await d.ledger.list_jobs(limit=500)
+        seen = {j.id for j in in_flight}
+        jobs = in_flight + [j for j in recent if j.id not in seen]
+        budgets = {
+            name: {
+                "quota_used": b.used,
+                "quota_limit": b.quota_limit(),
+                "in_flight": b.in_flight,
+                "concurrency_limit": b.concurrency_limit(),
+            }
+            for name, b in d.ctx.budgets.items()
+        }
+        html = statuspage.render(counts=counts, jobs=jobs, budgets=budgets, title="orchestrator")
+        return web.Response(text=html, content_type="text/html")
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

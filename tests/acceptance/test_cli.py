@@ -101,6 +101,11 @@ def test_cli_contract(tmp_path: Path, simulator: str) -> None:
     again = cli("jobs", "retry", str(pending[0]["id"]), "--config", str(config), check=True)
     assert "retry of" in again.stdout
 
+    watch = cli("jobs", "watch", "--iterations", "2", "--interval", "0.1", "--config", str(config))
+    assert watch.returncode == 0, watch.stderr
+    assert "SUCCEEDED" in watch.stdout and "CANCELLED" in watch.stdout
+    assert str(job["result_path"])[:30] in watch.stdout
+
     quota = json.loads(cli("quota", "--json", "--config", str(config), check=True).stdout)
     assert quota["clari"]["used"] == 1
     assert quota["clari"]["concurrency_limit"] == 4

@@ -70,3 +70,12 @@ def test_sigterm_drains_exits_0_and_the_next_start_resumes(
     assert {j["state"] for j in jobs} == {"SUCCEEDED"}
     assert http_json(simulator + "/_sim/stats")["created"] == len(pipelines)
     assert API_KEY not in err.decode() + resumed.stderr
+    # Under systemd (stderr not a terminal) every log line is one JSON object with an event.
+    import json
+
+    lines = [line for line in (err.decode() + resumed.stderr).splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        record = json.loads(line)
+        assert record["event"] and record["level"] and record["timestamp"]
+    assert any(json.loads(line).get("job_id") for line in lines)
