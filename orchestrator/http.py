@@ -12,6 +12,7 @@ import contextlib
 import json
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -140,18 +141,28 @@ class HttpClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response with a 2xx status, after retries; its body is not read yet (stream it)."""
         where = self._where(method, path)  # for messages: path only, never query or headers
+        extra_headers = kw.pop("headers", None) or {}
         last: ProviderError | None = None
         for attempt in range(1, self.retries + 2):
             await self.limiter.acquire()
             self.requests += 1
             try:
-                resp = await self.session.request(method, self.url(path), **kw)
+                request_id = uuid.uuid4().hex[:16]
+                headers = {**extra_headers, "X-Request-Id": request_id}
+                resp = await self.session.request(method, self.url(path), headers=headers, **kw)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 last = self._fail(Unavailable, f"{where}: {type(exc).__name__}")
-                log.warning("http_retry", where=where, error=type(exc).__name__, attempt=attempt)
+                log.warning(
+                    "http_retry",
+                    where=where,
+                    error=type(exc).__name__,
+                    attempt=attempt,
+                    request_id=request_id,
+                )
                 await self._sleep_before_retry(attempt, None)
                 continue
             self.status_counts[resp.status] = self.status_counts.get(resp.status, 0) + 1
+            log.debug("http_response", where=where, status=resp.status, request_id=request_id)
             if resp.status < 400:
                 try:
                     yield resp
@@ -173,7 +184,13 @@ class HttpClient:
                 )
                 if isinstance(last, Throttled):
                     last.retry_after = hint
-                log.warning("http_retry", where=where, status=resp.status, attempt=attempt)
+                log.warning(
+                    "http_retry",
+                    where=where,
+                    status=resp.status,
+                    attempt=attempt,
+                    request_id=resp.headers.get("X-Request-Id", request_id),
+                )
                 if attempt <= self.retries:
                     await self._sleep_before_retry(attempt, hint)
                 continue

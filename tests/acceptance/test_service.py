@@ -79,3 +79,43 @@ def test_sigterm_drains_exits_0_and_the_next_start_resumes(
         record = json.loads(line)
         assert record["event"] and record["level"] and record["timestamp"]
     assert any(json.loads(line).get("job_id") for line in lines)
+
+
+def test_second_signal_exits_at_once_and_safely(tmp_path: Path, simulator: str) -> None:
+    """A first SIGTERM starts a drain of long downloads; a second one ends it at once."""
+    http_json(simulator + "/_sim/config", {"duration": 0.1, "result_bytes": 500_000_000})
+    pipelines = [forecast(f"big{i}") for i in range(2)]
+    config = write_config(
+        tmp_path, simulator, pipelines, api_key=API_KEY, daemon={"drain_timeout": "120s"}
+    )
+    for p in pipelines:
+        cli("trigger", p["name"], "--config", str(config), check=True)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not any(j["state"] == "FETCHING" for j in jobs_json(config)):
+            assert time.monotonic() < deadline and daemon.poll() is None
+            time.sleep(0.05)
+        daemon.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert daemon.poll() is None  # draining
+        t0 = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(15)
+        assert time.monotonic() - t0 < 10
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert daemon.returncode == 0
+    # Whatever was cut off is at most a hidden .part file: every final name is a finished result.
+    finals = {str(p) for p in (tmp_path / "results").rglob("*.csv")}
+    done = {j["result_path"] for j in jobs_json(config) if j["state"] == "SUCCEEDED"}
+    assert finals <= done
+    resumed = cli("run", "--exit-when-idle", "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert {j["state"] for j in jobs_json(config)} == {"SUCCEEDED"}
+    assert http_json(simulator + "/_sim/stats")["created"] == len(pipelines)
