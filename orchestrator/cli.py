@@ -75,8 +75,23 @@ def run(config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool
 
 @cli.command("check-config")
 @config_option
-def check_config(config_path: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True)
+def check_config(config_path: str | None, as_json: bool) -> None:
     """Validate the config file; exit 2 with file:line: message on errors."""
+    if as_json:
+        try:
+            cfg = load_config(config_path)
+        except ConfigError as exc:
+            click.echo(json.dumps({"ok": False, "problems": exc.problems}, indent=2))
+            sys.exit(2)
+        summary = {
+            "ok": True,
+            "file": str(cfg.source),
+            "providers": sorted(cfg.providers),
+            "pipelines": [p.name for p in cfg.pipelines],
+        }
+        click.echo(json.dumps(summary, indent=2))
+        return
     cfg = _load(config_path)
     click.echo(
         f"{cfg.source}: ok ({len(cfg.providers)} provider(s), {len(cfg.pipelines)} pipeline(s))"
@@ -258,7 +273,8 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
 @jobs.command("retry")
 @config_option
 @click.argument("job_id", type=int)
-def jobs_retry(config_path: str | None, job_id: int) -> None:
+@click.option("--json", "as_json", is_flag=True)
+def jobs_retry(config_path: str | None, job_id: int, as_json: bool) -> None:
     """Run a FAILED or CANCELLED job again, as a new job with the same params."""
     cfg = _load(config_path)
 
@@ -286,13 +302,17 @@ def jobs_retry(config_path: str | None, job_id: int) -> None:
     if isinstance(result, str):
         click.echo(result, err=True)
         sys.exit(2)
-    click.echo(f"job {result} enqueued (retry of {job_id})")
+    if as_json:
+        click.echo(json.dumps({"id": result, "retry_of": job_id, "state": "PENDING"}))
+    else:
+        click.echo(f"job {result} enqueued (retry of {job_id})")
 
 
 @jobs.command("cancel")
 @config_option
 @click.argument("job_id", type=int)
-def jobs_cancel(config_path: str | None, job_id: int) -> None:
+@click.option("--json", "as_json", is_flag=True)
+def jobs_cancel(config_path: str | None, job_id: int, as_json: bool) -> None:
     """Cancel a job; a running remote job is cancelled at the provider by the daemon."""
     cfg = _load(config_path)
 
@@ -306,6 +326,10 @@ def jobs_cancel(config_path: str | None, job_id: int) -> None:
     if state is None:
         click.echo(f"no job {job_id}", err=True)
         sys.exit(2)
+    if as_json:
+        ended = state in (JobState.SUCCEEDED, JobState.FAILED)
+        click.echo(json.dumps({"id": job_id, "state": state.value, "cancel_requested": not ended}))
+        sys.exit(2 if ended else 0)
     if state == JobState.CANCELLED:
         click.echo(f"job {job_id} cancelled")
     elif state in (JobState.SUCCEEDED, JobState.FAILED):
@@ -318,7 +342,8 @@ def jobs_cancel(config_path: str | None, job_id: int) -> None:
 @cli.command()
 @config_option
 @click.argument("pipeline")
-def trigger(config_path: str | None, pipeline: str) -> None:
+@click.option("--json", "as_json", is_flag=True)
+def trigger(config_path: str | None, pipeline: str, as_json: bool) -> None:
     """Enqueue one run of PIPELINE now."""
     cfg = _load(config_path)
     try:
@@ -330,7 +355,10 @@ def trigger(config_path: str | None, pipeline: str) -> None:
     from orchestrator.scheduler import trigger as do_trigger
 
     job_id = _with_ledger(cfg, lambda lg: do_trigger(lg, p))
-    click.echo(f"job {job_id} enqueued for {pipeline}")
+    if as_json:
+        click.echo(json.dumps({"id": job_id, "pipeline": pipeline, "state": "PENDING"}))
+    else:
+        click.echo(f"job {job_id} enqueued for {pipeline}")
 
 
 @cli.command()

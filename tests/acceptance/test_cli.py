@@ -66,6 +66,13 @@ def test_cli_contract(tmp_path: Path, simulator: str) -> None:
 
     trig = cli("trigger", "weekly", "--config", str(config), check=True)
     assert "enqueued" in trig.stdout
+    checked = json.loads(cli("check-config", "--json", "--config", str(config)).stdout)
+    assert checked == {
+        "ok": True,
+        "file": str(config),
+        "providers": ["clari"],
+        "pipelines": ["weekly"],
+    }
     assert cli("trigger", "nope", "--config", str(config)).returncode == 2
 
     run = cli("run", "--exit-when-idle", "--config", str(config))
@@ -94,8 +101,10 @@ def test_cli_contract(tmp_path: Path, simulator: str) -> None:
     retry = cli("jobs", "retry", str(job["id"]), "--config", str(config))
     assert retry.returncode == 2  # only FAILED/CANCELLED jobs are retried
 
-    cli("trigger", "weekly", "--config", str(config), check=True)
+    queued = json.loads(cli("trigger", "weekly", "--json", "--config", str(config)).stdout)
+    assert queued["state"] == "PENDING"
     pending = [j for j in jobs_json(config) if j["state"] == "PENDING"]
+    assert [j["id"] for j in pending] == [queued["id"]]
     cancel = cli("jobs", "cancel", str(pending[0]["id"]), "--config", str(config), check=True)
     assert "cancelled" in cancel.stdout
     again = cli("jobs", "retry", str(pending[0]["id"]), "--config", str(config), check=True)
@@ -117,6 +126,10 @@ def test_bad_config_exits_2_with_file_and_line(tmp_path: Path) -> None:
     config = write_config(
         tmp_path, "http://127.0.0.1:1/clari/v4", [forecast("f", timePeriod="Q4-2026")]
     )
+    as_json = cli("check-config", "--json", "--config", str(config))
+    assert as_json.returncode == 2
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is False and "timePeriod" in report["problems"][0]
     proc = cli("check-config", "--config", str(config))
     assert proc.returncode == 2
     assert f"{config}:" in proc.stderr and "timePeriod" in proc.stderr
