@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import time
@@ -27,6 +28,15 @@ from orchestrator.limits import SlidingWindowLimiter
 
 log = structlog.get_logger(__name__)
 MAX_WAIT = 300.0  # never sleep longer than this on one server-provided hint
+
+
+_REQUEST_PREFIX = uuid.uuid4().hex[:8]
+_request_counter = itertools.count(1)
+
+
+def _next_request_id() -> str:
+    """Unique per process run and cheap (uuid4 reads os.urandom on every call)."""
+    return f"{_REQUEST_PREFIX}-{next(_request_counter):x}"
 
 
 def redact(text: str, secrets: list[str]) -> str:
@@ -147,7 +157,7 @@ class HttpClient:
             await self.limiter.acquire()
             self.requests += 1
             try:
-                request_id = uuid.uuid4().hex[:16]
+                request_id = _next_request_id()
                 headers = {**extra_headers, "X-Request-Id": request_id}
                 resp = await self.session.request(method, self.url(path), headers=headers, **kw)
             except (aiohttp.ClientError, TimeoutError) as exc:
