@@ -7,8 +7,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import free_port
 
@@ -74,3 +75,23 @@ def simulator_process() -> Iterator[str]:
 def jobs_json(config: Path) -> list[dict[str, object]]:
     out = cli("jobs", "list", "--json", "--config", str(config), check=True)
     return list(json.loads(out.stdout))
+
+
+def start_daemon(config: Path, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """`orchestrator run --config F [args]` as a subprocess, output discarded unless asked."""
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", "--config", str(config), *args], **popen
+    )
+
+
+def wait_until(
+    condition: Callable[[], bool], daemon: subprocess.Popen[bytes], timeout: float = 30
+) -> None:
+    """Poll `condition` while the daemon lives; fail if it dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert daemon.poll() is None, "the daemon exited early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.helpers import cli, http_json, jobs_json
+from tests.acceptance.helpers import cli, http_json, jobs_json, start_daemon, wait_until
 from tests.conftest import API_KEY, forecast, write_config
 
 pytestmark = pytest.mark.slow
@@ -24,16 +21,9 @@ def test_kill_9_mid_run_then_exit_when_idle_loses_nothing_and_duplicates_nothing
     config = write_config(
         tmp_path, simulator, [forecast(f"f{i}") for i in range(10)], api_key=API_KEY
     )
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", "--once", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = start_daemon(config, "--once")
     # Kill it while jobs are in every state: some submitted, some still pending.
-    deadline = time.monotonic() + 30
-    while int(http_json(simulator + "/_sim/stats")["created"]) < 3:  # type: ignore[index]
-        assert time.monotonic() < deadline and daemon.poll() is None
-        time.sleep(0.05)
+    wait_until(lambda: int(http_json(simulator + "/_sim/stats")["created"]) >= 3, daemon)
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait(10)
     before = {j["state"] for j in jobs_json(config)}

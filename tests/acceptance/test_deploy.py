@@ -8,12 +8,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.helpers import cli
+from tests.acceptance.helpers import cli, start_daemon, wait_until
 from tests.conftest import API_KEY, forecast, free_port, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,16 +80,13 @@ def test_entrypoint_and_healthcheck_commands(tmp_path: Path) -> None:
     config = write_config(tmp_path, "http://127.0.0.1:9/clari/v4", [forecast("f")], api_key=API_KEY)
     config.write_text(config.read_text().replace("port = 0", f"port = {port}"))
     assert cli("healthcheck", "--config", str(config), "--timeout", "1").returncode == 1
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = start_daemon(config)
     try:
-        deadline = time.monotonic() + 20
-        while cli("healthcheck", "--config", str(config), "--timeout", "1").returncode != 0:
-            assert time.monotonic() < deadline and daemon.poll() is None
-            time.sleep(0.2)
+        wait_until(
+            lambda: cli("healthcheck", "--config", str(config), "--timeout", "1").returncode == 0,
+            daemon,
+            timeout=20,
+        )
     finally:
         daemon.terminate()
         daemon.wait(30)

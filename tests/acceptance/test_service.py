@@ -7,13 +7,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.helpers import cli, http_json, jobs_json
+from tests.acceptance.helpers import cli, http_json, jobs_json, start_daemon, wait_until
 from tests.conftest import API_KEY, forecast, write_config
 
 pytestmark = pytest.mark.slow
@@ -33,21 +32,13 @@ def test_sigterm_drains_exits_0_and_the_next_start_resumes(
     sock.bind(str(sock_path))
     sock.settimeout(20)
     env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
+    daemon = start_daemon(config, stderr=subprocess.PIPE, env=env)
     try:
         messages = [sock.recv(4096).decode()]
         assert messages[0].startswith("READY=1"), messages
         while sum("WATCHDOG=1" in m for m in messages) < 2:
             messages.append(sock.recv(4096).decode())
-        deadline = time.monotonic() + 30
-        while int(http_json(simulator + "/_sim/stats")["created"]) < 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: int(http_json(simulator + "/_sim/stats")["created"]) >= 3, daemon)
         daemon.send_signal(signal.SIGTERM)
         while not messages[-1].startswith("STOPPING=1"):
             messages.append(sock.recv(4096).decode())
@@ -90,16 +81,9 @@ def test_second_signal_exits_at_once_and_safely(tmp_path: Path, simulator: str) 
     )
     for p in pipelines:
         cli("trigger", p["name"], "--config", str(config), check=True)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = start_daemon(config)
     try:
-        deadline = time.monotonic() + 30
-        while not any(j["state"] == "FETCHING" for j in jobs_json(config)):
-            assert time.monotonic() < deadline and daemon.poll() is None
-            time.sleep(0.05)
+        wait_until(lambda: any(j["state"] == "FETCHING" for j in jobs_json(config)), daemon)
         daemon.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert daemon.poll() is None  # draining

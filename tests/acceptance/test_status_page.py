@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.helpers import cli, http_json, jobs_json
+from tests.acceptance.helpers import cli, http_json, jobs_json, start_daemon, wait_until
 from tests.conftest import API_KEY, forecast, free_port, write_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -39,17 +37,10 @@ def test_status_page_shows_running_jobs(tmp_path: Path, simulator: str) -> None:
     config.write_text(config.read_text().replace("port = 0", f"port = {port}"))
     for p in pipelines:
         cli("trigger", p["name"], "--config", str(config), check=True)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = start_daemon(config)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 30
-        while sum(j["state"] == "RUNNING" for j in jobs_json(config)) < 2:
-            assert time.monotonic() < deadline and daemon.poll() is None
-            time.sleep(0.2)
+        wait_until(lambda: sum(j["state"] == "RUNNING" for j in jobs_json(config)) >= 2, daemon)
         running = [j for j in jobs_json(config) if j["state"] == "RUNNING"]
         profile = tmp_path / "chromium-profile"
         common = [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}"]
