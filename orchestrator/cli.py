@@ -15,7 +15,7 @@ from orchestrator import __version__
 from orchestrator.config import Config, load_config
 from orchestrator.domain import JobState
 from orchestrator.errors import ConfigError
-from orchestrator.ledger.store import Ledger, job_to_dict, utcnow
+from orchestrator.ledger.store import Ledger, job_to_dict, part_to_dict, utcnow
 
 T = TypeVar("T")
 STATES = [s.value for s in JobState]
@@ -253,7 +253,8 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
         job = await lg.get(job_id)
         if job is None:
             return None
-        return {**job_to_dict(job), "transitions": await lg.transitions(job_id)}
+        parts = [part_to_dict(p) for p in await lg.parts(job_id)]
+        return {**job_to_dict(job), "parts": parts, "transitions": await lg.transitions(job_id)}
 
     data = _with_ledger(cfg, get)
     if data is None:
@@ -263,8 +264,16 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     for key, value in data.items():
-        if key != "transitions":
+        if key not in ("transitions", "parts"):
             click.echo(f"{key:>16}: {value if value is not None else ''}")
+    if data["parts"]:
+        click.echo("           parts:")
+        for part in data["parts"]:
+            rows = ""
+            if part["first_row"] is not None and part["row_count"] is not None:
+                rows = f"rows {part['first_row']}-{part['first_row'] + part['row_count'] - 1}"
+            detail = part["detail"] or ""
+            click.echo(f"  #{part['seq']:<4} {part['state']:<8} {rows:<20} {detail}")
     click.echo("     transitions:")
     for t in data["transitions"]:
         click.echo(f"  {t['at']}  {t['from'] or '-':>10} -> {t['to']:<10} {t['reason'] or ''}")
@@ -356,7 +365,10 @@ def trigger(config_path: str | None, pipeline: str, as_json: bool) -> None:
 
     job_id = _with_ledger(cfg, lambda lg: do_trigger(lg, p))
     if as_json:
-        click.echo(json.dumps({"id": job_id, "pipeline": pipeline, "state": "PENDING"}))
+        state = "PENDING" if job_id is not None else None
+        click.echo(json.dumps({"id": job_id, "pipeline": pipeline, "state": state}))
+    elif job_id is None:
+        click.echo(f"nothing new for {pipeline}: every source file was already imported")
     else:
         click.echo(f"job {job_id} enqueued for {pipeline}")
 

@@ -83,6 +83,9 @@ class ProviderConfig(_Model):
     monthly_quota: int | None = Field(default=None, ge=0)
     quota_reserve: int = Field(default=0, ge=0)
     requests_per_second: float = Field(default=10.0, gt=0)
+    requests_per_minute: float | None = Field(default=None, gt=0)  # Claro: 100 unless set
+    key_header: str | None = None  # Claravine: the header names its API page does not give
+    secret_header: str | None = None
     timeout: Duration = 30.0
     retries: int = Field(default=5, ge=0)  # HTTP-level retries on 429/5xx/connection errors
     retry_base: Duration = 0.5

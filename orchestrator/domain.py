@@ -37,7 +37,13 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
         }
     ),
     JobState.RUNNING: frozenset(
-        {JobState.FETCHING, JobState.RETRY_WAIT, JobState.FAILED, JobState.CANCELLED}
+        {
+            JobState.FETCHING,
+            JobState.SUCCEEDED,  # staged jobs (imports, exports in parts) store their own result
+            JobState.RETRY_WAIT,
+            JobState.FAILED,
+            JobState.CANCELLED,
+        }
     ),
     JobState.FETCHING: frozenset(
         {JobState.SUCCEEDED, JobState.RETRY_WAIT, JobState.FAILED, JobState.CANCELLED}
@@ -130,3 +136,30 @@ class Job:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+
+class PartState(enum.StrEnum):
+    """States of one piece of a multi-call job (ledger table job_parts)."""
+
+    PENDING = "PENDING"  # planned, nothing sent
+    SENDING = "SENDING"  # the request may have left: look it up before sending again
+    RUNNING = "RUNNING"  # the provider accepted it and is working on it
+    DONE = "DONE"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"  # already done by an earlier job (same content): never sent again
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Part:
+    job_id: int
+    seq: int
+    state: PartState
+    name: str | None = None
+    remote_id: str | None = None
+    first_row: int | None = None
+    row_count: int | None = None
+    content_sha256: str | None = None
+    path: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    detail: str | None = None

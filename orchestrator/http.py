@@ -101,6 +101,7 @@ class HttpClient:
         retries: int = 5,
         retry_base: float = 0.5,
         requests_per_second: float = 10.0,
+        requests_per_minute: float | None = None,
     ) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
@@ -110,6 +111,12 @@ class HttpClient:
         self.retries = retries
         self.retry_policy = RetryPolicy(base=retry_base, cap=30.0)
         self.limiter = SlidingWindowLimiter(requests_per_second)
+        self.minute_limiter = (
+            SlidingWindowLimiter(requests_per_minute / 60.0, period=60.0)
+            if requests_per_minute
+            else None
+        )
+        self._paused_until = 0.0  # the server said X-RateLimit-Remaining: 0 until its reset
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
         self.requests = 0
@@ -145,16 +152,44 @@ class HttpClient:
             delay = max(delay, min(hint, MAX_WAIT))
         await asyncio.sleep(delay)
 
+    async def _pace(self) -> None:
+        """Wait for our own request-rate windows and for a server-announced reset."""
+        if (wait := self._paused_until - time.monotonic()) > 0:
+            log.info("rate_limit_pause", provider=self.provider, seconds=round(wait, 2))
+            await asyncio.sleep(wait)
+        if self.minute_limiter is not None:
+            await self.minute_limiter.acquire()
+        await self.limiter.acquire()
+
+    def _note_remaining(self, headers: Mapping[str, str]) -> None:
+        """Slow down before a 429: when the server says no request is left in its window, hold
+        every request until the window resets."""
+        remaining = headers.get("X-RateLimit-Remaining")
+        if remaining is None:
+            return
+        try:
+            left = int(float(remaining))
+        except ValueError:
+            return
+        if left > 0:
+            return
+        reset = retry_after_seconds({"X-RateLimit-Reset": headers.get("X-RateLimit-Reset", "")})
+        if reset is not None:
+            self._paused_until = max(self._paused_until, time.monotonic() + min(reset, MAX_WAIT))
+
     @contextlib.asynccontextmanager
     async def open(
-        self, method: str, path: str, **kw: Any
+        self, method: str, path: str, *, label: str | None = None, **kw: Any
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A response with a 2xx status, after retries; its body is not read yet (stream it)."""
-        where = self._where(method, path)  # for messages: path only, never query or headers
+        """A response with a 2xx status, after retries; its body is not read yet (stream it).
+        `label` names the request in messages and logs instead of its path (pre-signed download
+        URLs are credentials: their path must not be logged either)."""
+        # for messages: path only, never query or headers
+        where = f"{method} {label}" if label else self._where(method, path)
         extra_headers = kw.pop("headers", None) or {}
         last: ProviderError | None = None
         for attempt in range(1, self.retries + 2):
-            await self.limiter.acquire()
+            await self._pace()
             self.requests += 1
             try:
                 request_id = _next_request_id()
@@ -172,6 +207,7 @@ class HttpClient:
                 await self._sleep_before_retry(attempt, None)
                 continue
             self.status_counts[resp.status] = self.status_counts.get(resp.status, 0) + 1
+            self._note_remaining(resp.headers)
             log.debug("http_response", where=where, status=resp.status, request_id=request_id)
             if resp.status < 400:
                 try:

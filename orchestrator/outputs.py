@@ -189,3 +189,82 @@ def count_rows(path: Path, ext: str) -> int | None:
         with path.open("rb") as f:
             return sum(1 for line in f if line.strip())
     return None
+
+
+def _data_span(f: IO[bytes], size: int) -> tuple[int, int]:
+    """Offsets just inside the outer [ ] of a JSON array file (whitespace around allowed)."""
+    n = min(size, 4096)
+    f.seek(0)
+    head = f.read(n)
+    lead = len(head) - len(head.lstrip())
+    f.seek(size - n)
+    tail = f.read(n)
+    trail = len(tail) - len(tail.rstrip())
+    if head[lead : lead + 1] != b"[" or tail[len(tail) - trail - 1 : len(tail) - trail] != b"]":
+        raise ValueError("part is not a JSON array")
+    return lead + 1, size - trail - 1
+
+
+def stitch(parts: list[Path], final: Path, fmt: str) -> tuple[int, str, int | None]:
+    """Join export parts, in order, into one file under `final` (atomically, durably): CSV keeps
+    the first part's header only; JSON arrays are merged into one array. Returns (bytes, sha256,
+    rows)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = part_path(final)
+    sha = hashlib.sha256()
+    written = 0
+    newlines = 0
+    last = b"\n"
+
+    with tmp.open("wb") as out:
+
+        def emit(data: bytes) -> None:
+            nonlocal written, newlines, last
+            if not data:
+                return
+            out.write(data)
+            sha.update(data)
+            written += len(data)
+            newlines += data.count(b"\n")
+            last = data[-1:]
+
+        if fmt == "json":
+            emit(b"[")
+            first = True
+        for i, path in enumerate(parts):
+            size = path.stat().st_size
+            with path.open("rb") as f:
+                if fmt == "csv":
+                    if i > 0:
+                        f.readline()  # the header, written once from the first part
+                        if last != b"\n":
+                            emit(b"\n")
+                    while chunk := f.read(1 << 20):
+                        emit(chunk)
+                    continue
+                start, end = _data_span(f, size)
+                f.seek(start)
+                body_len = end - start
+                if body_len <= 0 or not f.read(min(body_len, 4096)).strip():
+                    continue  # an empty array
+                f.seek(start)
+                if not first:
+                    emit(b",")
+                first = False
+                left = body_len
+                while left > 0:
+                    chunk = f.read(min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    emit(chunk)
+                    left -= len(chunk)
+        if fmt == "json":
+            emit(b"]")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if fmt == "csv":
+        lines = newlines + (0 if last == b"\n" else 1)
+        return written, sha.hexdigest(), max(0, lines - 1)
+    return written, sha.hexdigest(), count_rows(final, fmt)

@@ -34,37 +34,48 @@ async def enqueue_run(
     reason: str,
     retry_of: int | None = None,
 ) -> int | None:
-    """Render the pipeline's params for this fire time and add one PENDING job."""
+    """Render the pipeline's params for this fire time and add one PENDING job, or, for kinds
+    that expand (imports: one job per new source file), one job per new item. Returns the first
+    new job's id, None when nothing new was enqueued."""
     params = render(pipeline.params, fire_time)
     spec = KINDS[pipeline.kind]
     params = spec.params_model.model_validate(params).model_dump(mode="json", exclude_none=True)
     deadline = fire_time + timedelta(seconds=pipeline.deadline) if pipeline.deadline else None
     if deadline is not None and deadline < utcnow():
         deadline = utcnow() + timedelta(seconds=pipeline.deadline or 0)
-    job_id = await ledger.enqueue(
-        pipeline=pipeline.name,
-        kind=pipeline.kind,
-        provider=pipeline.provider,
-        params=params,
-        idempotency_key=key,
-        fire_time=fire_time,
-        max_attempts=pipeline.max_attempts,
-        deadline_at=deadline,
-        reason=reason,
-        retry_of=retry_of,
-    )
-    if job_id is not None:
-        log.info("job_enqueued", job_id=job_id, pipeline=pipeline.name, reason=reason)
-    return job_id
+    items = [(key, params)]
+    if spec.expand is not None:
+        items = await spec.expand(ledger, pipeline.name, params, key)
+        if not items:
+            log.info("nothing_new", pipeline=pipeline.name, reason=reason)
+    first: int | None = None
+    for item_key, item_params in items:
+        job_id = await ledger.enqueue(
+            pipeline=pipeline.name,
+            kind=pipeline.kind,
+            provider=pipeline.provider,
+            params=item_params,
+            idempotency_key=item_key,
+            fire_time=fire_time,
+            max_attempts=pipeline.max_attempts,
+            deadline_at=deadline,
+            reason=reason,
+            retry_of=retry_of,
+        )
+        if job_id is not None:
+            log.info("job_enqueued", job_id=job_id, pipeline=pipeline.name, reason=reason)
+            first = job_id if first is None else first
+    return first
 
 
-async def trigger(ledger: Ledger, pipeline: PipelineConfig, *, reason: str = "triggered") -> int:
+async def trigger(
+    ledger: Ledger, pipeline: PipelineConfig, *, reason: str = "triggered"
+) -> int | None:
+    """Enqueue one run now. None only for an import whose source holds nothing new."""
     now = utcnow()
-    job_id = await enqueue_run(
+    return await enqueue_run(
         ledger, pipeline, fire_time=now, key=f"manual:{pipeline.name}:{uuid.uuid4()}", reason=reason
     )
-    assert job_id is not None
-    return job_id
 
 
 def scheduled_key(pipeline: str, fire_time: datetime) -> str:

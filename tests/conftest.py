@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.config import Config, load_config
 from orchestrator.simulator.clari import ClariSimConfig
+from orchestrator.simulator.claro import ClaroSimConfig
 from orchestrator.simulator.server import Simulators, SimulatorServer
 
 API_KEY = "sim-key-Zq8XtP3vLw"
@@ -24,7 +25,8 @@ def free_port() -> int:
 @pytest.fixture
 async def sim() -> AsyncIterator[SimulatorServer]:
     clari = ClariSimConfig(api_key=API_KEY, duration=0.2, queue_delay=0.05)
-    server = await SimulatorServer(Simulators.create(clari=clari)).start()
+    claro = ClaroSimConfig(api_key=API_KEY)
+    server = await SimulatorServer(Simulators.create(clari=clari, claro=claro)).start()
     try:
         yield server
     finally:
@@ -51,6 +53,7 @@ def write_config(
     provider: dict[str, Any] | None = None,
     daemon: dict[str, Any] | None = None,
     api_key: str = API_KEY,
+    providers: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     prov = {
         "base_url": base_url,
@@ -72,6 +75,10 @@ def write_config(
         "[providers.clari]",
         *(f"{k} = {toml_value(v)}" for k, v in prov.items()),
     ]
+    for name, extra in (providers or {}).items():
+        lines.append(f"[providers.{name}]")
+        merged = {"api_key": api_key, "retry_base": "0.05s", **extra}
+        lines += [f"{k} = {toml_value(v)}" for k, v in merged.items()]
     for p in pipelines:
         lines.append("[[pipelines]]")
         lines += [f"{k} = {toml_value(v)}" for k, v in p.items()]

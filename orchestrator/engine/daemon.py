@@ -19,6 +19,7 @@ from orchestrator.engine.dispatcher import Dispatcher
 from orchestrator.engine.fetcher import Fetcher
 from orchestrator.engine.poller import Poller
 from orchestrator.engine.recovery import reconcile_submitting, recover
+from orchestrator.engine.worker import Worker
 from orchestrator.errors import ProviderError
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import Ledger, utcnow
@@ -47,7 +48,8 @@ class Daemon:
         self.ctx = Context.build(cfg, self.ledger)
         self.poller = Poller(self.ctx, self._on_remote_done, self._on_remote_ended)
         self.fetcher = Fetcher(self.ctx)
-        self.dispatcher = Dispatcher(self.ctx, self._on_submitted)
+        self.worker = Worker(self.ctx, self.fetcher.committer)
+        self.dispatcher = Dispatcher(self.ctx, self._on_submitted, self.worker.start)
         self.scheduler = PipelineScheduler(cfg, self.ledger, on_enqueued=self._on_enqueued)
         self.ready = asyncio.Event()
         self.web = StatusServer(self)
@@ -72,6 +74,7 @@ class Daemon:
             log.warning("stopping_now", reason="second signal")
             self.dispatcher.cancel_all()
             self.fetcher.cancel_all()
+            self.worker.cancel_all()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -87,7 +90,7 @@ class Daemon:
             for provider in self.ctx.budgets:
                 await self.ctx.refresh_budget(provider)
                 self._last_refresh[provider] = time.monotonic()
-            await recover(self.ctx, self.dispatcher, self.poller, self.fetcher)
+            await recover(self.ctx, self.dispatcher, self.poller, self.fetcher, self.worker)
             if self.once:
                 for p in self.cfg.pipelines:
                     if p.enabled:
@@ -113,7 +116,8 @@ class Daemon:
     def _status_line(self) -> str:
         return (
             f"STATUS=in flight: {len(self.poller)} polling, {self.dispatcher.busy} submitting, "
-            f"{self.fetcher.busy} fetching; finished {sum(self.ctx.stats.finished.values())}"
+            f"{self.fetcher.busy} fetching, {self.worker.busy} working; "
+            f"finished {sum(self.ctx.stats.finished.values())}"
         )
 
     async def _notify_loop(self) -> None:
@@ -136,8 +140,10 @@ class Daemon:
         drain = self.cfg.daemon.drain_timeout
         await self.dispatcher.drain(drain)
         await self.fetcher.drain(drain)
+        await self.worker.drain(drain)
         self.dispatcher.cancel_all()
         self.fetcher.cancel_all()
+        self.worker.cancel_all()
         await asyncio.shield(self._close())
 
     async def _close(self) -> None:
@@ -169,7 +175,7 @@ class Daemon:
                     await self.ctx.wake_dispatch.wait()
 
     async def _idle(self) -> bool:
-        if self.dispatcher.busy or self.fetcher.busy or len(self.poller):
+        if self.dispatcher.busy or self.fetcher.busy or self.worker.busy or len(self.poller):
             return False
         return not await self.ledger.has_unfinished()
 
@@ -194,6 +200,7 @@ class Daemon:
                 await self._cancel_remote(job, JobState.FAILED, "deadline exceeded")
 
     async def _cancel_remote(self, job: Job, to: JobState, reason: str) -> None:
+        await self.worker.stop(job.id)  # a staged job: stop making calls first
         try:
             await self.ctx.adapters[job.provider].cancel(job)
         except ProviderError as exc:

@@ -21,6 +21,7 @@ from orchestrator.domain import Job, JobState
 from orchestrator.engine.context import Context
 from orchestrator.errors import ProviderError, QuotaExceeded, Rejected, Throttled
 from orchestrator.ledger.store import utcnow
+from orchestrator.providers import KINDS
 
 log = structlog.get_logger(__name__)
 LOST_SUBMIT_CHECKS = 3
@@ -28,9 +29,15 @@ HEADS_AHEAD = 16  # pending jobs read beyond the free submit capacity, to refill
 
 
 class Dispatcher:
-    def __init__(self, ctx: Context, on_submitted: Callable[[Job], None]) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        on_submitted: Callable[[Job], None],
+        on_started: Callable[[Job], None] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.on_submitted = on_submitted
+        self.on_started = on_started
         self._turn: dict[str, deque[str]] = defaultdict(deque)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sem = asyncio.Semaphore(ctx.cfg.daemon.max_submits)
@@ -135,6 +142,13 @@ class Dispatcher:
             return
         sub = replace(job, state=JobState.SUBMITTING, attempts=job.attempts + 1, submitted_at=now)
         log.info("job_submitting", job_id=job.id, pipeline=job.pipeline, attempt=sub.attempts)
+        if KINDS[job.kind].staged and self.on_started is not None:
+            # Several remote calls with checkpoints: the worker makes them, holding this slot.
+            await ctx.ledger.transition(
+                sub, JobState.SUBMITTING, JobState.RUNNING, reason="started"
+            )
+            self.on_started(replace(sub, state=JobState.RUNNING))
+            return
         try:
             remote_id = await self._post(sub)
         except QuotaExceeded as exc:

@@ -2,7 +2,9 @@
 
 SUBMITTING jobs are looked up at the provider (adapter.find): adopted if the remote job exists,
 returned to PENDING only when it provably does not. RUNNING jobs resume polling, FETCHING jobs
-resume downloading (from the start; a partial file never had its final name).
+resume downloading (from the start; a partial file never had its final name). Staged jobs
+(several remote calls, checkpointed as parts) resume in the worker from their first unfinished
+part; one caught in SUBMITTING had made no call yet and simply goes back to PENDING.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from orchestrator.engine.context import Context
 from orchestrator.engine.dispatcher import Dispatcher
 from orchestrator.engine.fetcher import Fetcher
 from orchestrator.engine.poller import Poller
+from orchestrator.engine.worker import Worker
+from orchestrator.providers import KINDS
 
 log = structlog.get_logger(__name__)
 
@@ -29,12 +33,21 @@ async def reconcile_submitting(ctx: Context, dispatcher: Dispatcher, jobs: list[
         await dispatcher.reconcile(provider)
 
 
-async def recover(ctx: Context, dispatcher: Dispatcher, poller: Poller, fetcher: Fetcher) -> None:
+async def recover(
+    ctx: Context, dispatcher: Dispatcher, poller: Poller, fetcher: Fetcher, worker: Worker
+) -> None:
     submitting: list[Job] = []
     running = fetching = 0
     async for chunk in ctx.ledger.iter_in_flight():
         for job in chunk:
-            if job.state == JobState.RUNNING:
+            spec = KINDS.get(job.kind)
+            if spec is not None and spec.staged and job.provider in ctx.adapters:
+                if job.state == JobState.SUBMITTING:
+                    await dispatcher.settle(job, None, error="")
+                else:
+                    worker.start(job)
+                    running += 1
+            elif job.state == JobState.RUNNING:
                 await poller.track(job)  # on its own schedule: elapsed time counts from submit
                 running += 1
             elif job.state == JobState.FETCHING:

@@ -88,3 +88,27 @@ class QuotaUsageRow(Base):
     refunded: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (Index("ix_quota_usage_provider_at", "provider", "at"),)
+
+
+class JobPartRow(Base):
+    """One piece of a job that takes several remote calls: a Claro export part (rows
+    skip..skip+count, downloaded to a part file) or a Claravine chunk (a POST of ≤ 1,000 rows with
+    its own transaction). A crash resumes at the first part not DONE."""
+
+    __tablename__ = "job_parts"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(255))
+    remote_id: Mapped[str | None] = mapped_column(String(255))
+    first_row: Mapped[int | None] = mapped_column(BigInteger)
+    row_count: Mapped[int | None] = mapped_column(BigInteger)
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    path: Mapped[str | None] = mapped_column(Text)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_job_parts_content", "content_sha256"),)

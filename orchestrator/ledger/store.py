@@ -42,10 +42,18 @@ from orchestrator.domain import (
     IllegalTransition,
     Job,
     JobState,
+    Part,
+    PartState,
     StaleState,
     check_transition,
 )
-from orchestrator.ledger.models import JobRow, QuotaUsageRow, ResultRow, TransitionRow
+from orchestrator.ledger.models import (
+    JobPartRow,
+    JobRow,
+    QuotaUsageRow,
+    ResultRow,
+    TransitionRow,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +61,7 @@ jobs_t: Table = JobRow.__table__  # type: ignore[assignment]  # declarative tabl
 transitions_t: Table = TransitionRow.__table__  # type: ignore[assignment]
 results_t: Table = ResultRow.__table__  # type: ignore[assignment]
 quota_t: Table = QuotaUsageRow.__table__  # type: ignore[assignment]
+parts_t: Table = JobPartRow.__table__  # type: ignore[assignment]
 
 MAX_BATCH = 2000
 T = TypeVar("T")
@@ -542,7 +551,68 @@ class Ledger:
         state: JobState = await self._submit(apply)
         return state
 
+    async def save_parts(self, parts: Sequence[Part]) -> None:
+        """Insert or replace parts of a job (all in one transaction)."""
+        now = _naive(utcnow())
+        rows = [
+            {
+                "job_id": p.job_id,
+                "seq": p.seq,
+                "state": p.state.value,
+                "name": p.name,
+                "remote_id": p.remote_id,
+                "first_row": p.first_row,
+                "row_count": p.row_count,
+                "content_sha256": p.content_sha256,
+                "path": p.path,
+                "bytes": p.bytes,
+                "sha256": p.sha256,
+                "detail": p.detail,
+                "updated_at": now,
+            }
+            for p in parts
+        ]
+
+        def apply(conn: Connection) -> None:
+            for row in rows:
+                conn.execute(
+                    delete(parts_t).where(
+                        parts_t.c.job_id == row["job_id"], parts_t.c.seq == row["seq"]
+                    )
+                )
+            if rows:
+                conn.execute(insert(parts_t), rows)
+
+        await self._submit(apply)
+
     # --- reads ------------------------------------------------------------------------------
+    async def parts(self, job_id: int) -> list[Part]:
+        stmt = select(parts_t).where(parts_t.c.job_id == job_id).order_by(parts_t.c.seq)
+        async with self.read_engine.connect() as conn:
+            rows = (await conn.execute(stmt)).fetchall()
+        return [_row_to_part(r) for r in rows]
+
+    async def done_content(self, pipeline: str, hashes: Sequence[str]) -> dict[str, Part]:
+        """Parts of this pipeline's earlier jobs already DONE, by content hash: an import never
+        sends the same rows twice, even when a fixed file comes back as a new job."""
+        out: dict[str, Part] = {}
+        async with self.read_engine.connect() as conn:
+            for start in range(0, len(hashes), 500):
+                stmt = (
+                    select(parts_t)
+                    .join(jobs_t, jobs_t.c.id == parts_t.c.job_id)
+                    .where(
+                        jobs_t.c.pipeline == pipeline,
+                        parts_t.c.state == PartState.DONE.value,
+                        parts_t.c.content_sha256.in_(list(hashes[start : start + 500])),
+                    )
+                )
+                for r in (await conn.execute(stmt)).fetchall():
+                    part = _row_to_part(r)
+                    if part.content_sha256 is not None:
+                        out[part.content_sha256] = part
+        return out
+
     def _job_select(self) -> Any:
         return select(
             jobs_t, results_t.c.path, results_t.c.bytes, results_t.c.sha256, results_t.c.rows
@@ -748,6 +818,39 @@ class Ledger:
 
     async def in_flight(self) -> list[Job]:
         return await self.list_jobs(states=sorted(IN_FLIGHT), oldest_first=True)
+
+
+def _row_to_part(row: Any) -> Part:
+    m = row._mapping
+    return Part(
+        job_id=m["job_id"],
+        seq=m["seq"],
+        state=PartState(m["state"]),
+        name=m["name"],
+        remote_id=m["remote_id"],
+        first_row=m["first_row"],
+        row_count=m["row_count"],
+        content_sha256=m["content_sha256"],
+        path=m["path"],
+        bytes=m["bytes"],
+        sha256=m["sha256"],
+        detail=m["detail"],
+    )
+
+
+def part_to_dict(part: Part) -> dict[str, Any]:
+    return {
+        "seq": part.seq,
+        "state": part.state.value,
+        "name": part.name,
+        "remote_id": part.remote_id,
+        "first_row": part.first_row,
+        "row_count": part.row_count,
+        "path": part.path,
+        "bytes": part.bytes,
+        "sha256": part.sha256,
+        "detail": part.detail,
+    }
 
 
 def _iso(dt: datetime | None) -> str | None:

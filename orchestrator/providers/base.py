@@ -6,17 +6,22 @@ provider goes through it, so limits, sessions and batch polls are shared by all 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.domain import Job, RemoteStatus
+from orchestrator.domain import Job, Part, RemoteStatus
 from orchestrator.limits import ProviderLimits
+from orchestrator.outputs import FileCommitter, result_path
 
 if TYPE_CHECKING:
     from orchestrator.config import ProviderConfig
+    from orchestrator.ledger.store import Ledger
 
 
 class Params(BaseModel):
@@ -61,12 +66,75 @@ class ProviderAdapter(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(kw_only=True)
+class Work:
+    """What a staged job's `run` may touch: its own parts in the ledger, the output directory,
+    the daemon's stop signal. Everything else stays in the engine."""
+
+    job: Job
+    ledger: Ledger
+    output_dir: Path
+    committer: FileCommitter
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    now: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
+
+    async def parts(self) -> list[Part]:
+        return await self.ledger.parts(self.job.id)
+
+    async def save(self, *parts: Part) -> None:
+        await self.ledger.save_parts(parts)
+
+    def result_path(self, ext: str) -> Path:
+        return result_path(self.output_dir, self.job, ext)
+
+    def scratch_dir(self) -> Path:
+        """Where a job keeps its part files until they are stitched (hidden, per job)."""
+        return self.output_dir / self.job.pipeline / f".job{self.job.id}.parts"
+
+    def deadline_passed(self) -> bool:
+        return self.job.deadline_at is not None and self.now() >= self.job.deadline_at
+
+    async def enqueue_child(self, suffix: str, params: dict[str, Any]) -> int | None:
+        """A new PENDING job of the same pipeline (fan-out), once per (this job, suffix)."""
+        job = self.job
+        return await self.ledger.enqueue(
+            pipeline=job.pipeline,
+            kind=job.kind,
+            provider=job.provider,
+            params=params,
+            idempotency_key=f"{job.idempotency_key}:{suffix}",
+            fire_time=job.fire_time,
+            max_attempts=job.max_attempts,
+            deadline_at=job.deadline_at,
+            reason=f"expanded from job {job.id}",
+        )
+
+
+class StagedAdapter(ProviderAdapter, Protocol):
+    async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
+        """Do the whole job (resuming from its parts). Returns the result row (path, bytes,
+        sha256, rows), or None for a job that only fanned out into others. Raises
+        Rejected/RemoteJobFailed (fail now) or another ProviderError (try again later: parts
+        already DONE are kept)."""
+        ...
+
+
+# Expands one run of a pipeline into jobs: (idempotency key, params) per job. For imports, one
+# job per new source file, keyed by the file's sha256, so a file is imported once.
+# Called with (ledger, pipeline name, rendered params, the run's idempotency key).
+Expander = Callable[
+    ["Ledger", str, dict[str, Any], str], Awaitable[list[tuple[str, dict[str, Any]]]]
+]
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KindSpec:
     kind: str
     provider: str
     params_model: type[Params]
     description: str
+    staged: bool = False  # run by the worker as one coroutine (adapter.run), not submit/poll/fetch
+    expand: Expander | None = None
 
 
 PROVIDERS: dict[str, Callable[[ProviderConfig], ProviderAdapter]] = {}
@@ -85,10 +153,22 @@ def register_provider(
     return deco
 
 
-def register_kind(kind: str, params_model: type[Params], description: str) -> None:
+def register_kind(
+    kind: str,
+    params_model: type[Params],
+    description: str,
+    *,
+    staged: bool = False,
+    expand: Expander | None = None,
+) -> None:
     provider = kind.split(".", 1)[0]
     KINDS[kind] = KindSpec(
-        kind=kind, provider=provider, params_model=params_model, description=description
+        kind=kind,
+        provider=provider,
+        params_model=params_model,
+        description=description,
+        staged=staged,
+        expand=expand,
     )
 
 

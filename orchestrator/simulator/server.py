@@ -7,24 +7,32 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from orchestrator.simulator.clari import ClariSimConfig, ClariSimulator
+from orchestrator.simulator.claro import ClaroSimConfig, ClaroSimulator
 from orchestrator.simulator.faults import Faults
 
-PREFIXES = {"clari": "/clari/v4"}
+PREFIXES = {"clari": "/clari/v4", "claro": "/claro/api/v2"}
 
 
 @dataclass(kw_only=True)
 class Simulators:
     clari: ClariSimulator
+    claro: ClaroSimulator
 
     @classmethod
     def create(
-        cls, *, clari: ClariSimConfig | None = None, faults: Faults | None = None
+        cls,
+        *,
+        clari: ClariSimConfig | None = None,
+        claro: ClaroSimConfig | None = None,
+        faults: Faults | None = None,
     ) -> Simulators:
-        return cls(clari=ClariSimulator(clari, faults))
+        # Each provider has its own fault settings (its own /_sim/config), like its own server.
+        return cls(clari=ClariSimulator(clari, faults), claro=ClaroSimulator(claro))
 
     def app(self) -> web.Application:
         root = web.Application()
         root.add_subapp(PREFIXES["clari"], self.clari.app())
+        root.add_subapp(PREFIXES["claro"], self.claro.app())
 
         async def index(_: web.Request) -> web.Response:
             return web.json_response({"providers": PREFIXES})

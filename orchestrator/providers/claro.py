@@ -1,0 +1,356 @@
+"""Claro dataset exports (api-docs/claro-api.txt).
+
+`POST /datasets/{id}/export` answers at once with a download URL, for at most 100,000 rows from
+`skip`. A larger dataset is exported in parts: each part is planned in the ledger (job_parts),
+downloaded to a hidden part file and marked DONE with its sha256, so a crash resumes at the first
+missing part; when every part is in, they are stitched in order into one result file (one CSV
+header; one JSON array; xlsx stays in parts, listed by a manifest).
+
+Download URLs are bearer credentials: never logged, never stored. A URL that fails (expired,
+refused) is replaced by a fresh one, and a restarted daemon always asks for fresh ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from orchestrator.config import ProviderConfig
+from orchestrator.domain import Job, Part, PartState, RemoteStatus
+from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed, Unavailable
+from orchestrator.http import HttpClient
+from orchestrator.limits import ProviderLimits
+from orchestrator.outputs import AtomicFile, _fsync_dir, stitch
+from orchestrator.providers.base import Params, Sink, Work, register_kind, register_provider
+
+if TYPE_CHECKING:
+    from orchestrator.ledger.store import Ledger
+
+log = structlog.get_logger(__name__)
+KIND = "claro.dataset_export"
+MAX_ROWS = 100_000  # the API's rowCount limit per export request
+URL_TRIES = 4  # fresh download URLs per part before the attempt fails
+DOWNLOAD_TRIES = 3  # downloads per URL on transient errors
+DEFAULT_RPM = 100.0  # standard plans (vendor's API introduction page)
+
+
+class DatasetFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["extraction", "analysis", "classification"] | None = None
+    status: Literal["processing", "completed", "failed"] | None = "completed"
+
+
+class DatasetExportParams(Params):
+    datasetId: str | None = Field(default=None, min_length=1)
+    datasets: list[str] | None = Field(default=None, min_length=1)
+    filter: DatasetFilter | None = None
+    format: Literal["csv", "json", "xlsx"] = "csv"
+    columnIds: list[str] | None = Field(default=None, min_length=1)
+    includeMetadata: bool | None = None
+    expiresIn: int = Field(default=3600, ge=1, le=86_400)
+    rowCount: int = Field(default=MAX_ROWS, ge=1, le=MAX_ROWS)  # rows per part
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetExportParams:
+        given = [n for n in ("datasetId", "datasets", "filter") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of datasetId, datasets (a list) or filter "
+                f"({{ type, status }}); got {', '.join(given) or 'none'}"
+            )
+        return self
+
+
+async def expand_datasets(
+    _ledger: Ledger, _pipeline: str, params: dict[str, Any], key: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """`datasets = [...]`: one job per dataset (each with its own parts and result)."""
+    if not params.get("datasets"):
+        return [(key, params)]
+    base = {k: v for k, v in params.items() if k != "datasets"}
+    return [(f"{key}:{ds}", {**base, "datasetId": ds}) for ds in params["datasets"]]
+
+
+register_kind(
+    KIND,
+    DatasetExportParams,
+    "Claro dataset export (POST /datasets/{id}/export), in parts of ≤ 100,000 rows",
+    staged=True,
+    expand=expand_datasets,
+)
+
+
+def plan_parts(job_id: int, total_rows: int, per_part: int) -> list[Part]:
+    """Parts covering rows [0, total): `per_part` rows each, the last one shorter. An empty
+    dataset still gets one part (its header)."""
+    n = max(1, math.ceil(total_rows / per_part))
+    return [
+        Part(
+            job_id=job_id,
+            seq=i,
+            state=PartState.PENDING,
+            first_row=i * per_part,
+            row_count=max(1, min(per_part, total_rows - i * per_part)),
+        )
+        for i in range(n)
+    ]
+
+
+@register_provider("claro", "https://secure-api.getclaro.ai/api/v2")
+class ClaroAdapter:
+    batch_poll = False
+
+    def __init__(self, cfg: ProviderConfig) -> None:
+        self.name = cfg.name or "claro"
+        self.cfg = cfg
+        common: dict[str, Any] = {
+            "secrets": cfg.secrets(),
+            "timeout": cfg.timeout,
+            "retries": cfg.retries,
+            "retry_base": cfg.retry_base,
+        }
+        self.http = HttpClient(
+            self.name,
+            cfg.base_url,
+            headers={"Authorization": f"Bearer {cfg.secret()}", "Accept": "application/json"},
+            requests_per_second=cfg.requests_per_second,
+            requests_per_minute=cfg.requests_per_minute or DEFAULT_RPM,
+            **common,
+        )
+        # Pre-signed download URLs get no Authorization header (they may point at another host).
+        self.downloads = HttpClient(self.name, cfg.base_url, headers={}, **common)
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.downloads.close()
+
+    # --- the generic protocol (staged kinds do their work in run) ----------------------------
+    async def limits(self) -> ProviderLimits | None:
+        return None
+
+    async def submit(self, job: Job) -> str:
+        raise Rejected(self.name, f"{job.kind} is run in parts, not submitted")
+
+    async def poll(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        return {}
+
+    async def fetch(self, job: Job, sink: Sink) -> None:
+        raise Rejected(self.name, f"{job.kind} is run in parts, not fetched")
+
+    async def cancel(self, job: Job) -> None:
+        return None  # an export URL is not a remote job: nothing to cancel
+
+    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
+        return {job.id: None for job in jobs}
+
+    def result_extension(self, job: Job) -> str:
+        return str(job.params.get("format", "csv"))
+
+    # --- datasets -----------------------------------------------------------------------------
+    async def list_datasets(self, filt: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every dataset matching the filter, across pages."""
+        out: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            query = {"page": page, "limit": 100, **{k: v for k, v in filt.items() if v}}
+            body = await self.http.json("GET", "/datasets", params=query)
+            items = body.get("data", []) if isinstance(body, dict) else []
+            out += [d for d in items if isinstance(d, dict)]
+            pages = int((body.get("pagination") or {}).get("totalPages", 1))
+            if page >= pages or not items:
+                return out
+            page += 1
+
+    async def _wait(self, work: Work, attempt: int, why: str) -> None:
+        if work.deadline_passed():
+            raise RemoteJobFailed(self.name, f"{why} at the pipeline's deadline")
+        poll = self.cfg.poll
+        delay = min(poll.max_interval, poll.initial * 1.5 ** (attempt - 1))
+        log.info("claro_waiting", job_id=work.job.id, reason=why, seconds=round(delay, 2))
+        await asyncio.sleep(delay)
+
+    async def ready_dataset(self, dataset_id: str, work: Work) -> dict[str, Any]:
+        """The dataset's details once it is no longer processing."""
+        attempt = 0
+        while True:
+            body = await self.http.json("GET", f"/datasets/{dataset_id}")
+            info = body.get("data", body) if isinstance(body, dict) else {}
+            status = str(info.get("status", "completed"))
+            if status == "failed":
+                raise Rejected(self.name, f"dataset {dataset_id} failed processing at Claro")
+            if status != "processing":
+                return dict(info)
+            attempt += 1
+            await self._wait(work, attempt, f"dataset {dataset_id} still processing")
+
+    async def export_url(self, job: Job, part: Part, work: Work) -> str:
+        p = job.params
+        body: dict[str, Any] = {
+            "format": p.get("format", "csv"),
+            "rowCount": part.row_count,
+            "skip": part.first_row,
+            "expiresIn": p.get("expiresIn", 3600),
+        }
+        if p.get("columnIds"):
+            body["columnIds"] = p["columnIds"]
+        if p.get("includeMetadata") is not None:
+            body["includeMetadata"] = p["includeMetadata"]
+        attempt = 0
+        while True:
+            try:
+                answer = await self.http.json(
+                    "POST", f"/datasets/{p['datasetId']}/export", json=body
+                )
+            except Rejected as exc:
+                if exc.code != "PROCESSING_IN_PROGRESS":
+                    raise
+                attempt += 1
+                await self._wait(work, attempt, f"dataset {p['datasetId']} still processing")
+                continue
+            data = answer.get("data", answer) if isinstance(answer, dict) else {}
+            url = data.get("downloadUrl") if isinstance(data, dict) else None
+            if not url:
+                raise Unavailable(self.name, "export answer has no downloadUrl")
+            return str(url)
+
+    # --- the job ------------------------------------------------------------------------------
+    async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
+        p = job.params
+        if p.get("filter") is not None:
+            await self._fan_out(job, work)
+            return None
+        fmt = str(p.get("format", "csv"))
+        parts = await work.parts()
+        if not parts:
+            info = await self.ready_dataset(str(p["datasetId"]), work)
+            total = int(info.get("rowCount", 0))
+            parts = plan_parts(job.id, total, int(p.get("rowCount", MAX_ROWS)))
+            await work.save(*parts)
+            log.info("claro_parts_planned", job_id=job.id, rows=total, parts=len(parts))
+        scratch = work.scratch_dir()
+        done: list[Path] = []
+        for part in parts:
+            if part.state == PartState.DONE and _intact(part):
+                done.append(Path(str(part.path)))
+                continue
+            done.append(await self._export_part(job, work, part, scratch, fmt))
+        return await asyncio.to_thread(self._finish, job, work, done, fmt)
+
+    async def _export_part(self, job: Job, work: Work, part: Part, scratch: Path, fmt: str) -> Path:
+        target = scratch / f"part-{part.seq:05d}.{fmt}"
+        label = f"download of part {part.seq + 1} (rows from {part.first_row})"
+        last: ProviderError | None = None
+        for url_try in range(1, URL_TRIES + 1):
+            url = await self.export_url(job, part, work)
+            for dl_try in range(1, DOWNLOAD_TRIES + 1):
+                sink = await asyncio.to_thread(AtomicFile(target).open)
+                try:
+                    async with self.downloads.open("GET", url, label=label) as resp:
+                        async for chunk in resp.content.iter_chunked(1 << 20):
+                            await sink.write(chunk)
+                    await sink.commit(work.committer)
+                except Rejected as exc:  # expired or refused: this URL is done for
+                    sink.abort()
+                    last = exc
+                    log.warning("claro_url_refused", job_id=job.id, part=part.seq, try_=url_try)
+                    break
+                except ProviderError as exc:
+                    sink.abort()
+                    last = exc
+                    log.warning("claro_download_retry", job_id=job.id, part=part.seq, try_=dl_try)
+                    continue
+                except BaseException:
+                    sink.abort()
+                    raise
+                await work.save(
+                    Part(
+                        job_id=job.id,
+                        seq=part.seq,
+                        state=PartState.DONE,
+                        first_row=part.first_row,
+                        row_count=part.row_count,
+                        path=str(target),
+                        bytes=sink.bytes,
+                        sha256=sink.sha256,
+                    )
+                )
+                return target
+        raise Unavailable(
+            self.name, f"part {part.seq + 1}: no complete download after {URL_TRIES} URLs ({last})"
+        )
+
+    def _finish(self, job: Job, work: Work, parts: list[Path], fmt: str) -> dict[str, Any]:
+        """Stitch (csv/json) or publish the parts (xlsx), then drop the scratch directory."""
+        final = work.result_path(fmt)
+        if fmt in ("csv", "json"):
+            size, sha, rows = stitch(parts, final, fmt)
+        elif len(parts) == 1:
+            os.replace(parts[0], final)
+            _fsync_dir(final.parent)
+            size, sha, rows = final.stat().st_size, _sha256(final), None
+        else:
+            final, size, sha = _publish_xlsx_parts(parts, final)
+            rows = None
+        scratch = work.scratch_dir()
+        for leftover in scratch.glob("*"):
+            leftover.unlink(missing_ok=True)
+        if scratch.exists():
+            scratch.rmdir()
+        return {"path": str(final), "bytes": size, "sha256": sha, "rows": rows}
+
+    async def _fan_out(self, job: Job, work: Work) -> None:
+        """A filter: one new job per matching dataset (each with its own parts and result)."""
+        datasets = await self.list_datasets(dict(job.params["filter"]))
+        base = {k: v for k, v in job.params.items() if k != "filter"}
+        for ds in datasets:
+            await work.enqueue_child(str(ds["id"]), {**base, "datasetId": str(ds["id"])})
+        log.info("claro_expanded", job_id=job.id, datasets=len(datasets))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _intact(part: Part) -> bool:
+    """A DONE part's file is still there with the size recorded (a crash after stitching may
+    have removed it; then it is downloaded again)."""
+    if not part.path or part.bytes is None:
+        return False
+    path = Path(part.path)
+    return path.exists() and path.stat().st_size == part.bytes
+
+
+def _publish_xlsx_parts(parts: list[Path], final: Path) -> tuple[Path, int, str]:
+    """xlsx cannot be concatenated: the parts move next to a manifest listing them in order."""
+    folder = final.with_suffix("")
+    folder = folder.with_name(folder.name + "_parts")
+    folder.mkdir(parents=True, exist_ok=True)
+    listing = []
+    for i, src in enumerate(parts, start=1):
+        dst = folder / f"part-{i:04d}.xlsx"
+        os.replace(src, dst)
+        listing.append({"path": str(dst), "bytes": dst.stat().st_size, "sha256": _sha256(dst)})
+    _fsync_dir(folder)
+    manifest = final.with_name(final.stem + ".manifest.json")
+    data = json.dumps({"format": "xlsx", "parts": listing}, indent=2).encode()
+    tmp = manifest.with_name(f".{manifest.name}.part")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, manifest)
+    _fsync_dir(manifest.parent)
+    return manifest, len(data), _sha256(manifest)
