@@ -354,6 +354,11 @@ def _check_semantics(
             )
         validate_params(p, kinds[p.kind].params_model, i, report)
     for name, prov in cfg.providers.items():
+        if name.split("-", 1)[0] == "claravine" and prov.api_secret is None:
+            report(
+                ("providers", name, "api_secret"),
+                "Claravine needs an API key and an API secret: set api_secret",
+            )
         if check_files and prov.api_key_file is not None:
             prov.api_key_file = _credentials_dir_file(prov.api_key_file)
             if not prov.api_key_file.is_file():

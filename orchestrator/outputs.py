@@ -59,6 +59,9 @@ class AtomicFile:
         return self
 
     async def write(self, data: bytes) -> None:
+        self.write_sync(data)
+
+    def write_sync(self, data: bytes) -> None:
         assert self._f is not None
         self._f.write(data)
         self._sha.update(data)
@@ -89,6 +92,11 @@ class AtomicFile:
         self._f.close()
         self._f = None
         os.replace(self.tmp, self.final)
+
+    def commit_sync(self) -> None:
+        """Durable under the final name when this returns (for code already on a thread)."""
+        self._sync_and_rename()
+        _fsync_dir(self.final.parent)
 
     async def commit(self, committer: FileCommitter | None = None) -> None:
         """Durable under the final name when this returns."""

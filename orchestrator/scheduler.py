@@ -39,7 +39,9 @@ async def enqueue_run(
     new job's id, None when nothing new was enqueued."""
     params = render(pipeline.params, fire_time)
     spec = KINDS[pipeline.kind]
-    params = spec.params_model.model_validate(params).model_dump(mode="json", exclude_none=True)
+    params = spec.params_model.model_validate(params).model_dump(
+        mode="json", exclude_none=True, by_alias=True
+    )
     deadline = fire_time + timedelta(seconds=pipeline.deadline) if pipeline.deadline else None
     if deadline is not None and deadline < utcnow():
         deadline = utcnow() + timedelta(seconds=pipeline.deadline or 0)

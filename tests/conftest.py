@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from orchestrator.config import Config, load_config
+from orchestrator.simulator.claravine import ClaravineSimConfig
 from orchestrator.simulator.clari import ClariSimConfig
 from orchestrator.simulator.claro import ClaroSimConfig
 from orchestrator.simulator.server import Simulators, SimulatorServer
 
 API_KEY = "sim-key-Zq8XtP3vLw"
+API_SECRET = "sim-secret-Hy7RkD2mQa"
 
 
 def free_port() -> int:
@@ -26,7 +28,9 @@ def free_port() -> int:
 async def sim() -> AsyncIterator[SimulatorServer]:
     clari = ClariSimConfig(api_key=API_KEY, duration=0.2, queue_delay=0.05)
     claro = ClaroSimConfig(api_key=API_KEY)
-    server = await SimulatorServer(Simulators.create(clari=clari, claro=claro)).start()
+    claravine = ClaravineSimConfig(api_key=API_KEY, api_secret=API_SECRET)
+    sims = Simulators.create(clari=clari, claro=claro, claravine=claravine)
+    server = await SimulatorServer(sims).start()
     try:
         yield server
     finally:

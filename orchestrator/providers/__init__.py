@@ -1,9 +1,10 @@
 """Provider adapters. Importing this package registers every job kind."""
 
+from orchestrator.providers import claravine as claravine
 from orchestrator.providers import clari as clari
 from orchestrator.providers import claro as claro
 from orchestrator.providers.base import KINDS as KINDS
 from orchestrator.providers.base import PROVIDERS as PROVIDERS
 from orchestrator.providers.base import kind_spec as kind_spec
 
-__all__ = ["KINDS", "PROVIDERS", "clari", "claro", "kind_spec"]
+__all__ = ["KINDS", "PROVIDERS", "claravine", "clari", "claro", "kind_spec"]

@@ -6,16 +6,18 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from orchestrator.simulator.claravine import ClaravineSimConfig, ClaravineSimulator
 from orchestrator.simulator.clari import ClariSimConfig, ClariSimulator
 from orchestrator.simulator.claro import ClaroSimConfig, ClaroSimulator
 from orchestrator.simulator.faults import Faults
 
-PREFIXES = {"clari": "/clari/v4", "claro": "/claro/api/v2"}
+PREFIXES = {"clari": "/clari/v4", "claravine": "/claravine/v1", "claro": "/claro/api/v2"}
 
 
 @dataclass(kw_only=True)
 class Simulators:
     clari: ClariSimulator
+    claravine: ClaravineSimulator
     claro: ClaroSimulator
 
     @classmethod
@@ -24,15 +26,21 @@ class Simulators:
         *,
         clari: ClariSimConfig | None = None,
         claro: ClaroSimConfig | None = None,
+        claravine: ClaravineSimConfig | None = None,
         faults: Faults | None = None,
     ) -> Simulators:
         # Each provider has its own fault settings (its own /_sim/config), like its own server.
-        return cls(clari=ClariSimulator(clari, faults), claro=ClaroSimulator(claro))
+        return cls(
+            clari=ClariSimulator(clari, faults),
+            claravine=ClaravineSimulator(claravine),
+            claro=ClaroSimulator(claro),
+        )
 
     def app(self) -> web.Application:
         root = web.Application()
         root.add_subapp(PREFIXES["clari"], self.clari.app())
         root.add_subapp(PREFIXES["claro"], self.claro.app())
+        root.add_subapp(PREFIXES["claravine"], self.claravine.app())
 
         async def index(_: web.Request) -> web.Response:
             return web.json_response({"providers": PREFIXES})

@@ -1,0 +1,624 @@
+"""Claravine submissions (imports) and transaction exports (api-docs/claravine-api.txt).
+
+`claravine.submission`: one job per new source file (keyed by its sha256, so a file is imported
+once). The file is read and validated whole before anything is sent, then split into chunks of at
+most 1,000 rows (the API's limit per POST). Each chunk is a part in the ledger with its own
+`transactionName` (pipeline, file, chunk) and transaction uuid: SENDING is recorded before the
+POST, so after a crash the chunk is looked up by name and never sent twice. Claravine fails
+invalid data silently, so every chunk is polled until Complete or Failed; a Failed chunk is
+reported with the file's line range and the API's detail. Chunks whose exact rows an earlier job
+of the pipeline already imported are skipped: re-running a fixed file sends only what failed.
+
+`claravine.transactions_export`: the transactions of a dataset in a date window; the data of each
+Complete one is fetched (a part each, resumable) and written as one CSV or JSON Lines file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import glob
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from orchestrator.config import ProviderConfig
+from orchestrator.domain import Job, JobState, Part, PartState, RemoteStatus
+from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed, Unavailable
+from orchestrator.http import HttpClient
+from orchestrator.ledger.store import utcnow
+from orchestrator.limits import ProviderLimits
+from orchestrator.outputs import AtomicFile
+from orchestrator.providers.base import Params, Sink, Work, register_kind, register_provider
+
+if TYPE_CHECKING:
+    from orchestrator.ledger.store import Ledger
+
+log = structlog.get_logger(__name__)
+SUBMISSION, EXPORT = "claravine.submission", "claravine.transactions_export"
+MAX_ROWS = 1000  # the API's limit per POST
+DEFAULT_KEY_HEADER, DEFAULT_SECRET_HEADER = "X-API-Key", "X-API-Secret"
+STATUS_DONE, STATUS_FAILED = "complete", "failed"
+
+
+class PipelineSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pipeline: str = Field(min_length=1)
+
+
+class SubmissionParams(Params):
+    dataset: str = Field(min_length=1)
+    source: str | PipelineSource
+    # set per job when a run is expanded into one job per new file:
+    file: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    rowsPerPost: int = Field(default=MAX_ROWS, ge=1, le=MAX_ROWS)
+
+    @field_validator("source")
+    @classmethod
+    def _glob(cls, v: str | PipelineSource) -> str | PipelineSource:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError('source is empty: give a file glob or { pipeline = "name" }')
+        return v
+
+
+class TransactionsExportParams(Params):
+    dataset: str = Field(min_length=1)
+    start_date: str = Field(alias="start-date", pattern=r"^\d{4}-\d{2}-\d{2}$")
+    end_date: str = Field(alias="end-date", pattern=r"^\d{4}-\d{2}-\d{2}$")
+    format: Literal["csv", "jsonl"] = "csv"
+
+    @model_validator(mode="after")
+    def _window(self) -> TransactionsExportParams:
+        start, end = date.fromisoformat(self.start_date), date.fromisoformat(self.end_date)
+        if end < start:
+            raise ValueError("end-date is before start-date")
+        return self
+
+
+# --- reading source files (pure, no network) ----------------------------------------------------
+
+
+class SourceError(ValueError):
+    """Bad input file; the message names the file and line."""
+
+
+def read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """(fields, rows, line number of each row) from a CSV (header row) or JSON Lines file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SourceError(f"{path}:{line}: not UTF-8 (byte {raw[exc.start]:#04x})") from None
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return _read_jsonl(path, text)
+    return _read_csv(path, text)
+
+
+def _read_csv(path: Path, text: str) -> tuple[list[str], list[list[str]], list[int]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None or not any(h.strip() for h in header):
+            raise SourceError(f"{path}:1: no header row")
+        header = [h.strip() for h in header]
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        if dupes or "" in header:
+            what = f"repeated column {dupes[0]!r}" if dupes else "an empty column name"
+            raise SourceError(f"{path}:1: header has {what}")
+        rows, lines = [], []
+        start = reader.line_num + 1
+        for row in reader:
+            if not row:  # blank line
+                start = reader.line_num + 1
+                continue
+            if len(row) != len(header):
+                raise SourceError(
+                    f"{path}:{start}: {len(row)} values, the header has {len(header)}"
+                )
+            rows.append(row)
+            lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise SourceError(f"{path}:{reader.line_num}: {exc}") from None
+    return header, rows, lines
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[list[str]], list[int]]:
+    header: list[str] | None = None
+    rows, lines = [], []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise SourceError(f"{path}:{n}: each line must be a JSON object")
+        if header is None:
+            header = list(obj)
+        elif set(obj) != set(header):
+            extra = sorted(set(obj) - set(header))
+            missing = sorted(set(header) - set(obj))
+            raise SourceError(
+                f"{path}:{n}: keys differ from line 1"
+                + (f"; extra {extra}" if extra else "")
+                + (f"; missing {missing}" if missing else "")
+            )
+        rows.append(["" if obj[k] is None else str(obj[k]) for k in header])
+        lines.append(n)
+    if header is None:
+        raise SourceError(f"{path}: no records")
+    return header, rows, lines
+
+
+def chunk_hash(fields: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    data = json.dumps([list(fields), [list(r) for r in rows]], separators=(",", ":"))
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def transaction_name(pipeline: str, file_sha: str, seq: int, total: int) -> str:
+    """Unique per (pipeline, file, chunk): how a restarted daemon finds what it sent."""
+    return f"orchestrator/{pipeline}/{file_sha[:16]}/{seq + 1}-of-{total}"
+
+
+def plan_chunks(job: Job, fields: list[str], rows: list[list[str]], per_post: int) -> list[Part]:
+    total = max(1, -(-len(rows) // per_post))
+    file_sha = str(job.params.get("sha256") or "")
+    return [
+        Part(
+            job_id=job.id,
+            seq=i,
+            state=PartState.PENDING,
+            name=transaction_name(job.pipeline, file_sha, i, total),
+            first_row=i * per_post,
+            row_count=len(rows[i * per_post : (i + 1) * per_post]),
+            content_sha256=chunk_hash(fields, rows[i * per_post : (i + 1) * per_post]),
+        )
+        for i in range(total)
+        if rows[i * per_post : (i + 1) * per_post]
+    ]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _list_files(pattern: str) -> list[Path]:
+    """Files matching the glob, oldest first (hidden and partial files left out)."""
+    found = [Path(m) for m in glob.glob(os.path.expanduser(pattern))]
+    files = [p for p in found if p.is_file() and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: (p.stat().st_mtime, str(p)))
+
+
+async def expand_sources(
+    ledger: Ledger, pipeline: str, params: dict[str, Any], _key: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """One job per source file not imported yet (by sha256): a glob's files, oldest first, or
+    the newest result of another pipeline."""
+    if params.get("file"):  # already one file (a retry)
+        return [(f"file:{pipeline}:{params.get('sha256')}", params)]
+    source = params["source"]
+    if isinstance(source, dict):
+        done = await ledger.list_jobs(
+            states=[JobState.SUCCEEDED], pipeline=str(source["pipeline"]), limit=1
+        )
+        files = [Path(done[0].result_path)] if done and done[0].result_path else []
+    else:
+        files = await asyncio.to_thread(_list_files, str(source))
+    out = []
+    for path in files:
+        sha = await asyncio.to_thread(_file_sha256, path)
+        out.append((f"file:{pipeline}:{sha}", {**params, "file": str(path), "sha256": sha}))
+    return out
+
+
+register_kind(
+    SUBMISSION,
+    SubmissionParams,
+    "Claravine submission: rows of CSV/JSON Lines files into a template, ≤ 1,000 per POST",
+    staged=True,
+    expand=expand_sources,
+)
+register_kind(
+    EXPORT,
+    TransactionsExportParams,
+    "Claravine transactions of a dataset in a date window, as one CSV or JSON Lines file",
+    staged=True,
+)
+
+
+def describe_failure(path: str, lines: list[int], part: Part, detail: str) -> str:
+    first = part.first_row or 0
+    count = part.row_count or 0
+    lo = lines[first] if first < len(lines) else first + 2
+    hi = lines[first + count - 1] if 0 < count and first + count - 1 < len(lines) else lo
+    return f"{path}: lines {lo}-{hi} (rows {first + 1}-{first + count}): {detail}"
+
+
+def _errors_text(body: dict[str, Any], lines: list[int], first: int) -> str:
+    """The API's own detail, with its row numbers (1-based within the chunk) as file lines."""
+    errors = body.get("errors") or []
+    parts = []
+    for err in errors[:5]:
+        if not isinstance(err, dict):
+            continue
+        row = err.get("row")
+        where = ""
+        if isinstance(row, int) and 0 < row and first + row - 1 < len(lines):
+            where = f"line {lines[first + row - 1]}: "
+        field = f"{err['field']}: " if err.get("field") else ""
+        parts.append(f"{where}{field}{err.get('message', '')}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    text = "; ".join(parts) + more
+    return text or str(body.get("message") or "Failed (no detail given)")
+
+
+@register_provider("claravine", "https://api.claravine.com/v1")
+class ClaravineAdapter:
+    batch_poll = False
+
+    def __init__(self, cfg: ProviderConfig) -> None:
+        self.name = cfg.name or "claravine"
+        self.cfg = cfg
+        if cfg.api_secret is None:
+            raise Rejected(self.name, "api_secret is required (Claravine uses a key and a secret)")
+        headers = {
+            cfg.key_header or DEFAULT_KEY_HEADER: cfg.secret(),
+            cfg.secret_header or DEFAULT_SECRET_HEADER: cfg.api_secret.get_secret_value(),
+            "Accept": "application/json",
+        }
+        self.http = HttpClient(
+            self.name,
+            cfg.base_url,
+            headers=headers,
+            secrets=cfg.secrets(),
+            timeout=cfg.timeout,
+            retries=cfg.retries,
+            retry_base=cfg.retry_base,
+            requests_per_second=cfg.requests_per_second,
+        )
+        # POSTs are not retried blindly: a lost answer is settled by looking the name up.
+        self.post_http = HttpClient(
+            self.name,
+            cfg.base_url,
+            headers=headers,
+            secrets=cfg.secrets(),
+            timeout=cfg.timeout,
+            retries=0,
+            retry_base=cfg.retry_base,
+            requests_per_second=cfg.requests_per_second,
+        )
+        self._templates: dict[str, list[str] | None] | None = None
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.post_http.close()
+
+    # --- the generic protocol (staged kinds do their work in run) ----------------------------
+    async def limits(self) -> ProviderLimits | None:
+        return None
+
+    async def submit(self, job: Job) -> str:
+        raise Rejected(self.name, f"{job.kind} is run in chunks, not submitted")
+
+    async def poll(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        return {}
+
+    async def fetch(self, job: Job, sink: Sink) -> None:
+        raise Rejected(self.name, f"{job.kind} is run in chunks, not fetched")
+
+    async def cancel(self, job: Job) -> None:
+        return None  # a submission cannot be withdrawn through the API
+
+    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
+        return {job.id: None for job in jobs}
+
+    def result_extension(self, job: Job) -> str:
+        return str(job.params.get("format", "csv"))
+
+    # --- API calls ------------------------------------------------------------------------------
+    async def template_fields(self, dataset: str) -> list[str] | None:
+        """The template's field names when GET /datasets publishes them (None: unknown)."""
+        if self._templates is None:
+            body = await self.http.json("GET", "/datasets")
+            items = body.get("datasets", body) if isinstance(body, dict) else body
+            self._templates = {}
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and item.get("uuid"):
+                    fields = item.get("fields")
+                    self._templates[str(item["uuid"])] = (
+                        [str(f) for f in fields] if isinstance(fields, list) else None
+                    )
+        if dataset not in self._templates:
+            raise Rejected(self.name, f"dataset {dataset} is not among the templates this key sees")
+        return self._templates[dataset]
+
+    async def transactions(self, dataset: str, start: date, end: date) -> list[dict[str, Any]]:
+        body = await self.http.json(
+            "GET",
+            f"/{dataset}/transactions",
+            params={"start-date": start.isoformat(), "end-date": end.isoformat()},
+        )
+        items = body.get("transactions", body) if isinstance(body, dict) else body
+        return [t for t in items if isinstance(t, dict)] if isinstance(items, list) else []
+
+    async def status(self, dataset: str, tx: str) -> dict[str, Any]:
+        body = await self.http.json("GET", f"/{dataset}/transactions/{tx}/status/")
+        return body if isinstance(body, dict) else {}
+
+    # --- submissions ----------------------------------------------------------------------------
+    async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
+        if job.kind == EXPORT:
+            return await self._export(job, work)
+        return await self._submission(job, work)
+
+    async def _submission(self, job: Job, work: Work) -> dict[str, Any]:
+        p = job.params
+        dataset = str(p["dataset"])
+        path = Path(str(p.get("file") or ""))
+        if not p.get("file"):
+            raise Rejected(self.name, "no source file on this job")
+        try:
+            fields, rows, lines = await asyncio.to_thread(read_rows, path)
+            sha = await asyncio.to_thread(_file_sha256, path)
+            size = await asyncio.to_thread(lambda: path.stat().st_size)
+        except SourceError as exc:
+            raise Rejected(self.name, str(exc)) from None
+        if p.get("sha256") and sha != p["sha256"]:
+            raise Rejected(
+                self.name,
+                f"{path}: changed since this job was queued; the next scan imports the new "
+                "version as its own job (rows already imported are not sent again)",
+            )
+        known = await self.template_fields(dataset)
+        if known is not None:
+            unknown = [f for f in fields if f not in known]
+            if unknown:
+                raise Rejected(
+                    self.name,
+                    f"{path}:1: column {unknown[0]!r} is not a field of template {dataset} "
+                    f"(fields: {', '.join(known)})",
+                )
+        parts = await work.parts()
+        if not parts:
+            parts = plan_chunks(job, fields, rows, int(p.get("rowsPerPost", MAX_ROWS)))
+            done = await work.ledger.done_content(
+                job.pipeline, [c.content_sha256 for c in parts if c.content_sha256]
+            )
+            parts = [
+                replace(
+                    c,
+                    state=PartState.SKIPPED,
+                    remote_id=done[c.content_sha256].remote_id,
+                    detail=f"imported by job {done[c.content_sha256].job_id}",
+                )
+                if c.content_sha256 in done
+                else c
+                for c in parts
+            ]
+            await work.save(*parts)
+            skipped = sum(c.state == PartState.SKIPPED for c in parts)
+            log.info("claravine_planned", job_id=job.id, chunks=len(parts), skipped=skipped)
+        parts = await self._send_all(job, work, dataset, fields, rows, parts)
+        parts = await self._await_all(job, work, dataset, parts, lines)
+        failed = [c for c in parts if c.state == PartState.FAILED]
+        if failed:
+            listed = "\n".join(
+                describe_failure(str(path), lines, c, c.detail or "Failed") for c in failed
+            )
+            raise RemoteJobFailed(
+                self.name,
+                f"{len(failed)} of {len(parts)} chunks Failed at Claravine "
+                f"(the other rows were imported):\n{listed}",
+            )
+        return {"path": str(path), "bytes": size, "sha256": sha, "rows": len(rows)}
+
+    async def _send_all(
+        self,
+        job: Job,
+        work: Work,
+        dataset: str,
+        fields: list[str],
+        rows: list[list[str]],
+        parts: list[Part],
+    ) -> list[Part]:
+        out = []
+        unsure = [c for c in parts if c.state == PartState.SENDING]
+        found = await self._find_sent(job, dataset, unsure) if unsure else {}
+        for chunk in parts:
+            if chunk.state == PartState.SENDING and chunk.name in found:
+                chunk = replace(chunk, state=PartState.RUNNING, remote_id=found[chunk.name])
+                await work.save(chunk)
+                log.info("claravine_adopted", job_id=job.id, chunk=chunk.seq)
+            if chunk.state in (PartState.PENDING, PartState.SENDING):
+                first = chunk.first_row or 0
+                chunk = await self._send(
+                    job, work, dataset, chunk, fields, rows[first : first + (chunk.row_count or 0)]
+                )
+            out.append(chunk)
+        return out
+
+    async def _send(
+        self,
+        job: Job,
+        work: Work,
+        dataset: str,
+        chunk: Part,
+        fields: list[str],
+        rows: list[list[str]],
+    ) -> Part:
+        # Durable before the request leaves: after a crash, SENDING means "look it up first".
+        await work.save(replace(chunk, state=PartState.SENDING))
+        body = {"transactionName": chunk.name, "fields": fields, "rows": rows}
+        try:
+            answer = await self.post_http.json("POST", f"/{dataset}/data", json=body)
+        except Rejected:
+            raise
+        except ProviderError as exc:  # the answer is lost: did the submission happen?
+            log.warning("claravine_post_unanswered", job_id=job.id, chunk=chunk.seq)
+            found = await self._find_sent(job, dataset, [chunk])
+            if chunk.name not in found:
+                raise Unavailable(
+                    self.name, f"chunk {chunk.seq + 1}: not sent ({exc.message}); will retry"
+                ) from None
+            answer = {"transactionUuid": found[chunk.name]}
+        tx = (
+            answer.get("transactionUuid") or answer.get("uuid")
+            if isinstance(answer, dict)
+            else None
+        )
+        if not tx:
+            raise Unavailable(self.name, f"chunk {chunk.seq + 1}: answer has no transaction uuid")
+        sent = replace(chunk, state=PartState.RUNNING, remote_id=str(tx))
+        await work.save(sent)
+        return sent
+
+    async def _find_sent(self, job: Job, dataset: str, chunks: list[Part]) -> dict[str, str]:
+        """Transactions of ours by name, in the window since the job was first started."""
+        since = (job.submitted_at or job.created_at or utcnow()).date() - timedelta(days=1)
+        names = {c.name for c in chunks if c.name}
+        found: dict[str, str] = {}
+        for tx in await self.transactions(dataset, since, utcnow().date() + timedelta(days=1)):
+            name = str(tx.get("transactionName") or tx.get("name") or "")
+            if name in names and tx.get("uuid"):
+                found[name] = str(tx["uuid"])
+        return found
+
+    async def _await_all(
+        self, job: Job, work: Work, dataset: str, parts: list[Part], lines: list[int]
+    ) -> list[Part]:
+        """Poll every RUNNING chunk until Complete or Failed, with growing gaps."""
+        poll = self.cfg.poll
+        delay = poll.initial
+        by_seq = {c.seq: c for c in parts}
+        while True:
+            running = [c for c in by_seq.values() if c.state == PartState.RUNNING]
+            if not running:
+                return [by_seq[s] for s in sorted(by_seq)]
+            await asyncio.sleep(delay)
+            delay = min(poll.max_interval, delay * 1.5)
+            changed = []
+            for chunk in running:
+                body = await self.status(dataset, str(chunk.remote_id))
+                status = str(body.get("status", "")).strip().lower()
+                if status == STATUS_DONE:
+                    changed.append(replace(chunk, state=PartState.DONE, detail=None))
+                elif status == STATUS_FAILED:
+                    detail = _errors_text(body, lines, chunk.first_row or 0)
+                    changed.append(replace(chunk, state=PartState.FAILED, detail=detail))
+            if changed:
+                await work.save(*changed)
+                for c in changed:
+                    by_seq[c.seq] = c
+
+    # --- transaction exports --------------------------------------------------------------------
+    async def _export(self, job: Job, work: Work) -> dict[str, Any]:
+        p = job.params
+        dataset, fmt = str(p["dataset"]), str(p.get("format", "csv"))
+        parts = await work.parts()
+        if not parts:
+            listed = await self.transactions(
+                dataset, date.fromisoformat(p["start-date"]), date.fromisoformat(p["end-date"])
+            )
+            complete = [t for t in listed if str(t.get("status", "")).lower() == STATUS_DONE]
+            parts = [
+                Part(job_id=job.id, seq=i, state=PartState.PENDING, remote_id=str(t["uuid"]))
+                for i, t in enumerate(complete)
+                if t.get("uuid")
+            ]
+            await work.save(*parts)
+            log.info("claravine_export_planned", job_id=job.id, transactions=len(parts))
+        scratch = work.scratch_dir()
+        for part in parts:
+            if part.state == PartState.DONE and await asyncio.to_thread(_intact, part):
+                continue
+            target = scratch / f"tx-{part.seq:05d}.json"
+            sink = await asyncio.to_thread(AtomicFile(target).open)
+            try:
+                async with self.http.open(
+                    "GET", f"/{dataset}/transaction/{part.remote_id}/data/"
+                ) as resp:
+                    async for data in resp.content.iter_chunked(1 << 20):
+                        await sink.write(data)
+                await sink.commit(work.committer)
+            except BaseException:
+                sink.abort()
+                raise
+            await work.save(
+                replace(
+                    part,
+                    state=PartState.DONE,
+                    path=str(target),
+                    bytes=sink.bytes,
+                    sha256=sink.sha256,
+                )
+            )
+        parts = await work.parts()
+        return await asyncio.to_thread(_write_export, work, parts, fmt)
+
+
+def _intact(part: Part) -> bool:
+    return bool(part.path) and Path(str(part.path)).exists()
+
+
+def _write_export(work: Work, parts: list[Part], fmt: str) -> dict[str, Any]:
+    """Every transaction's rows in one file. Columns: the union of the transactions' headers in
+    order of appearance (a missing value is empty); each row once, transaction by transaction."""
+    tables = []
+    for part in parts:
+        body = json.loads(Path(str(part.path)).read_bytes())
+        header = [str(h) for h in body.get("header", [])]
+        tables.append((header, body.get("rows", [])))
+    columns: list[str] = []
+    for header, _ in tables:
+        columns += [h for h in header if h not in columns]
+    final = work.result_path(fmt)
+    sink = AtomicFile(final).open()
+    rows = 0
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(columns)
+    for header, table in tables:
+        for row in table:
+            values = dict(zip(header, row, strict=False))
+            if fmt == "csv":
+                writer.writerow([values.get(c, "") for c in columns])
+            else:
+                buf.write(json.dumps({c: values.get(c, "") for c in columns}) + "\n")
+            rows += 1
+            if buf.tell() > 1 << 20:
+                _sync_write(sink, buf)
+    _sync_write(sink, buf)
+    sink.commit_sync()
+    scratch = work.scratch_dir()
+    for leftover in scratch.glob("*"):
+        leftover.unlink(missing_ok=True)
+    if scratch.exists():
+        scratch.rmdir()
+    return {"path": str(final), "bytes": sink.bytes, "sha256": sink.sha256, "rows": rows}
+
+
+def _sync_write(sink: AtomicFile, buf: io.StringIO) -> None:
+    sink.write_sync(buf.getvalue().encode())
+    buf.seek(0)
+    buf.truncate()
