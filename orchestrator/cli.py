@@ -271,7 +271,8 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
         for part in data["parts"]:
             rows = ""
             if part["first_row"] is not None and part["row_count"] is not None:
-                rows = f"rows {part['first_row']}-{part['first_row'] + part['row_count'] - 1}"
+                first = part["first_row"] + 1  # 1-based, as in error messages
+                rows = f"rows {first}-{first + part['row_count'] - 1}"
             detail = part["detail"] or ""
             click.echo(f"  #{part['seq']:<4} {part['state']:<8} {rows:<20} {detail}")
     click.echo("     transitions:")

@@ -109,7 +109,7 @@ def read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
 
 
 def _read_csv(path: Path, text: str) -> tuple[list[str], list[list[str]], list[int]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):

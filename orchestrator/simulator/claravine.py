@@ -283,7 +283,14 @@ class ClaravineSimulator:
 
     # --- control --------------------------------------------------------------------------------
     async def sim_stats(self, request: web.Request) -> web.Response:
-        return web.json_response({**self.stats, "faults": dict(self.faults.counts)})
+        names = self.names_posted
+        return web.json_response(
+            {
+                **self.stats,
+                "duplicate_names": len(names) - len(set(names)),
+                "faults": dict(self.faults.counts),
+            }
+        )
 
     async def sim_config(self, request: web.Request) -> web.Response:
         values = await request.json()

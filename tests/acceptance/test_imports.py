@@ -1,0 +1,72 @@
+"""Imports as a user runs them: a Claravine import killed with -9 mid-way, then resumed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from orchestrator.simulator.claravine import CAMPAIGN_FIELDS
+from tests.acceptance.helpers import cli, http_json, jobs_json, start_daemon, wait_until
+from tests.conftest import API_KEY, API_SECRET, write_config
+
+pytestmark = pytest.mark.slow
+DATASET = "4f1c2a9e-0000-4000-8000-000000000001"
+
+
+def test_kill_9_mid_import_sends_no_chunk_twice_and_loses_none(
+    tmp_path: Path, simulator: str
+) -> None:
+    claravine = simulator.replace("/clari/v4", "/claravine/v1")
+    http_json(claravine + "/_sim/config", {"processing_time": 0.5, "latency": 0.03})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with (inbox / "campaigns.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CAMPAIGN_FIELDS)
+        w.writerows([f"C{i}", "S1", "Adults", "Brand", "Ops", "2026-11"] for i in range(20_000))
+    config = write_config(
+        tmp_path,
+        simulator,
+        [
+            {
+                "name": "taxonomy",
+                "kind": "claravine.submission",
+                "params": {"dataset": DATASET, "source": f"{inbox}/*.csv"},
+            }
+        ],
+        providers={
+            "claravine": {
+                "base_url": claravine,
+                "api_secret": API_SECRET,
+                "poll": {"initial": "0.1s", "max_interval": "0.3s"},
+            }
+        },
+    )
+    daemon = start_daemon(config, "--once")
+    wait_until(lambda: int(http_json(claravine + "/_sim/stats")["posts"]) >= 5, daemon)
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait(10)
+    assert int(http_json(claravine + "/_sim/stats")["posts"]) < 20, "killed too late"
+
+    resumed = cli("run", "--exit-when-idle", "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    (job,) = jobs_json(config)
+    assert job["state"] == "SUCCEEDED"
+    assert job["result_rows"] == 20_000
+    stats = http_json(claravine + "/_sim/stats")
+    assert stats["posts"] == 20  # type: ignore[index]
+    assert stats["rows_received"] == 20_000  # type: ignore[index]
+    assert stats["duplicate_names"] == 0  # type: ignore[index]
+
+    shown = json.loads(
+        cli("jobs", "show", str(job["id"]), "--json", "--config", str(config)).stdout
+    )
+    assert [p["state"] for p in shown["parts"]] == ["DONE"] * 20
+    text = cli("jobs", "show", str(job["id"]), "--config", str(config)).stdout
+    assert "rows 19001-20000" in text
+    assert API_KEY not in resumed.stderr + text and API_SECRET not in resumed.stderr + text
