@@ -242,3 +242,49 @@ async def test_transactions_export_writes_every_row_of_the_window(
     assert got[0] == CAMPAIGN_FIELDS
     assert sorted(got[1:]) == sorted(sent)
     assert job.result_rows == len(sent) == 2 + 3 + 4
+
+
+async def test_import_the_newest_result_of_another_pipeline(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    from orchestrator.simulator.claravine import Template
+
+    cv(sim).config.templates.append(
+        Template(
+            uuid="products-tpl",
+            name="Products",
+            fields=["product_id", "product_name", "category", "price"],
+        )
+    )
+    prov = {
+        "base_url": sim.base_url("claravine"),
+        "api_secret": API_SECRET,
+        "poll": {"initial": "0.05s", "max_interval": "0.2s"},
+    }
+    pipelines = [
+        {
+            "name": "products",
+            "kind": "claro.dataset_export",
+            "params": {"datasetId": "ds_products"},
+        },
+        {
+            "name": "products-in",
+            "kind": "claravine.submission",
+            "params": {"dataset": "products-tpl", "source": {"pipeline": "products"}},
+        },
+    ]
+    path = write_config(
+        tmp_path,
+        sim.base_url("clari"),
+        pipelines,
+        providers={"claravine": prov, "claro": {"base_url": sim.base_url("claro")}},
+    )
+    cfg = load_config(path)
+    assert await run_once(cfg) == 0  # the export runs; the import finds nothing yet
+    assert [j.pipeline for j in await all_jobs(cfg)] == ["products"]
+    assert await run_once(load_config(path)) == 0  # now the import picks up the export's file
+    jobs = await all_jobs(cfg)
+    imported = [j for j in jobs if j.pipeline == "products-in"]
+    assert len(imported) == 1 and imported[0].state == JobState.SUCCEEDED, imported[0].error
+    assert imported[0].params["file"] == jobs[0].result_path
+    assert cv(sim).stats["rows_received"] == 1_200

@@ -144,6 +144,7 @@ def test_durations() -> None:
 
 @pytest.mark.parametrize("name", ["example.toml", "demo.toml"])
 def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLARI_API_KEY", "k")
+    for var in ("CLARI_API_KEY", "CLARO_API_KEY", "CLARAVINE_API_KEY", "CLARAVINE_API_SECRET"):
+        monkeypatch.setenv(var, "k")
     cfg = load_config(Path(__file__).parents[2] / "config" / name)
     assert cfg.pipelines
