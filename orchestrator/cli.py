@@ -400,9 +400,12 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
         "projected 30d",
         "concurrency",
         "in flight",
+        "credits used 30d",
+        "credits left",
     ):
         table.add_column(col)
     for name, r in report.items():
+        left = r["credits_remaining"]
         table.add_row(
             name,
             str(r["monthly_quota"]),
@@ -412,6 +415,8 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
             str(r["projected_30d"]),
             str(r["concurrency_limit"]),
             str(r["in_flight"]),
+            str(r["credits_used_30d"]),
+            f"{left} of {r['credits_limit']}" if left is not None else "-",
         )
     Console().print(table)
 

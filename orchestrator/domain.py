@@ -163,3 +163,4 @@ class Part:
     bytes: int | None = None
     sha256: str | None = None
     detail: str | None = None
+    credits: int | None = None

@@ -8,6 +8,7 @@ from typing import Any
 from orchestrator.config import Config
 from orchestrator.domain import JobState
 from orchestrator.engine.context import Context
+from orchestrator.errors import ProviderError
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.limits import QUOTA_WINDOW
 from orchestrator.schedule import fire_times_between, parse_schedule
@@ -46,7 +47,18 @@ async def quota_report(cfg: Config, ledger: Ledger, *, online: bool = True) -> d
                 "in_flight": budget.in_flight,
                 "free_slots": budget.free_slots(),
                 "projected_30d": projected_runs(cfg, name),
+                "credits_used_30d": await ledger.credits_used(name, utcnow() - QUOTA_WINDOW),
+                "credits_limit": None,
+                "credits_remaining": None,
             }
+            usage = getattr(ctx.adapters.get(name), "usage", None)
+            if online and usage is not None:  # clariBI: credits are its quota
+                try:
+                    credits = (await usage()).get("credits") or {}
+                    out[name]["credits_limit"] = credits.get("limit")
+                    out[name]["credits_remaining"] = credits.get("remaining")
+                except ProviderError as exc:
+                    out[name]["credits_error"] = str(exc)
     finally:
         await ctx.close()
     return out

@@ -11,11 +11,13 @@ import pytest
 from orchestrator.config import Config, load_config
 from orchestrator.simulator.claravine import ClaravineSimConfig
 from orchestrator.simulator.clari import ClariSimConfig
+from orchestrator.simulator.claribi import ClariBISimConfig
 from orchestrator.simulator.claro import ClaroSimConfig
 from orchestrator.simulator.server import Simulators, SimulatorServer
 
 API_KEY = "sim-key-Zq8XtP3vLw"
 API_SECRET = "sim-secret-Hy7RkD2mQa"
+CLARIBI_KEY = "claribi_sim-Wq4nVb8Lr2"
 
 
 def free_port() -> int:
@@ -29,7 +31,8 @@ async def sim() -> AsyncIterator[SimulatorServer]:
     clari = ClariSimConfig(api_key=API_KEY, duration=0.2, queue_delay=0.05)
     claro = ClaroSimConfig(api_key=API_KEY)
     claravine = ClaravineSimConfig(api_key=API_KEY, api_secret=API_SECRET)
-    sims = Simulators.create(clari=clari, claro=claro, claravine=claravine)
+    claribi = ClariBISimConfig(api_key=CLARIBI_KEY, generation_seconds=0.05)
+    sims = Simulators.create(clari=clari, claro=claro, claravine=claravine, claribi=claribi)
     server = await SimulatorServer(sims).start()
     try:
         yield server

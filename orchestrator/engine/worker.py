@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import timedelta
 
 import structlog
 
 from orchestrator.domain import Job, JobState
 from orchestrator.engine.context import Context
-from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed
+from orchestrator.errors import (
+    ProviderError,
+    QuotaExceeded,
+    Rejected,
+    RemoteJobFailed,
+    Throttled,
+)
 from orchestrator.ledger.store import utcnow
 from orchestrator.outputs import FileCommitter
 from orchestrator.providers.base import StagedAdapter, Work
@@ -69,6 +76,20 @@ class Worker:
         log.info("work_started", job_id=job.id, pipeline=job.pipeline, kind=job.kind)
         try:
             result = await adapter.run(job, work)
+        except (QuotaExceeded, Throttled) as exc:
+            # The provider has no room now (credits, a generation limit): wait, attempt unspent.
+            wait = exc.retry_after if isinstance(exc, Throttled) else None
+            delay = timedelta(seconds=wait) if wait else ctx.retry_at(max(1, job.attempts))
+            await self._end(
+                job,
+                JobState.RETRY_WAIT,
+                reason=f"waiting: {exc.message}",
+                error=str(exc),
+                attempts=max(0, job.attempts - 1),
+                next_attempt_at=utcnow() + delay,
+            )
+            log.warning("job_waiting", job_id=job.id, error=str(exc), seconds=delay.seconds)
+            return
         except (Rejected, RemoteJobFailed) as exc:
             await self._end(job, JobState.FAILED, reason="failed", error=str(exc))
             return

@@ -109,6 +109,7 @@ class JobPartRow(Base):
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
+    credits: Mapped[int | None] = mapped_column(Integer)  # provider credits it consumed (clariBI)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
     __table_args__ = (Index("ix_job_parts_content", "content_sha256"),)

@@ -568,6 +568,7 @@ class Ledger:
                 "bytes": p.bytes,
                 "sha256": p.sha256,
                 "detail": p.detail,
+                "credits": p.credits,
                 "updated_at": now,
             }
             for p in parts
@@ -612,6 +613,38 @@ class Ledger:
                     if part.content_sha256 is not None:
                         out[part.content_sha256] = part
         return out
+
+    async def credits_used(self, provider: str, since: datetime) -> int:
+        """Credits recorded by this provider's job parts since `since` (clariBI)."""
+        stmt = (
+            select(func.coalesce(func.sum(parts_t.c.credits), 0))
+            .join(jobs_t, jobs_t.c.id == parts_t.c.job_id)
+            .where(jobs_t.c.provider == provider, parts_t.c.updated_at > _naive(since))
+        )
+        async with self.read_engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def part_remote_ids(self, provider: str) -> set[str]:
+        """Remote ids the provider's job parts already own (so recovery never adopts them)."""
+        stmt = (
+            select(parts_t.c.remote_id)
+            .join(jobs_t, jobs_t.c.id == parts_t.c.job_id)
+            .where(jobs_t.c.provider == provider, parts_t.c.remote_id.is_not(None))
+        )
+        async with self.read_engine.connect() as conn:
+            return {str(r) for r in (await conn.execute(stmt)).scalars().all()}
+
+    async def recent_credits(self, pipeline: str, limit: int = 10) -> list[int]:
+        """Credits the pipeline's latest parts consumed, newest first (for estimates)."""
+        stmt = (
+            select(parts_t.c.credits)
+            .join(jobs_t, jobs_t.c.id == parts_t.c.job_id)
+            .where(jobs_t.c.pipeline == pipeline, parts_t.c.credits.is_not(None))
+            .order_by(parts_t.c.updated_at.desc())
+            .limit(limit)
+        )
+        async with self.read_engine.connect() as conn:
+            return [int(c) for c in (await conn.execute(stmt)).scalars().all()]
 
     def _job_select(self) -> Any:
         return select(
@@ -835,6 +868,7 @@ def _row_to_part(row: Any) -> Part:
         bytes=m["bytes"],
         sha256=m["sha256"],
         detail=m["detail"],
+        credits=m["credits"],
     )
 
 
@@ -850,6 +884,7 @@ def part_to_dict(part: Part) -> dict[str, Any]:
         "bytes": part.bytes,
         "sha256": part.sha256,
         "detail": part.detail,
+        "credits": part.credits,
     }
 
 

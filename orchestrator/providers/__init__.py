@@ -2,6 +2,7 @@
 
 from orchestrator.providers import claravine as claravine
 from orchestrator.providers import clari as clari
+from orchestrator.providers import claribi as claribi
 from orchestrator.providers import claro as claro
 from orchestrator.providers.base import KINDS as KINDS
 from orchestrator.providers.base import PROVIDERS as PROVIDERS

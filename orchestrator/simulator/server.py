@@ -8,10 +8,16 @@ from aiohttp import web
 
 from orchestrator.simulator.claravine import ClaravineSimConfig, ClaravineSimulator
 from orchestrator.simulator.clari import ClariSimConfig, ClariSimulator
+from orchestrator.simulator.claribi import ClariBISimConfig, ClariBISimulator
 from orchestrator.simulator.claro import ClaroSimConfig, ClaroSimulator
 from orchestrator.simulator.faults import Faults
 
-PREFIXES = {"clari": "/clari/v4", "claravine": "/claravine/v1", "claro": "/claro/api/v2"}
+PREFIXES = {
+    "clari": "/clari/v4",
+    "claravine": "/claravine/v1",
+    "claro": "/claro/api/v2",
+    "claribi": "/claribi/api/v1",
+}
 
 
 @dataclass(kw_only=True)
@@ -19,6 +25,7 @@ class Simulators:
     clari: ClariSimulator
     claravine: ClaravineSimulator
     claro: ClaroSimulator
+    claribi: ClariBISimulator
 
     @classmethod
     def create(
@@ -27,6 +34,7 @@ class Simulators:
         clari: ClariSimConfig | None = None,
         claro: ClaroSimConfig | None = None,
         claravine: ClaravineSimConfig | None = None,
+        claribi: ClariBISimConfig | None = None,
         faults: Faults | None = None,
     ) -> Simulators:
         # Each provider has its own fault settings (its own /_sim/config), like its own server.
@@ -34,6 +42,7 @@ class Simulators:
             clari=ClariSimulator(clari, faults),
             claravine=ClaravineSimulator(claravine),
             claro=ClaroSimulator(claro),
+            claribi=ClariBISimulator(claribi),
         )
 
     def app(self) -> web.Application:
@@ -41,6 +50,7 @@ class Simulators:
         root.add_subapp(PREFIXES["clari"], self.clari.app())
         root.add_subapp(PREFIXES["claro"], self.claro.app())
         root.add_subapp(PREFIXES["claravine"], self.claravine.app())
+        root.add_subapp(PREFIXES["claribi"], self.claribi.app())
 
         async def index(_: web.Request) -> web.Response:
             return web.json_response({"providers": PREFIXES})

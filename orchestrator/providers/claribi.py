@@ -1,0 +1,416 @@
+"""clariBI report generation and dashboard refresh (api-docs/claribi-api.txt).
+
+Both are synchronous calls (30-60 s) that spend AI credits. Before one starts, `GET /usage/` must
+show enough credits for it (the estimate: `estimated_credits`, else the most this pipeline spent
+lately); if not, or if clariBI answers 402, the job waits (attempt unspent) or fails with
+clariBI's message, as `when_out_of_credits` says. A call whose answer never came back may still
+have spent credits: before calling again the job looks for what it made (reports listed after the
+call began; a dashboard's `last_refresh`). The one generation is a part in the ledger, with the
+report id and the credits it consumed (`orchestrator quota` sums them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+from uuid import UUID
+
+import aiohttp
+import structlog
+from pydantic import Field, model_validator
+
+from orchestrator.config import ProviderConfig
+from orchestrator.domain import Job, Part, PartState, RemoteStatus
+from orchestrator.errors import (
+    AuthFailed,
+    ProviderError,
+    QuotaExceeded,
+    Rejected,
+    Throttled,
+)
+from orchestrator.http import HttpClient
+from orchestrator.limits import ProviderLimits
+from orchestrator.outputs import AtomicFile
+from orchestrator.providers.base import Params, Sink, Work, register_kind, register_provider
+
+if TYPE_CHECKING:
+    from orchestrator.ledger.store import Ledger
+
+log = structlog.get_logger(__name__)
+REPORT, REFRESH = "claribi.report", "claribi.dashboard_refresh"
+EXTENSIONS = {"excel": "xlsx", "json": "json", "pdf": "pdf", "html": "html", "csv": "csv"}
+SYNC_TIMEOUT = 300.0  # generation is synchronous and documented at 30-60 s
+SKEW = 5.0  # seconds of clock skew tolerated when matching a report to a lost call
+
+
+class _CreditParams(Params):
+    when_out_of_credits: Literal["wait", "fail"] = "wait"
+    estimated_credits: int | None = Field(default=None, ge=1)
+
+
+class ReportParams(_CreditParams):
+    template_id: UUID
+    data_source_ids: list[UUID] = Field(min_length=1)
+    output_format: Literal["json", "pdf", "html", "excel", "csv"] = "pdf"
+    report_parameters: dict[str, Any] | None = None
+
+
+class RefreshParams(_CreditParams):
+    dashboard_id: UUID | None = None
+    dashboards: list[UUID] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> RefreshParams:
+        if (self.dashboard_id is None) == (self.dashboards is None):
+            raise ValueError("give exactly one of dashboard_id or dashboards (a list)")
+        return self
+
+
+async def expand_dashboards(
+    _ledger: Ledger, _pipeline: str, params: dict[str, Any], key: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """`dashboards = [...]`: a job per dashboard."""
+    if not params.get("dashboards"):
+        return [(key, params)]
+    base = {k: v for k, v in params.items() if k != "dashboards"}
+    return [(f"{key}:{d}", {**base, "dashboard_id": d}) for d in params["dashboards"]]
+
+
+register_kind(
+    REPORT,
+    ReportParams,
+    "clariBI report generation (POST /reports/generate/, spends credits) and download",
+    staged=True,
+)
+register_kind(
+    REFRESH,
+    RefreshParams,
+    "clariBI dashboard refresh (POST /dashboards/{id}/refresh/, spends credits)",
+    staged=True,
+    expand=expand_dashboards,
+)
+
+
+def _ts(value: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def pick_report(
+    reports: Sequence[dict[str, Any]], since: float, fmt: str, taken: set[str]
+) -> dict[str, Any] | None:
+    """The oldest report made after our call began, in our format, that no job owns."""
+    fits = [
+        r
+        for r in reports
+        if str(r.get("id")) not in taken
+        and r.get("output_format") == fmt
+        and (_ts(r.get("created_at")) or 0) >= since - SKEW
+    ]
+    return min(fits, key=lambda r: _ts(r.get("created_at")) or 0) if fits else None
+
+
+@register_provider("claribi", "https://claribi.com/api/v1")
+class ClariBIAdapter:
+    batch_poll = False
+
+    def __init__(self, cfg: ProviderConfig) -> None:
+        self.name = cfg.name or "claribi"
+        self.cfg = cfg
+        common: dict[str, Any] = {
+            "headers": {"Authorization": f"Bearer {cfg.secret()}", "Accept": "application/json"},
+            "secrets": cfg.secrets(),
+            "timeout": cfg.timeout,
+            "retry_base": cfg.retry_base,
+            "requests_per_second": cfg.requests_per_second,
+        }
+        self.http = HttpClient(self.name, cfg.base_url, retries=cfg.retries, **common)
+        # Credit-spending calls are never repeated by the HTTP layer: a lost answer is looked up.
+        self.spend = HttpClient(self.name, cfg.base_url, retries=0, **common)
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.spend.close()
+
+    # --- the generic protocol -----------------------------------------------------------------
+    async def limits(self) -> ProviderLimits | None:
+        return None
+
+    async def submit(self, job: Job) -> str:
+        raise Rejected(self.name, f"{job.kind} is a synchronous call, not submitted")
+
+    async def poll(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        return {}
+
+    async def fetch(self, job: Job, sink: Sink) -> None:
+        raise Rejected(self.name, f"{job.kind} is fetched by its own run")
+
+    async def cancel(self, job: Job) -> None:
+        return None
+
+    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
+        return {job.id: None for job in jobs}
+
+    def result_extension(self, job: Job) -> str:
+        if job.kind == REFRESH:
+            return "json"
+        return EXTENSIONS[str(job.params.get("output_format", "pdf"))]
+
+    # --- calls ----------------------------------------------------------------------------------
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        permission: str,
+        *,
+        client: HttpClient | None = None,
+        **kw: Any,
+    ) -> Any:
+        try:
+            return await (client or self.http).json(method, path, **kw)
+        except AuthFailed as exc:
+            if exc.status == 403:
+                raise Rejected(
+                    self.name,
+                    f"the API key lacks the permission {permission} ({exc.message})",
+                    code="FORBIDDEN",
+                    status=403,
+                ) from None
+            raise
+
+    async def verify(self) -> dict[str, Any]:
+        body = await self.http.json("GET", "/auth/verify/")
+        return body if isinstance(body, dict) else {}
+
+    async def usage(self) -> dict[str, Any]:
+        body = await self._json("GET", "/usage/", "usage:read")
+        return body if isinstance(body, dict) else {}
+
+    async def list_reports(self, since: float) -> list[dict[str, Any]]:
+        """Reports newest first, pages read until they are older than `since`."""
+        out: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            body = await self._json(
+                "GET", "/reports/", "reports:read", params={"page": page, "page_size": 100}
+            )
+            items = [r for r in body.get("results", []) if isinstance(r, dict)]
+            out += items
+            oldest = min((_ts(r.get("created_at")) or 0 for r in items), default=0)
+            if not body.get("next") or not items or oldest < since - SKEW:
+                return out
+            page += 1
+
+    # --- credits --------------------------------------------------------------------------------
+    async def _check_credits(self, job: Job, work: Work) -> None:
+        estimate = job.params.get("estimated_credits")
+        if estimate is None:
+            recent = await work.ledger.recent_credits(job.pipeline)
+            estimate = max(recent, default=0)
+        if not estimate:
+            return
+        try:
+            usage = await self.usage()
+        except Rejected as exc:  # no usage:read: clariBI's own 402 is the check
+            log.warning("claribi_usage_unreadable", job_id=job.id, error=str(exc))
+            return
+        remaining = int((usage.get("credits") or {}).get("remaining", 0))
+        if remaining < int(estimate):
+            self._out_of_credits(job, f"needs ~{estimate} credits, {remaining} left (GET /usage/)")
+
+    def _out_of_credits(self, job: Job, message: str) -> None:
+        if job.params.get("when_out_of_credits", "wait") == "fail":
+            raise Rejected(self.name, message, code="INSUFFICIENT_CREDITS", status=402)
+        raise QuotaExceeded(self.name, message, code="INSUFFICIENT_CREDITS", status=402)
+
+    # --- the job --------------------------------------------------------------------------------
+    async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
+        parts = await work.parts()
+        part = parts[0] if parts else Part(job_id=job.id, seq=0, state=PartState.PENDING)
+        if part.state == PartState.SENDING:
+            part = await self._settle_lost(job, work, part)
+        if part.remote_id is None:
+            part = await self._spend(job, work, part)
+        if job.kind == REFRESH:
+            return await self._write_refresh(job, work, part)
+        return await self._download(job, work, part)
+
+    async def _spend(self, job: Job, work: Work, part: Part) -> Part:
+        await self._check_credits(job, work)
+        started = time.time()
+        sending = Part(
+            job_id=job.id, seq=0, state=PartState.SENDING, name=f"sent:{int(started * 1000)}"
+        )
+        await work.save(sending)
+        p = job.params
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.cfg.timeout, sock_read=SYNC_TIMEOUT
+        )
+        if job.kind == REPORT:
+            path, permission = "/reports/generate/", "reports:generate"
+            body: dict[str, Any] | None = {
+                "template_id": str(p["template_id"]),
+                "data_source_ids": [str(s) for s in p["data_source_ids"]],
+                "output_format": p.get("output_format", "pdf"),
+            }
+            if p.get("report_parameters"):
+                assert body is not None
+                body["report_parameters"] = p["report_parameters"]
+        else:
+            path, permission = f"/dashboards/{p['dashboard_id']}/refresh/", "dashboards:refresh"
+            body = None
+        try:
+            answer = await self._json(
+                "POST", path, permission, client=self.spend, json=body, timeout=timeout
+            )
+        except Rejected as exc:
+            await work.save(Part(job_id=job.id, seq=0, state=PartState.PENDING))
+            if exc.status == 402:
+                self._out_of_credits(job, exc.message)
+            raise
+        except Throttled:
+            await work.save(Part(job_id=job.id, seq=0, state=PartState.PENDING))
+            raise
+        except ProviderError as exc:  # no answer: did it happen anyway?
+            log.warning("claribi_answer_lost", job_id=job.id, error=str(exc))
+            settled = await self._settle_lost(job, work, sending)
+            if settled.remote_id is None:
+                raise
+            return settled
+        if job.kind == REPORT:
+            remote = str(answer.get("report_id") or "")
+        else:
+            remote = str(answer.get("job_id") or answer.get("dashboard_id") or "refreshed")
+        credits = answer.get("credits_consumed")
+        done = Part(
+            job_id=job.id,
+            seq=0,
+            state=PartState.RUNNING,
+            name=sending.name,
+            remote_id=remote,
+            credits=int(credits) if isinstance(credits, int | float) else None,
+            detail=(f"last_refresh {answer.get('last_refresh')}" if job.kind == REFRESH else None),
+        )
+        await work.save(done)
+        log.info("claribi_spent", job_id=job.id, remote_id=remote, credits=done.credits)
+        return done
+
+    async def _settle_lost(self, job: Job, work: Work, part: Part) -> Part:
+        """A call that may have happened: adopt what it made, or record that it made nothing."""
+        since = int((part.name or "sent:0").split(":", 1)[1]) / 1000.0
+        if job.kind == REPORT:
+            taken = await work.ledger.part_remote_ids(job.provider)
+            found = pick_report(
+                await self.list_reports(since),
+                since,
+                str(job.params.get("output_format", "pdf")),
+                taken,
+            )
+            if found is not None:
+                credits = found.get("processing_credits_used")
+                adopted = Part(
+                    job_id=job.id,
+                    seq=0,
+                    state=PartState.RUNNING,
+                    name=part.name,
+                    remote_id=str(found["id"]),
+                    credits=int(credits) if isinstance(credits, int | float) else None,
+                    detail="adopted after a lost answer",
+                )
+                await work.save(adopted)
+                log.info("claribi_adopted", job_id=job.id, report_id=adopted.remote_id)
+                return adopted
+        else:
+            body = await self._json("GET", "/dashboards/", "dashboards:read")
+            target = str(job.params["dashboard_id"])
+            for d in body.get("results", []):
+                last = _ts(d.get("last_refresh")) if isinstance(d, dict) else None
+                if (
+                    isinstance(d, dict)
+                    and str(d.get("id")) == target
+                    and last
+                    and last >= since - SKEW
+                ):
+                    adopted = Part(
+                        job_id=job.id,
+                        seq=0,
+                        state=PartState.RUNNING,
+                        name=part.name,
+                        remote_id="refreshed",
+                        detail=f"last_refresh {d.get('last_refresh')} (adopted: answer lost)",
+                    )
+                    await work.save(adopted)
+                    return adopted
+        cleared = Part(job_id=job.id, seq=0, state=PartState.PENDING)
+        await work.save(cleared)
+        return cleared
+
+    async def _download(self, job: Job, work: Work, part: Part) -> dict[str, Any]:
+        final = work.result_path(self.result_extension(job))
+        sink = await asyncio.to_thread(AtomicFile(final).open)
+        try:
+            async with self.http.open("GET", f"/reports/{part.remote_id}/download/") as resp:
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    await sink.write(chunk)
+            await sink.commit(work.committer)
+        except AuthFailed as exc:
+            sink.abort()
+            if exc.status == 403:
+                raise Rejected(
+                    self.name, f"the API key lacks the permission reports:read ({exc.message})"
+                ) from None
+            raise
+        except BaseException:
+            sink.abort()
+            raise
+        await work.save(
+            Part(
+                job_id=job.id,
+                seq=0,
+                state=PartState.DONE,
+                name=part.name,
+                remote_id=part.remote_id,
+                credits=part.credits,
+                detail=part.detail,
+                path=str(final),
+                bytes=sink.bytes,
+                sha256=sink.sha256,
+            )
+        )
+        rows = sink.csv_rows() if final.suffix == ".csv" else None
+        return {"path": str(final), "bytes": sink.bytes, "sha256": sink.sha256, "rows": rows}
+
+    async def _write_refresh(self, job: Job, work: Work, part: Part) -> dict[str, Any]:
+        record = {
+            "dashboard_id": str(job.params["dashboard_id"]),
+            "refreshed": True,
+            "credits_consumed": part.credits,
+            "detail": part.detail,
+            "recorded_at": datetime.now(UTC).isoformat(),
+        }
+        data = json.dumps(record).encode()
+        final = work.result_path("json")
+        sink = await asyncio.to_thread(AtomicFile(final).open)
+        await sink.write(data)
+        await sink.commit(work.committer)
+        await work.save(
+            Part(
+                job_id=job.id,
+                seq=0,
+                state=PartState.DONE,
+                name=part.name,
+                remote_id=part.remote_id,
+                credits=part.credits,
+                detail=part.detail,
+                path=str(final),
+                bytes=sink.bytes,
+                sha256=sink.sha256,
+            )
+        )
+        return {"path": str(final), "bytes": sink.bytes, "sha256": sink.sha256, "rows": None}

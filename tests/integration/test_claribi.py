@@ -1,0 +1,185 @@
+"""clariBI reports and dashboard refreshes against the simulator over loopback HTTP: credits
+checked before spending, 402, missing permissions, lost answers reconciled, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.config import Config, load_config
+from orchestrator.domain import JobState
+from orchestrator.engine.daemon import Daemon
+from orchestrator.ledger.store import Ledger
+from orchestrator.simulator.claribi import ClariBISimulator
+from orchestrator.simulator.server import SimulatorServer
+from tests.conftest import CLARIBI_KEY, write_config
+from tests.integration.helpers import (
+    all_jobs,
+    assert_result_intact,
+    run_once,
+    start,
+    wait_for_jobs,
+)
+
+pytestmark = pytest.mark.timeout(120)
+TEMPLATE = "550e8400-e29b-41d4-a716-446655440010"
+SOURCE = "123e4567-e89b-12d3-a456-426614174000"
+DASHBOARD = "550e8400-e29b-41d4-a716-446655440020"
+
+
+def bi(sim: SimulatorServer) -> ClariBISimulator:
+    return sim.sims.claribi
+
+
+def config(tmp_path: Path, sim: SimulatorServer, pipelines: list[dict[str, Any]]) -> Config:
+    prov = {"base_url": sim.base_url("claribi"), "api_key": CLARIBI_KEY}
+    path = write_config(tmp_path, sim.base_url("clari"), pipelines, providers={"claribi": prov})
+    return load_config(path)
+
+
+def report(name: str, **params: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": "claribi.report",
+        "params": {"template_id": TEMPLATE, "data_source_ids": [SOURCE], **params},
+    }
+
+
+async def parts(cfg: Config, job_id: int) -> list[Any]:
+    ledger = Ledger(cfg.ledger.url)
+    try:
+        return await ledger.parts(job_id)
+    finally:
+        await ledger.close()
+
+
+@pytest.mark.parametrize(("fmt", "ext"), [("pdf", "pdf"), ("csv", "csv"), ("excel", "xlsx")])
+async def test_report_generated_downloaded_and_credits_recorded(
+    tmp_path: Path, sim: SimulatorServer, fmt: str, ext: str
+) -> None:
+    cfg = config(tmp_path, sim, [report("weekly", output_format=fmt)])
+    assert await run_once(cfg) == 0
+    (job,) = await all_jobs(cfg)
+    assert_result_intact(job)
+    assert str(job.result_path).endswith(f".{ext}")
+    (part,) = await parts(cfg, job.id)
+    assert part.credits == 47 and part.remote_id in bi(sim).reports
+    assert bi(sim).stats["generated"] == 1
+    if fmt == "csv":
+        assert job.result_rows == 3
+
+
+async def test_not_started_when_usage_shows_too_few_credits(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    bi(sim).config.credits_used = 4990  # 10 left
+    cfg = config(
+        tmp_path,
+        sim,
+        [
+            report("waits", estimated_credits=25),
+            report("fails", estimated_credits=25, when_out_of_credits="fail"),
+        ],
+    )
+    daemon = Daemon(cfg, once=True, exit_when_idle=True)
+    task = await start(daemon)
+    jobs = await wait_for_jobs(
+        cfg,
+        lambda js: (
+            len(js) == 2
+            and js[1].state == JobState.FAILED
+            and js[0].state in (JobState.RETRY_WAIT, JobState.PENDING)
+            and js[0].error is not None
+        ),
+    )
+    daemon.stop()
+    await asyncio.wait_for(task, 10)
+    waiting, failed = jobs
+    assert "needs ~25 credits, 10 left" in (failed.error or "")
+    assert "needs ~25 credits, 10 left" in (waiting.error or "")
+    assert waiting.attempts == 0  # waiting for credits spends no attempt
+    assert bi(sim).stats["generated"] == 0  # nothing was started
+
+
+async def test_402_fails_with_the_providers_message(tmp_path: Path, sim: SimulatorServer) -> None:
+    bi(sim).config.credits_used = 4990  # no estimate known: clariBI's 402 decides
+    cfg = config(tmp_path, sim, [report("r", when_out_of_credits="fail")])
+    assert await run_once(cfg) == 1
+    (job,) = await all_jobs(cfg)
+    assert job.state == JobState.FAILED
+    assert "Insufficient credits. Need ~47, have 10" in (job.error or "")
+    assert bi(sim).stats["payment_required"] == 1
+
+
+async def test_missing_permission_is_named(tmp_path: Path, sim: SimulatorServer) -> None:
+    bi(sim).config.permissions = ["reports:read", "usage:read"]
+    cfg = config(tmp_path, sim, [report("r")])
+    assert await run_once(cfg) == 1
+    (job,) = await all_jobs(cfg)
+    assert "lacks the permission reports:generate" in (job.error or "")
+    assert CLARIBI_KEY not in (job.error or "")
+
+
+async def test_lost_answer_is_adopted_not_generated_again(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    bi(sim).config.lost_answer_rate = 1.0
+    cfg = config(tmp_path, sim, [report("r", output_format="json")])
+    assert await run_once(cfg) == 0
+    (job,) = await all_jobs(cfg)
+    assert_result_intact(job)
+    assert bi(sim).stats["generated"] == 1  # credits spent once
+    (part,) = await parts(cfg, job.id)
+    assert part.detail == "adopted after a lost answer" and part.credits == 47
+
+
+async def test_generation_limit_respected_under_a_backlog(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    bi(sim).config.generation_limit = 2
+    bi(sim).config.window = 1.0
+    cfg = config(tmp_path, sim, [report(f"r{i}") for i in range(6)])
+    assert await run_once(cfg, timeout=60) == 0
+    jobs = await all_jobs(cfg)
+    assert [j.state for j in jobs] == [JobState.SUCCEEDED] * 6
+    assert bi(sim).stats["generated"] == 6
+    assert bi(sim).stats["max_generations_in_window"] <= 2
+
+
+async def test_dashboard_refresh_per_dashboard_with_credits(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    other = "550e8400-e29b-41d4-a716-446655440021"
+    pipeline = {
+        "name": "dash",
+        "kind": "claribi.dashboard_refresh",
+        "params": {"dashboards": [DASHBOARD, other]},
+    }
+    cfg = config(tmp_path, sim, [pipeline])
+    assert await run_once(cfg) == 0
+    jobs = await all_jobs(cfg)
+    assert sorted(j.params["dashboard_id"] for j in jobs) == sorted([DASHBOARD, other])
+    for j in jobs:
+        assert_result_intact(j)
+        (part,) = await parts(cfg, j.id)
+        assert part.credits == 23
+    assert bi(sim).stats["refreshed"] == 2
+    assert bi(sim).config.credits_used == 46
+
+
+async def test_quota_shows_credits_spent_and_left(tmp_path: Path, sim: SimulatorServer) -> None:
+    from orchestrator.quota import quota_report
+
+    cfg = config(tmp_path, sim, [report("r"), report("s")])
+    assert await run_once(cfg) == 0
+    ledger = Ledger(cfg.ledger.url)
+    try:
+        got = await quota_report(cfg, ledger)
+    finally:
+        await ledger.close()
+    assert got["claribi"]["credits_used_30d"] == 94
+    assert got["claribi"]["credits_remaining"] == 5000 - 94
+    assert got["claribi"]["credits_limit"] == 5000
