@@ -12,6 +12,7 @@ import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -359,10 +360,20 @@ def _check_semantics(
                 ("providers", name, "api_secret"),
                 "Claravine needs an API key and an API secret: set api_secret",
             )
+        if name.split("-", 1)[0] == "clayva" and not _https_or_loopback(prov.base_url):
+            report(
+                ("providers", name, "base_url"),
+                "Clayva accepts HTTPS only (plain http is allowed for a loopback simulator)",
+            )
         if check_files and prov.api_key_file is not None:
             prov.api_key_file = _credentials_dir_file(prov.api_key_file)
             if not prov.api_key_file.is_file():
                 report(("providers", name, "api_key_file"), f"{prov.api_key_file} is not readable")
+
+
+def _https_or_loopback(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "https" or parts.hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def validate_params(p: PipelineConfig, model: type[BaseModel], index: int, report: Any) -> None:

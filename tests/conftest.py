@@ -13,6 +13,7 @@ from orchestrator.simulator.claravine import ClaravineSimConfig
 from orchestrator.simulator.clari import ClariSimConfig
 from orchestrator.simulator.claribi import ClariBISimConfig
 from orchestrator.simulator.claro import ClaroSimConfig
+from orchestrator.simulator.clayva import ClayvaSimConfig
 from orchestrator.simulator.server import Simulators, SimulatorServer
 
 API_KEY = "sim-key-Zq8XtP3vLw"
@@ -32,7 +33,10 @@ async def sim() -> AsyncIterator[SimulatorServer]:
     claro = ClaroSimConfig(api_key=API_KEY)
     claravine = ClaravineSimConfig(api_key=API_KEY, api_secret=API_SECRET)
     claribi = ClariBISimConfig(api_key=CLARIBI_KEY, generation_seconds=0.05)
-    sims = Simulators.create(clari=clari, claro=claro, claravine=claravine, claribi=claribi)
+    clayva = ClayvaSimConfig(api_key=API_KEY)
+    sims = Simulators.create(
+        clari=clari, claro=claro, claravine=claravine, claribi=claribi, clayva=clayva
+    )
     server = await SimulatorServer(sims).start()
     try:
         yield server

@@ -91,6 +91,7 @@ class Worker:
             log.warning("job_waiting", job_id=job.id, error=str(exc), seconds=delay.seconds)
             return
         except (Rejected, RemoteJobFailed) as exc:
+            log.warning("job_failed", job_id=job.id, pipeline=job.pipeline, error=str(exc))
             await self._end(job, JobState.FAILED, reason="failed", error=str(exc))
             return
         except ProviderError as exc:

@@ -4,8 +4,9 @@ from orchestrator.providers import claravine as claravine
 from orchestrator.providers import clari as clari
 from orchestrator.providers import claribi as claribi
 from orchestrator.providers import claro as claro
+from orchestrator.providers import clayva as clayva
 from orchestrator.providers.base import KINDS as KINDS
 from orchestrator.providers.base import PROVIDERS as PROVIDERS
 from orchestrator.providers.base import kind_spec as kind_spec
 
-__all__ = ["KINDS", "PROVIDERS", "claravine", "clari", "claro", "kind_spec"]
+__all__ = ["KINDS", "PROVIDERS", "claravine", "clari", "claro", "clayva", "kind_spec"]

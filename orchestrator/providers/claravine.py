@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import glob
 import hashlib
 import io
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date, timedelta
@@ -29,30 +27,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from orchestrator.config import ProviderConfig
-from orchestrator.domain import Job, JobState, Part, PartState, RemoteStatus
+from orchestrator.domain import Job, Part, PartState, RemoteStatus
 from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient
 from orchestrator.ledger.store import utcnow
 from orchestrator.limits import ProviderLimits
 from orchestrator.outputs import AtomicFile
 from orchestrator.providers.base import Params, Sink, Work, register_kind, register_provider
+from orchestrator.providers.sources import (
+    PipelineSource,
+    SourceError,
+    expand_sources,
+    file_sha256,
+    read_text,
+)
 
 if TYPE_CHECKING:
-    from orchestrator.ledger.store import Ledger
+    pass
 
 log = structlog.get_logger(__name__)
 SUBMISSION, EXPORT = "claravine.submission", "claravine.transactions_export"
 MAX_ROWS = 1000  # the API's limit per POST
 DEFAULT_KEY_HEADER, DEFAULT_SECRET_HEADER = "X-API-Key", "X-API-Secret"
 STATUS_DONE, STATUS_FAILED = "complete", "failed"
-
-
-class PipelineSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    pipeline: str = Field(min_length=1)
 
 
 class SubmissionParams(Params):
@@ -88,21 +88,9 @@ class TransactionsExportParams(Params):
 # --- reading source files (pure, no network) ----------------------------------------------------
 
 
-class SourceError(ValueError):
-    """Bad input file; the message names the file and line."""
-
-
 def read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     """(fields, rows, line number of each row) from a CSV (header row) or JSON Lines file."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise SourceError(f"{path}:{line}: not UTF-8 (byte {raw[exc.start]:#04x})") from None
+    text = read_text(path)
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return _read_jsonl(path, text)
     return _read_csv(path, text)
@@ -192,43 +180,6 @@ def plan_chunks(job: Job, fields: list[str], rows: list[list[str]], per_post: in
         for i in range(total)
         if rows[i * per_post : (i + 1) * per_post]
     ]
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _list_files(pattern: str) -> list[Path]:
-    """Files matching the glob, oldest first (hidden and partial files left out)."""
-    found = [Path(m) for m in glob.glob(os.path.expanduser(pattern))]
-    files = [p for p in found if p.is_file() and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: (p.stat().st_mtime, str(p)))
-
-
-async def expand_sources(
-    ledger: Ledger, pipeline: str, params: dict[str, Any], _key: str
-) -> list[tuple[str, dict[str, Any]]]:
-    """One job per source file not imported yet (by sha256): a glob's files, oldest first, or
-    the newest result of another pipeline."""
-    if params.get("file"):  # already one file (a retry)
-        return [(f"file:{pipeline}:{params.get('sha256')}", params)]
-    source = params["source"]
-    if isinstance(source, dict):
-        done = await ledger.list_jobs(
-            states=[JobState.SUCCEEDED], pipeline=str(source["pipeline"]), limit=1
-        )
-        files = [Path(done[0].result_path)] if done and done[0].result_path else []
-    else:
-        files = await asyncio.to_thread(_list_files, str(source))
-    out = []
-    for path in files:
-        sha = await asyncio.to_thread(_file_sha256, path)
-        out.append((f"file:{pipeline}:{sha}", {**params, "file": str(path), "sha256": sha}))
-    return out
 
 
 register_kind(
@@ -379,7 +330,7 @@ class ClaravineAdapter:
             raise Rejected(self.name, "no source file on this job")
         try:
             fields, rows, lines = await asyncio.to_thread(read_rows, path)
-            sha = await asyncio.to_thread(_file_sha256, path)
+            sha = await asyncio.to_thread(file_sha256, path)
             size = await asyncio.to_thread(lambda: path.stat().st_size)
         except SourceError as exc:
             raise Rejected(self.name, str(exc)) from None

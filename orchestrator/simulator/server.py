@@ -10,6 +10,7 @@ from orchestrator.simulator.claravine import ClaravineSimConfig, ClaravineSimula
 from orchestrator.simulator.clari import ClariSimConfig, ClariSimulator
 from orchestrator.simulator.claribi import ClariBISimConfig, ClariBISimulator
 from orchestrator.simulator.claro import ClaroSimConfig, ClaroSimulator
+from orchestrator.simulator.clayva import ClayvaSimConfig, ClayvaSimulator
 from orchestrator.simulator.faults import Faults
 
 PREFIXES = {
@@ -17,6 +18,7 @@ PREFIXES = {
     "claravine": "/claravine/v1",
     "claro": "/claro/api/v2",
     "claribi": "/claribi/api/v1",
+    "clayva": "/clayva/v1",
 }
 
 
@@ -26,6 +28,7 @@ class Simulators:
     claravine: ClaravineSimulator
     claro: ClaroSimulator
     claribi: ClariBISimulator
+    clayva: ClayvaSimulator
 
     @classmethod
     def create(
@@ -35,6 +38,7 @@ class Simulators:
         claro: ClaroSimConfig | None = None,
         claravine: ClaravineSimConfig | None = None,
         claribi: ClariBISimConfig | None = None,
+        clayva: ClayvaSimConfig | None = None,
         faults: Faults | None = None,
     ) -> Simulators:
         # Each provider has its own fault settings (its own /_sim/config), like its own server.
@@ -43,6 +47,7 @@ class Simulators:
             claravine=ClaravineSimulator(claravine),
             claro=ClaroSimulator(claro),
             claribi=ClariBISimulator(claribi),
+            clayva=ClayvaSimulator(clayva),
         )
 
     def app(self) -> web.Application:
@@ -51,6 +56,7 @@ class Simulators:
         root.add_subapp(PREFIXES["claro"], self.claro.app())
         root.add_subapp(PREFIXES["claravine"], self.claravine.app())
         root.add_subapp(PREFIXES["claribi"], self.claribi.app())
+        root.add_subapp(PREFIXES["clayva"], self.clayva.app())
 
         async def index(_: web.Request) -> web.Response:
             return web.json_response({"providers": PREFIXES})

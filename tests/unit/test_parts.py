@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from orchestrator.domain import Job, JobState, Part, PartState
 from orchestrator.outputs import stitch
 from orchestrator.providers.claravine import (
-    SourceError,
     SubmissionParams,
     TransactionsExportParams,
     chunk_hash,
@@ -24,6 +23,7 @@ from orchestrator.providers.claravine import (
     read_rows,
 )
 from orchestrator.providers.claro import DatasetExportParams, plan_parts
+from orchestrator.providers.sources import SourceError
 
 
 @settings(deadline=None)
