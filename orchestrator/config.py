@@ -85,6 +85,7 @@ class ProviderConfig(_Model):
     quota_reserve: int = Field(default=0, ge=0)
     requests_per_second: float = Field(default=10.0, gt=0)
     requests_per_minute: float | None = Field(default=None, gt=0)  # Claro: 100 unless set
+    ingest_base_url: str | None = None  # Clari ingest: default base_url with /v4 → /v2
     key_header: str | None = None  # Claravine: the header names its API page does not give
     secret_header: str | None = None
     timeout: Duration = 30.0

@@ -22,6 +22,7 @@ class ConfigError(OrchestratorError):
 
 class ProviderError(OrchestratorError):
     retryable = False
+    body: object = None  # the provider's parsed error body, when there was one
 
     def __init__(
         self, provider: str, message: str, *, code: str | None = None, status: int | None = None

@@ -73,6 +73,15 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
 
 def error_fields(body: Any) -> tuple[str | None, str]:
     """(code, message) from the error body shapes our providers use."""
+    if isinstance(body, list) and body and isinstance(body[0], dict):  # Clari ingest: [{..}]
+        first = body[0]
+        code = first.get("errorCode") or first.get("code")
+        msg = "; ".join(
+            str(e.get("errorSummary") or e.get("message") or "")
+            for e in body
+            if isinstance(e, dict)
+        )
+        return (str(code) if code else None), msg
     if isinstance(body, dict):
         if isinstance(body.get("errors"), list) and body["errors"]:
             first = body["errors"][0]
@@ -241,9 +250,11 @@ class HttpClient:
                     await self._sleep_before_retry(attempt, hint)
                 continue
             exc_type = AuthFailed if resp.status in (401, 403) else Rejected
-            raise self._fail(
+            failure = self._fail(
                 exc_type, f"{where}: {message or resp.reason}", code=code, status=resp.status
             )
+            failure.body = body  # for callers whose 4xx answers carry data (Clari ingest status)
+            raise failure
         assert last is not None
         raise last
 

@@ -11,6 +11,7 @@ import pytest
 from orchestrator.config import Config, load_config
 from orchestrator.simulator.claravine import ClaravineSimConfig
 from orchestrator.simulator.clari import ClariSimConfig
+from orchestrator.simulator.clari_ingest import IngestSimConfig
 from orchestrator.simulator.claribi import ClariBISimConfig
 from orchestrator.simulator.claro import ClaroSimConfig
 from orchestrator.simulator.clayva import ClayvaSimConfig
@@ -19,6 +20,7 @@ from orchestrator.simulator.server import Simulators, SimulatorServer
 API_KEY = "sim-key-Zq8XtP3vLw"
 API_SECRET = "sim-secret-Hy7RkD2mQa"
 CLARIBI_KEY = "claribi_sim-Wq4nVb8Lr2"
+PARTNER_KEY = "sim-partner-Kp3sZ9xTe1"
 
 
 def free_port() -> int:
@@ -34,8 +36,14 @@ async def sim() -> AsyncIterator[SimulatorServer]:
     claravine = ClaravineSimConfig(api_key=API_KEY, api_secret=API_SECRET)
     claribi = ClariBISimConfig(api_key=CLARIBI_KEY, generation_seconds=0.05)
     clayva = ClayvaSimConfig(api_key=API_KEY)
+    ingest = IngestSimConfig(api_key=API_KEY, partner_key=PARTNER_KEY)
     sims = Simulators.create(
-        clari=clari, claro=claro, claravine=claravine, claribi=claribi, clayva=clayva
+        clari=clari,
+        claro=claro,
+        claravine=claravine,
+        claribi=claribi,
+        clayva=clayva,
+        clari_ingest=ingest,
     )
     server = await SimulatorServer(sims).start()
     try:

@@ -16,7 +16,7 @@ from orchestrator.domain import Job, JobState
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.limits import QUOTA_WINDOW, AccountBudget, Caps
 from orchestrator.metrics import Metrics
-from orchestrator.providers import PROVIDERS
+from orchestrator.providers import KINDS, PROVIDERS
 from orchestrator.providers.base import ProviderAdapter
 
 log = structlog.get_logger(__name__)
@@ -29,6 +29,34 @@ class Stats:
     polls: int = 0
     retries: int = 0
     quota_rejections: int = 0
+
+
+class Unbudgeted:
+    """The budget of kinds that use none of the account's export slots or quota (Clari ingest:
+    its own concurrent-ingestion limit, answered with 429 by Clari)."""
+
+    def can_submit(self) -> bool:
+        return True
+
+    def on_reserve(self) -> None: ...
+
+    def on_unreserve(self) -> None: ...
+
+    def on_slot_released(self) -> None: ...
+
+    def on_provider_full(self) -> None: ...
+
+
+UNBUDGETED_SUFFIX = "#unbudgeted"
+UNBUDGETED = Unbudgeted()
+
+
+def budget_key(job: Job) -> str:
+    """Which budget a job draws on: its provider's, or none for unbudgeted kinds."""
+    spec = KINDS.get(job.kind)
+    return (
+        job.provider + UNBUDGETED_SUFFIX if spec is not None and not spec.budgeted else job.provider
+    )
 
 
 @dataclass(kw_only=True)
@@ -62,6 +90,16 @@ class Context:
             )
         return cls(cfg=cfg, ledger=ledger, adapters=adapters, budgets=budgets)
 
+    def budget_for(self, job: Job) -> AccountBudget | Unbudgeted:
+        key = budget_key(job)
+        return UNBUDGETED if key.endswith(UNBUDGETED_SUFFIX) else self.budgets[job.provider]
+
+    def budget_named(self, key: str) -> AccountBudget | Unbudgeted | None:
+        if key.endswith(UNBUDGETED_SUFFIX):
+            provider = key.removesuffix(UNBUDGETED_SUFFIX)
+            return UNBUDGETED if provider in self.adapters else None
+        return self.budgets.get(key)
+
     async def close(self) -> None:
         for adapter in self.adapters.values():
             await adapter.close()
@@ -77,7 +115,10 @@ class Context:
     async def refresh_budget(self, provider: str) -> None:
         """Re-read the provider's limits and our own counts from the ledger."""
         budget, adapter = self.budgets[provider], self.adapters[provider]
-        in_flight = await self.ledger.in_flight_count(provider)
+        unbudgeted = [
+            k for k, spec in KINDS.items() if spec.provider == provider and not spec.budgeted
+        ]
+        in_flight = await self.ledger.in_flight_count(provider, exclude_kinds=unbudgeted)
         used = len(await self.ledger.quota_times(provider, utcnow() - QUOTA_WINDOW))
         try:
             remote = await adapter.limits()

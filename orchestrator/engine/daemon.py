@@ -219,7 +219,7 @@ class Daemon:
         except Exception as exc:
             log.info("cancel_raced", job_id=job.id, error=str(exc))
             return
-        self.ctx.budgets[job.provider].on_slot_released()
+        self.ctx.budget_for(job).on_slot_released()
         self.ctx.finished(job, to)
         self.ctx.wake_dispatch.set()
 
@@ -254,7 +254,7 @@ class Daemon:
         now = utcnow()
         # The provider freed the slot the moment the job ended: refill it without waiting for
         # our own bookkeeping to commit.
-        self.ctx.budgets[job.provider].on_slot_released()
+        self.ctx.budget_for(job).on_slot_released()
         self.ctx.wake_dispatch.set()
         try:
             await self.ledger.transition(
@@ -271,7 +271,7 @@ class Daemon:
 
     async def _on_remote_ended(self, job: Job, status: RemoteStatus) -> None:
         ctx = self.ctx
-        ctx.budgets[job.provider].on_slot_released()
+        ctx.budget_for(job).on_slot_released()
         ctx.wake_dispatch.set()
         error = (
             f"{job.provider}: remote job {job.remote_id} ended {status.raw_status or status.state}"

@@ -18,7 +18,7 @@ from datetime import timedelta
 import structlog
 
 from orchestrator.domain import Job, JobState
-from orchestrator.engine.context import Context
+from orchestrator.engine.context import Context, budget_key
 from orchestrator.errors import ProviderError, QuotaExceeded, Rejected, Throttled
 from orchestrator.ledger.store import utcnow
 from orchestrator.providers import KINDS
@@ -75,7 +75,7 @@ class Dispatcher:
             )
             self._heads = defaultdict(lambda: defaultdict(deque))
             for job in pending:
-                self._heads[job.provider][job.pipeline].append(job)
+                self._heads[budget_key(job)][job.pipeline].append(job)
             self._heads_at = now
         started = 0
         for provider, queues in self._heads.items():
@@ -83,7 +83,7 @@ class Dispatcher:
         return started
 
     def _dispatch_provider(self, provider: str, queues: dict[str, deque[Job]]) -> int:
-        budget = self.ctx.budgets.get(provider)
+        budget = self.ctx.budget_named(provider)
         if budget is None or provider in self._reconciling:
             return 0
         turn = self._turn[provider]
@@ -123,7 +123,8 @@ class Dispatcher:
                 raise
 
     async def _submit_one(self, job: Job) -> None:
-        ctx, budget = self.ctx, self.ctx.budgets[job.provider]
+        ctx, budget = self.ctx, self.ctx.budget_for(job)
+        spec = KINDS[job.kind]
         now = utcnow()
         try:
             await ctx.ledger.transition(
@@ -131,7 +132,7 @@ class Dispatcher:
                 JobState.PENDING,
                 JobState.SUBMITTING,
                 reason=f"attempt {job.attempts + 1}",
-                quota=job.provider,
+                quota=job.provider if spec.uses_quota else None,
                 attempts=job.attempts + 1,
                 submitted_at=now,
                 error=None,
@@ -142,7 +143,7 @@ class Dispatcher:
             return
         sub = replace(job, state=JobState.SUBMITTING, attempts=job.attempts + 1, submitted_at=now)
         log.info("job_submitting", job_id=job.id, pipeline=job.pipeline, attempt=sub.attempts)
-        if KINDS[job.kind].staged and self.on_started is not None:
+        if spec.staged and self.on_started is not None:
             # Several remote calls with checkpoints: the worker makes them, holding this slot.
             await ctx.ledger.transition(
                 sub, JobState.SUBMITTING, JobState.RUNNING, reason="started"
@@ -193,7 +194,7 @@ class Dispatcher:
 
     async def _refused(self, job: Job, exc: ProviderError, *, full: bool) -> None:
         """The provider created nothing: back to waiting without spending an attempt."""
-        ctx, budget = self.ctx, self.ctx.budgets[job.provider]
+        ctx, budget = self.ctx, self.ctx.budget_for(job)
         budget.on_unreserve()
         if full:
             ctx.stats.quota_rejections += 1
@@ -278,7 +279,7 @@ class Dispatcher:
             await self.adopt(job, remote_id, reason="adopted after an unanswered submit")
             return
         ctx = self.ctx
-        ctx.budgets[job.provider].on_unreserve()
+        ctx.budget_for(job).on_unreserve()
         if not error:  # a crash, not a failed request: the attempt never happened
             await ctx.ledger.transition(
                 job,

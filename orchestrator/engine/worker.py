@@ -126,7 +126,7 @@ class Worker:
 
     async def _end(self, job: Job, to: JobState, *, reason: str, **kw: object) -> None:
         ctx = self.ctx
-        ctx.budgets[job.provider].on_slot_released()
+        ctx.budget_for(job).on_slot_released()
         ctx.wake_dispatch.set()
         try:
             await ctx.ledger.transition(job, JobState.RUNNING, to, reason=reason, **kw)  # type: ignore[arg-type]

@@ -805,12 +805,14 @@ class Ledger:
             rows = (await conn.execute(stmt)).scalars().all()
         return [_aware(t) for t in rows if t is not None]  # type: ignore[misc]
 
-    async def in_flight_count(self, provider: str) -> int:
+    async def in_flight_count(self, provider: str, exclude_kinds: Sequence[str] = ()) -> int:
         """Jobs holding a remote slot: SUBMITTING and RUNNING (queued+running at the provider)"""
         stmt = select(func.count()).where(
             jobs_t.c.provider == provider,
             jobs_t.c.state.in_([JobState.SUBMITTING.value, JobState.RUNNING.value]),
         )
+        if exclude_kinds:
+            stmt = stmt.where(jobs_t.c.kind.not_in(list(exclude_kinds)))
         async with self.read_engine.connect() as conn:
             return int((await conn.execute(stmt)).scalar_one())
 

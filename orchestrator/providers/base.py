@@ -135,6 +135,8 @@ class KindSpec:
     description: str
     staged: bool = False  # run by the worker as one coroutine (adapter.run), not submit/poll/fetch
     expand: Expander | None = None
+    budgeted: bool = True  # holds one of the account's concurrency slots while in flight
+    uses_quota: bool = True  # counts against the account's rolling monthly quota
 
 
 PROVIDERS: dict[str, Callable[[ProviderConfig], ProviderAdapter]] = {}
@@ -160,6 +162,8 @@ def register_kind(
     *,
     staged: bool = False,
     expand: Expander | None = None,
+    budgeted: bool = True,
+    uses_quota: bool = True,
 ) -> None:
     provider = kind.split(".", 1)[0]
     KINDS[kind] = KindSpec(
@@ -169,6 +173,8 @@ def register_kind(
         description=description,
         staged=staged,
         expand=expand,
+        budgeted=budgeted,
+        uses_quota=uses_quota,
     )
 
 

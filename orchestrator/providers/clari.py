@@ -19,7 +19,9 @@ from orchestrator.domain import Job, RemoteState, RemoteStatus
 from orchestrator.errors import QuotaExceeded, Rejected
 from orchestrator.http import HttpClient
 from orchestrator.limits import ProviderLimits
-from orchestrator.providers.base import Params, Sink, register_kind, register_provider
+from orchestrator.providers.base import Params, Sink, Work, register_kind, register_provider
+from orchestrator.providers.clari_ingest import KIND as INGEST
+from orchestrator.providers.clari_ingest import ClariIngest
 
 FORECAST, ACTIVITY, AUDIT = "clari.forecast_export", "clari.activity_export", "clari.audit_export"
 MODULES = {FORECAST: "FORECAST", ACTIVITY: "ACTIVITY", AUDIT: "AUDIT"}
@@ -206,8 +208,17 @@ class ClariAdapter:
             requests_per_second=cfg.requests_per_second,
         )
 
+        self.ingest = ClariIngest(cfg, self.name)
+
     async def close(self) -> None:
         await self.http.close()
+        await self.ingest.close()
+
+    async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
+        """Staged kinds of this account: bulk ingest (exports go submit → poll → fetch)."""
+        if job.kind != INGEST:
+            raise Rejected(self.name, f"{job.kind} is not run in stages")
+        return await self.ingest.run(job, work)
 
     async def limits(self) -> ProviderLimits:
         return parse_limits(await self.http.json("GET", "/admin/limits"))

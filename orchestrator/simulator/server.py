@@ -8,6 +8,7 @@ from aiohttp import web
 
 from orchestrator.simulator.claravine import ClaravineSimConfig, ClaravineSimulator
 from orchestrator.simulator.clari import ClariSimConfig, ClariSimulator
+from orchestrator.simulator.clari_ingest import ClariIngestSimulator, IngestSimConfig
 from orchestrator.simulator.claribi import ClariBISimConfig, ClariBISimulator
 from orchestrator.simulator.claro import ClaroSimConfig, ClaroSimulator
 from orchestrator.simulator.clayva import ClayvaSimConfig, ClayvaSimulator
@@ -20,6 +21,7 @@ PREFIXES = {
     "claribi": "/claribi/api/v1",
     "clayva": "/clayva/v1",
 }
+INGEST_PREFIX = "/clari/v2"  # Clari's ingest API lives under v2 (the exports under v4)
 
 
 @dataclass(kw_only=True)
@@ -29,6 +31,7 @@ class Simulators:
     claro: ClaroSimulator
     claribi: ClariBISimulator
     clayva: ClayvaSimulator
+    clari_ingest: ClariIngestSimulator
 
     @classmethod
     def create(
@@ -39,6 +42,7 @@ class Simulators:
         claravine: ClaravineSimConfig | None = None,
         claribi: ClariBISimConfig | None = None,
         clayva: ClayvaSimConfig | None = None,
+        clari_ingest: IngestSimConfig | None = None,
         faults: Faults | None = None,
     ) -> Simulators:
         # Each provider has its own fault settings (its own /_sim/config), like its own server.
@@ -48,6 +52,7 @@ class Simulators:
             claro=ClaroSimulator(claro),
             claribi=ClariBISimulator(claribi),
             clayva=ClayvaSimulator(clayva),
+            clari_ingest=ClariIngestSimulator(clari_ingest),
         )
 
     def app(self) -> web.Application:
@@ -57,6 +62,7 @@ class Simulators:
         root.add_subapp(PREFIXES["claravine"], self.claravine.app())
         root.add_subapp(PREFIXES["claribi"], self.claribi.app())
         root.add_subapp(PREFIXES["clayva"], self.clayva.app())
+        root.add_subapp(INGEST_PREFIX, self.clari_ingest.app())
 
         async def index(_: web.Request) -> web.Response:
             return web.json_response({"providers": PREFIXES})

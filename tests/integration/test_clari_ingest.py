@@ -1,0 +1,149 @@
+"""Clari bulk ingest against the simulator over loopback HTTP (served under /clari/v2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.config import Config, load_config
+from orchestrator.domain import JobState, PartState
+from orchestrator.ledger.store import Ledger
+from orchestrator.simulator.clari_ingest import ClariIngestSimulator
+from orchestrator.simulator.server import SimulatorServer
+from tests.conftest import API_KEY, PARTNER_KEY, write_config
+from tests.integration.helpers import all_jobs, run_once
+
+pytestmark = pytest.mark.timeout(120)
+T0 = 1_700_000_000_000
+
+
+def ing(sim: SimulatorServer) -> ClariIngestSimulator:
+    return sim.sims.clari_ingest
+
+
+def config(tmp_path: Path, sim: SimulatorServer, pipelines: list[dict[str, Any]]) -> Config:
+    provider = {"partner_key": PARTNER_KEY, "poll": {"initial": "0.05s", "max_interval": "0.2s"}}
+    return load_config(write_config(tmp_path, sim.base_url("clari"), pipelines, provider=provider))
+
+
+def ingest(name: str, source: str, **params: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": "clari.ingest",
+        "params": {"entity": "account", "source": source, **params},
+    }
+
+
+def record(i: int, entity: str = "health", **kw: Any) -> dict[str, Any]:
+    return {
+        "sourceEntity": entity,
+        "id": f"001Z{i:014d}",
+        "createdAt": T0,
+        "updatedAt": T0 + i,
+        "healthScore": i % 100,
+        **kw,
+    }
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+async def parts(cfg: Config, job_id: int) -> list[Any]:
+    ledger = Ledger(cfg.ledger.url)
+    try:
+        return await ledger.parts(job_id)
+    finally:
+        await ledger.close()
+
+
+async def test_initial_load_split_into_files_with_one_last_batch(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    rows = [record(i, "health" if i % 2 else "nps") for i in range(3_000)]
+    write_jsonl(tmp_path / "in" / "accounts.jsonl", rows)
+    cfg = config(
+        tmp_path,
+        sim,
+        [ingest("acct", f"{tmp_path}/in/*.jsonl", mode="initial", maxFileBytes=65_536)],
+    )
+    assert await run_once(cfg) == 0
+    (job,) = await all_jobs(cfg)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.result_rows == 3_000
+    files = await parts(cfg, job.id)
+    assert len(files) > 1 and all(p.state == PartState.DONE for p in files)
+    assert all((p.bytes or 0) <= 65_536 for p in files)
+    sims = ing(sim)
+    assert sims.stats["uploads"] == len(files)
+    assert sims.stats["last_batches"] == 1
+    last = max(sims.jobs.values(), key=lambda j: j.created)
+    assert last.last and last.mode == "initial"
+    got = sorted(r["id"] for r in sims.received["account"])
+    assert got == sorted(r["id"] for r in rows)
+
+
+async def test_bad_records_fail_before_anything_is_sent(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    rows = [record(0), {**record(1), "updatedAt": T0 - 5}, {**record(2), "createdAt": 1_700_000}]
+    src = write_jsonl(tmp_path / "in" / "bad.jsonl", rows)
+    cfg = config(tmp_path, sim, [ingest("acct", str(src))])
+    assert await run_once(cfg) == 1
+    (job,) = await all_jobs(cfg)
+    assert f"{src}:2: updatedAt is before createdAt" in (job.error or "")
+    assert f"{src}:3: createdAt 1700000 looks like seconds" in (job.error or "")
+    assert ing(sim).stats["uploads"] == 0
+
+
+async def test_validation_failure_records_clari_errors(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    ing(sim).config.reject_ids = ["001Z00000000000002"]
+    src = tmp_path / "in" / "a.json"
+    src.parent.mkdir()
+    records = [{k: v for k, v in record(i).items() if k != "sourceEntity"} for i in range(5)]
+    src.write_text(json.dumps([{"sourceEntity": "health", "records": records}]))
+    cfg = config(tmp_path, sim, [ingest("acct", str(src))])
+    assert await run_once(cfg) == 1
+    (job,) = await all_jobs(cfg)
+    assert job.state == JobState.FAILED
+    assert "VALIDATION_FAILED" in (job.error or "")
+    assert "INVALID_INPUT_FORMAT: Field type does not match expected type" in (job.error or "")
+    (part,) = await parts(cfg, job.id)
+    assert part.state == PartState.FAILED and "Field type" in (part.detail or "")
+    assert API_KEY not in (job.error or "") and PARTNER_KEY not in (job.error or "")
+
+
+async def test_concurrent_ingestion_limit_waited_out(tmp_path: Path, sim: SimulatorServer) -> None:
+    ing(sim).config.max_concurrent = 1
+    for n in range(3):
+        write_jsonl(tmp_path / f"in{n}" / "a.jsonl", [record(n * 100 + i) for i in range(50)])
+    cfg = config(tmp_path, sim, [ingest(f"acct{n}", f"{tmp_path}/in{n}/*.jsonl") for n in range(3)])
+    assert await run_once(cfg, timeout=60) == 0
+    jobs = await all_jobs(cfg)
+    assert [j.state for j in jobs] == [JobState.SUCCEEDED] * 3
+    assert ing(sim).stats["max_active"] <= 1
+    assert len(ing(sim).received["account"]) == 150
+
+
+async def test_ingest_leaves_export_slots_and_quota_alone(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    write_jsonl(tmp_path / "in" / "a.jsonl", [record(i) for i in range(10)])
+    cfg = config(tmp_path, sim, [ingest("acct", f"{tmp_path}/in/*.jsonl")])
+    assert await run_once(cfg) == 0
+    ledger = Ledger(cfg.ledger.url)
+    try:
+        from datetime import timedelta
+
+        from orchestrator.ledger.store import utcnow
+
+        assert await ledger.quota_times("clari", utcnow() - timedelta(days=1)) == []
+    finally:
+        await ledger.close()
