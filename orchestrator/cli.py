@@ -14,7 +14,7 @@ import click
 from orchestrator import __version__
 from orchestrator.config import Config, load_config
 from orchestrator.domain import JobState
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.ledger.store import Ledger, job_to_dict, part_to_dict, utcnow
 
 T = TypeVar("T")
@@ -76,7 +76,12 @@ def run(config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool
 @cli.command("check-config")
 @config_option
 @click.option("--json", "as_json", is_flag=True)
-def check_config(config_path: str | None, as_json: bool) -> None:
+@click.option(
+    "--online",
+    is_flag=True,
+    help="Also verify each provider's credentials with its cheapest call; show limits/credits.",
+)
+def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
     """Validate the config file; exit 2 with file:line: message on errors."""
     if as_json:
         try:
@@ -84,18 +89,58 @@ def check_config(config_path: str | None, as_json: bool) -> None:
         except ConfigError as exc:
             click.echo(json.dumps({"ok": False, "problems": exc.problems}, indent=2))
             sys.exit(2)
-        summary = {
+        summary: dict[str, Any] = {
             "ok": True,
             "file": str(cfg.source),
             "providers": sorted(cfg.providers),
             "pipelines": [p.name for p in cfg.pipelines],
         }
+        if online:
+            checks = _run(check_providers(cfg))
+            summary["online"] = checks
+            summary["ok"] = all(c["ok"] for c in checks.values())
         click.echo(json.dumps(summary, indent=2))
-        return
+        sys.exit(0 if summary["ok"] else 2)
     cfg = _load(config_path)
     click.echo(
         f"{cfg.source}: ok ({len(cfg.providers)} provider(s), {len(cfg.pipelines)} pipeline(s))"
     )
+    if not online:
+        return
+    failed = False
+    for name, result in _run(check_providers(cfg)).items():
+        if result["ok"]:
+            info = ", ".join(f"{k}={v}" for k, v in result.items() if k != "ok")
+            click.echo(f"  {name}: ok ({info})")
+        else:
+            failed = True
+            click.echo(f"  {name}: FAILED: {result['error']}", err=True)
+    sys.exit(2 if failed else 0)
+
+
+CHECK_TIMEOUT = 30.0
+
+
+async def check_providers(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Each configured provider's cheapest authenticated call: ok + what it reports, or the
+    error (never a credential)."""
+    from orchestrator.providers import PROVIDERS
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, prov in cfg.providers.items():
+        factory = PROVIDERS.get(name) or PROVIDERS.get(name.split("-", 1)[0])
+        if factory is None:
+            out[name] = {"ok": False, "error": f"no adapter for provider {name!r}"}
+            continue
+        adapter = factory(prov)
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                out[name] = {"ok": True, **await adapter.check()}
+        except (OrchestratorError, TimeoutError) as exc:
+            out[name] = {"ok": False, "error": str(exc) or f"no answer in {CHECK_TIMEOUT:g} s"}
+        finally:
+            await adapter.close()
+    return out
 
 
 # --- jobs ---------------------------------------------------------------------------------------

@@ -63,6 +63,10 @@ class ProviderAdapter(Protocol):
 
     def result_extension(self, job: Job) -> str: ...
 
+    async def check(self) -> dict[str, Any]:
+        """Verify the credentials with the cheapest call; what it tells of limits or credits."""
+        ...
+
     async def close(self) -> None: ...
 
 

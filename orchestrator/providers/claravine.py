@@ -286,9 +286,12 @@ class ClaravineAdapter:
     def result_extension(self, job: Job) -> str:
         return str(job.params.get("format", "csv"))
 
-    # --- API calls ------------------------------------------------------------------------------
-    async def template_fields(self, dataset: str) -> list[str] | None:
-        """The template's field names when GET /datasets publishes them (None: unknown)."""
+    async def check(self) -> dict[str, Any]:
+        self._templates = None
+        await self.template_fields_all()
+        return {"templates": len(self._templates or {})}
+
+    async def template_fields_all(self) -> None:
         if self._templates is None:
             body = await self.http.json("GET", "/datasets")
             items = body.get("datasets", body) if isinstance(body, dict) else body
@@ -299,6 +302,12 @@ class ClaravineAdapter:
                     self._templates[str(item["uuid"])] = (
                         [str(f) for f in fields] if isinstance(fields, list) else None
                     )
+
+    # --- API calls ------------------------------------------------------------------------------
+    async def template_fields(self, dataset: str) -> list[str] | None:
+        """The template's field names when GET /datasets publishes them (None: unknown)."""
+        await self.template_fields_all()
+        assert self._templates is not None
         if dataset not in self._templates:
             raise Rejected(self.name, f"dataset {dataset} is not among the templates this key sees")
         return self._templates[dataset]

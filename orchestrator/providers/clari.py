@@ -223,6 +223,19 @@ class ClariAdapter:
     async def limits(self) -> ProviderLimits:
         return parse_limits(await self.http.json("GET", "/admin/limits"))
 
+    async def check(self) -> dict[str, Any]:
+        """Credentials verified with the cheapest calls (check-config --online)."""
+        lim = await self.limits()
+        out: dict[str, Any] = {
+            "concurrent_limit": lim.concurrent_limit,
+            "available_concurrent": lim.available_concurrent,
+            "monthly_quota": lim.monthly_quota,
+            "available_quota": lim.available_quota,
+        }
+        if self.ingest.cfg.partner_key is not None:
+            out["ingest"] = await self.ingest.check()
+        return out
+
     def _request(self, job: Job) -> tuple[str, dict[str, Any]]:
         body = {k: v for k, v in job.params.items() if v is not None}
         if job.kind == FORECAST:

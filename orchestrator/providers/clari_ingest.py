@@ -196,6 +196,16 @@ class ClariIngest:
     async def close(self) -> None:
         await self.http.close()
 
+    async def check(self) -> str:
+        """apikey + partnerkey accepted? An unknown job id answers 404 only to a valid caller."""
+        try:
+            await self.http.json("GET", "/ingest/job/orchestrator-credentials-check")
+        except Rejected as exc:
+            if exc.status == 404:
+                return "apikey and partnerkey accepted"
+            raise
+        return "apikey and partnerkey accepted"
+
     async def run(self, job: Job, work: Work) -> dict[str, Any]:
         if self.cfg.partner_key is None:
             raise Rejected(self.name, "clari.ingest needs partner_key in [providers.clari]")

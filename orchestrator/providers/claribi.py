@@ -188,6 +188,20 @@ class ClariBIAdapter:
         body = await self.http.json("GET", "/auth/verify/")
         return body if isinstance(body, dict) else {}
 
+    async def check(self) -> dict[str, Any]:
+        info = await self.verify()
+        if not info.get("valid", False):
+            raise AuthFailed(self.name, "GET /auth/verify/: the key is not valid", status=401)
+        out: dict[str, Any] = {
+            "tier": (info.get("organization") or {}).get("tier"),
+            "permissions": (info.get("api_key") or {}).get("permissions", []),
+        }
+        try:
+            out["credits"] = (await self.usage()).get("credits")
+        except Rejected as exc:
+            out["credits"] = f"unreadable ({exc.message})"
+        return out
+
     async def usage(self) -> dict[str, Any]:
         body = await self._json("GET", "/usage/", "usage:read")
         return body if isinstance(body, dict) else {}

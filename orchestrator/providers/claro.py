@@ -155,6 +155,14 @@ class ClaroAdapter:
     def result_extension(self, job: Job) -> str:
         return str(job.params.get("format", "csv"))
 
+    async def check(self) -> dict[str, Any]:
+        body = await self.http.json("GET", "/datasets", params={"page": 1, "limit": 1})
+        total = (body.get("pagination") or {}).get("total") if isinstance(body, dict) else None
+        return {
+            "datasets": total,
+            "requests_per_minute": self.cfg.requests_per_minute or DEFAULT_RPM,
+        }
+
     # --- datasets -----------------------------------------------------------------------------
     async def list_datasets(self, filt: dict[str, Any]) -> list[dict[str, Any]]:
         """Every dataset matching the filter, across pages."""

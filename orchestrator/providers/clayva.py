@@ -182,6 +182,14 @@ class ClayvaAdapter:
     async def limits(self) -> ProviderLimits | None:
         return None
 
+    async def check(self) -> dict[str, Any]:
+        """GET /workspaces: the cheapest authenticated call (an admin API, 5-50/min)."""
+        async with self.http.open("GET", "/workspaces") as resp:
+            body = await resp.json(content_type=None)
+            limit = resp.headers.get("X-RateLimit-Limit")
+        data = body.get("data", []) if isinstance(body, dict) else []
+        return {"workspaces": len(data) if isinstance(data, list) else None, "rate_limit": limit}
+
     async def submit(self, job: Job) -> str:
         raise Rejected(self.name, f"{job.kind} is sent in batches, not submitted")
 

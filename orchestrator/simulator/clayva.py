@@ -74,7 +74,7 @@ class ClayvaSimulator:
         self.faults = faults or Faults()
         self.state = ClayvaState()
         self._ids = itertools.count(1)
-        self._windows: dict[str, list[float]] = {"batch": [], "track": []}
+        self._windows: dict[str, list[float]] = {"batch": [], "track": [], "admin": []}
         self.stats: dict[str, int] = {
             "batches": 0,
             "events": 0,
@@ -89,6 +89,7 @@ class ClayvaSimulator:
         )
         app.router.add_post("/events/track", self.track)
         app.router.add_post("/events/batch", self.batch)
+        app.router.add_get("/workspaces", self.workspaces)
         app.router.add_get("/_sim/stats", self.sim_stats)
         app.router.add_post("/_sim/config", self.sim_config)
         return app
@@ -101,6 +102,8 @@ class ClayvaSimulator:
 
     def _limit(self, category: str) -> int:
         track, batch = TIER_LIMITS.get(self.config.tier, TIER_LIMITS["free"])
+        if category == "admin":
+            return 50 if self.config.tier == "pro" else 5
         if category == "batch":
             return self.config.batch_limit or batch
         return self.config.track_limit or track
@@ -114,7 +117,13 @@ class ClayvaSimulator:
         key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
         if not key or (self.config.api_key is not None and key != self.config.api_key):
             return _err(401, "UNAUTHORIZED", "Invalid or missing API key")
-        category = "batch" if request.path.endswith("/batch") else "track"
+        category = (
+            "batch"
+            if request.path.endswith("/batch")
+            else "admin"
+            if "/workspaces" in request.path
+            else "track"
+        )
         now = time.time()
         used = [t for t in self._windows[category] if now - t < self.config.window]
         limit = self._limit(category)
@@ -190,6 +199,11 @@ class ClayvaSimulator:
             return drop(request)
         return web.json_response(
             {"success": True, "data": {"accepted": len(events), "rejected": 0}}
+        )
+
+    async def workspaces(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"success": True, "data": [{"id": "ws_1", "name": "Production", "role": "admin"}]}
         )
 
     async def sim_stats(self, request: web.Request) -> web.Response:
