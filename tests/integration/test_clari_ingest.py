@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,12 @@ import pytest
 
 from orchestrator.config import Config, load_config
 from orchestrator.domain import JobState, PartState
+from orchestrator.engine.daemon import Daemon
 from orchestrator.ledger.store import Ledger
 from orchestrator.simulator.clari_ingest import ClariIngestSimulator
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import API_KEY, PARTNER_KEY, write_config
-from tests.integration.helpers import all_jobs, run_once
+from tests.integration.helpers import all_jobs, run_once, start
 
 pytestmark = pytest.mark.timeout(120)
 T0 = 1_700_000_000_000
@@ -147,3 +149,29 @@ async def test_ingest_leaves_export_slots_and_quota_alone(
         assert await ledger.quota_times("clari", utcnow() - timedelta(days=1)) == []
     finally:
         await ledger.close()
+
+
+async def test_restart_mid_ingest_sends_at_most_the_file_in_flight_again(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    ing(sim).config.duration = 0.3
+    write_jsonl(tmp_path / "in" / "a.jsonl", [record(i) for i in range(2_000)])
+    cfg = config(tmp_path, sim, [ingest("acct", f"{tmp_path}/in/*.jsonl", maxFileBytes=16_384)])
+    daemon = Daemon(cfg, once=True, exit_when_idle=True)
+    task = await start(daemon)
+    async with asyncio.timeout(30):
+        while ing(sim).stats["uploads"] < 3:
+            await asyncio.sleep(0.01)
+    daemon.stop()
+    daemon.worker.cancel_all()
+    await asyncio.wait_for(task, 10)
+    (job,) = await all_jobs(cfg)
+    files = len(await parts(cfg, job.id))
+    assert job.state == JobState.RUNNING and files > 3
+    assert await run_once(load_config(cfg.source), once=False, timeout=60) == 0
+    (job,) = await all_jobs(cfg)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert files <= ing(sim).stats["uploads"] <= files + 1
+    assert {r["id"] for r in ing(sim).received["account"]} == {
+        record(i)["id"] for i in range(2_000)
+    }

@@ -183,3 +183,25 @@ async def test_quota_shows_credits_spent_and_left(tmp_path: Path, sim: Simulator
     assert got["claribi"]["credits_used_30d"] == 94
     assert got["claribi"]["credits_remaining"] == 5000 - 94
     assert got["claribi"]["credits_limit"] == 5000
+
+
+async def test_stopped_mid_generation_adopts_the_report_on_restart(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    bi(sim).config.generation_seconds = 0.6
+    cfg = config(tmp_path, sim, [report("r")])
+    daemon = Daemon(cfg, once=True, exit_when_idle=True)
+    task = await start(daemon)
+    await wait_for_jobs(cfg, lambda js: bool(js) and js[0].state == JobState.RUNNING)
+    await asyncio.sleep(0.2)  # the generation request is in the air
+    daemon.stop()
+    daemon.worker.cancel_all()  # hard: the answer will never be read
+    await asyncio.wait_for(task, 10)
+    await asyncio.sleep(0.6)  # clariBI finishes the report (and spends the credits) anyway
+    assert bi(sim).stats["generated"] == 1
+    assert await run_once(load_config(cfg.source), once=False) == 0
+    (job,) = await all_jobs(cfg)
+    assert_result_intact(job)
+    assert bi(sim).stats["generated"] == 1  # adopted, not generated again
+    (part,) = await parts(cfg, job.id)
+    assert part.detail == "adopted after a lost answer"

@@ -144,7 +144,8 @@ def test_durations() -> None:
 
 @pytest.mark.parametrize("name", ["example.toml", "demo.toml"])
 def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("CLARI_API_KEY", "CLARO_API_KEY", "CLARAVINE_API_KEY", "CLARAVINE_API_SECRET"):
+    names = ("CLARI", "CLARO", "CLARAVINE", "CLARIBI", "CLAYVA")
+    for var in [f"{n}_API_KEY" for n in names] + ["CLARAVINE_API_SECRET"]:
         monkeypatch.setenv(var, "k")
     cfg = load_config(Path(__file__).parents[2] / "config" / name)
     assert cfg.pipelines

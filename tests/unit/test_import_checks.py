@@ -1,0 +1,92 @@
+"""Pure checks of the import kinds: Clayva events, Clari ingest records and files, clariBI
+report matching, error bodies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.http import error_fields
+from orchestrator.providers.clari_ingest import check_record, split_files
+from orchestrator.providers.claribi import pick_report
+from orchestrator.providers.clayva import check_event
+
+T0 = 1_700_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("event", "why"),
+    [
+        ({"event": "A", "userId": "u"}, None),
+        ({"event": "A", "anonymousId": "x", "timestamp": "2026-11-21T10:00:00Z"}, None),
+        ({"event": " ", "userId": "u"}, "event name is empty"),
+        ({"event": "A"}, "userId or anonymousId is required"),
+        ({"event": "A", "userId": "u", "timestamp": "yesterday"}, "is not ISO 8601"),
+        ({"event": "A", "userId": "u", "timestamp": "2026-11-21"}, "has no time"),
+        ({"event": "A", "userId": "u", "properties": [1]}, "properties must be a JSON object"),
+    ],
+)
+def test_clayva_event_checks(event: dict[str, object], why: str | None) -> None:
+    got = check_event(event)
+    assert (got is None) if why is None else (got is not None and why in got)
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        ({"id": "1", "createdAt": T0, "updatedAt": T0}, None),
+        ({"createdAt": T0, "updatedAt": T0}, "id is missing"),
+        ({"id": "1", "createdAt": T0, "updatedAt": T0 - 1}, "updatedAt is before createdAt"),
+        ({"id": "1", "createdAt": "x", "updatedAt": T0}, "createdAt must be a number"),
+        ({"id": "1", "createdAt": 1_700_000_000, "updatedAt": T0}, "looks like seconds"),
+        ({"id": "1", "createdAt": T0, "updatedAt": True}, "updatedAt must be a number"),
+    ],
+)
+def test_ingest_record_checks(record: dict[str, object], why: str | None) -> None:
+    got = check_record(record)
+    assert (got is None) if why is None else (got is not None and why in got)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=1, max_size=200),
+    limit=st.integers(1_024, 8_192),
+)
+def test_ingest_files_stay_under_the_limit_and_keep_every_record(
+    sizes: list[int], limit: int
+) -> None:
+    records = [
+        (f"ent{i % 3}", {"id": str(i), "createdAt": T0, "updatedAt": T0, "pad": "x" * n}, f"r{i}")
+        for i, n in enumerate(sizes)
+    ]
+    files = list(split_files(records, limit))
+    assert all(len(f) <= limit for f in files)
+    seen = []
+    for f in files:
+        for block in json.loads(f):
+            seen += [(block["sourceEntity"], r["id"]) for r in block["records"]]
+    assert sorted(seen) == sorted((e, r["id"]) for e, r, _ in records)
+
+
+def test_report_matching_takes_the_oldest_unowned_after_the_call() -> None:
+    reports = [
+        {"id": "a", "output_format": "pdf", "created_at": "2026-11-22T10:00:00Z"},
+        {"id": "b", "output_format": "pdf", "created_at": "2026-11-22T10:05:00Z"},
+        {"id": "c", "output_format": "pdf", "created_at": "2026-11-22T10:06:00Z"},
+        {"id": "d", "output_format": "csv", "created_at": "2026-11-22T10:05:30Z"},
+    ]
+    since = 1795341840.0  # 2026-11-22T10:04:00Z
+    assert pick_report(reports, since, "pdf", set())["id"] == "b"  # type: ignore[index]
+    assert pick_report(reports, since, "pdf", {"b"})["id"] == "c"  # type: ignore[index]
+    assert pick_report(reports, since, "json", set()) is None
+
+
+def test_error_fields_read_clari_ingest_arrays() -> None:
+    body = [
+        {"errorCode": "TOO_MANY_REQUESTS", "errorSummary": "Max concurrent jobs"},
+        {"errorCode": "X", "errorSummary": "second"},
+    ]
+    assert error_fields(body) == ("TOO_MANY_REQUESTS", "Max concurrent jobs; second")
