@@ -83,7 +83,8 @@ class Context:
             adapters[name] = factory(prov)
             budgets[name] = AccountBudget(
                 caps=Caps(
-                    concurrency=prov.concurrency,
+                    concurrency=prov.concurrency
+                    or getattr(adapters[name], "default_concurrency", None),
                     monthly_quota=prov.monthly_quota,
                     reserve=prov.quota_reserve,
                 )

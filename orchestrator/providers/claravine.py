@@ -31,7 +31,7 @@ from pydantic import Field, field_validator, model_validator
 
 from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState, RemoteStatus
-from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed, Unavailable
+from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed, Throttled, Unavailable
 from orchestrator.http import HttpClient
 from orchestrator.ledger.store import utcnow
 from orchestrator.limits import ProviderLimits
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 SUBMISSION, EXPORT = "claravine.submission", "claravine.transactions_export"
 MAX_ROWS = 1000  # the API's limit per POST
+THROTTLE_TRIES = 5
+UNANSWERED_TRIES = 3  # POSTs of one chunk whose answer was lost (each looked up first)
 DEFAULT_KEY_HEADER, DEFAULT_SECRET_HEADER = "X-API-Key", "X-API-Secret"
 STATUS_DONE, STATUS_FAILED = "complete", "failed"
 
@@ -226,6 +228,9 @@ def _errors_text(body: dict[str, Any], lines: list[int], first: int) -> str:
 @register_provider("claravine", "https://api.claravine.com/v1")
 class ClaravineAdapter:
     batch_poll = False
+    default_concurrency = (
+        2  # jobs at once unless `concurrency` is set: chunks are polled one by one
+    )
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "claravine"
@@ -429,18 +434,23 @@ class ClaravineAdapter:
         # Durable before the request leaves: after a crash, SENDING means "look it up first".
         await work.save(replace(chunk, state=PartState.SENDING))
         body = {"transactionName": chunk.name, "fields": fields, "rows": rows}
-        try:
-            answer = await self.post_http.json("POST", f"/{dataset}/data", json=body)
-        except Rejected:
-            raise
-        except ProviderError as exc:  # the answer is lost: did the submission happen?
-            log.warning("claravine_post_unanswered", job_id=job.id, chunk=chunk.seq)
-            found = await self._find_sent(job, dataset, [chunk])
-            if chunk.name not in found:
-                raise Unavailable(
-                    self.name, f"chunk {chunk.seq + 1}: not sent ({exc.message}); will retry"
-                ) from None
-            answer = {"transactionUuid": found[chunk.name]}
+        for attempt in range(1, UNANSWERED_TRIES + 1):
+            try:
+                answer = await self._post(dataset, body)
+                break
+            except Rejected:
+                raise
+            except ProviderError as exc:  # no answer: did the submission happen?
+                log.warning("claravine_post_unanswered", job_id=job.id, chunk=chunk.seq)
+                found = await self._find_sent(job, dataset, [chunk])
+                if chunk.name in found:
+                    answer = {"transactionUuid": found[chunk.name]}
+                    break
+                if attempt == UNANSWERED_TRIES:  # provably not sent: the next attempt sends it
+                    raise Unavailable(
+                        self.name, f"chunk {chunk.seq + 1}: not sent ({exc.message}); will retry"
+                    ) from None
+                await asyncio.sleep(self.cfg.retry_base * 2**attempt)
         tx = (
             answer.get("transactionUuid") or answer.get("uuid")
             if isinstance(answer, dict)
@@ -451,6 +461,18 @@ class ClaravineAdapter:
         sent = replace(chunk, state=PartState.RUNNING, remote_id=str(tx))
         await work.save(sent)
         return sent
+
+    async def _post(self, dataset: str, body: dict[str, Any]) -> Any:
+        """POST a chunk. A 429 created nothing: wait as told and post again (a few times)."""
+        for attempt in range(1, THROTTLE_TRIES + 1):
+            try:
+                return await self.post_http.json("POST", f"/{dataset}/data", json=body)
+            except Throttled as exc:
+                if attempt == THROTTLE_TRIES:
+                    raise
+                wait = exc.retry_after if exc.retry_after is not None else attempt * 2.0
+                await asyncio.sleep(min(wait, 300.0))
+        raise AssertionError("unreachable")
 
     async def _find_sent(self, job: Job, dataset: str, chunks: list[Part]) -> dict[str, str]:
         """Transactions of ours by name, in the window since the job was first started."""

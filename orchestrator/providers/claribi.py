@@ -119,6 +119,9 @@ def pick_report(
 @register_provider("claribi", "https://claribi.com/api/v1")
 class ClariBIAdapter:
     batch_poll = False
+    default_concurrency = (
+        2  # jobs at once unless `concurrency` is set: each call spends credits and takes 30-60 s
+    )
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "claribi"

@@ -108,6 +108,9 @@ def plan_parts(job_id: int, total_rows: int, per_part: int) -> list[Part]:
 @register_provider("claro", "https://secure-api.getclaro.ai/api/v2")
 class ClaroAdapter:
     batch_poll = False
+    default_concurrency = (
+        4  # jobs at once unless `concurrency` is set: 100 requests a minute are shared
+    )
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "claro"

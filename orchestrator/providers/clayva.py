@@ -160,6 +160,9 @@ def _csv_events(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[str]
 @register_provider("clayva", "https://api.clayva.com/v1")
 class ClayvaAdapter:
     batch_poll = False
+    default_concurrency = (
+        1  # jobs at once unless `concurrency` is set: batches are rate limited per minute
+    )
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "clayva"

@@ -288,3 +288,17 @@ async def test_import_the_newest_result_of_another_pipeline(
     assert len(imported) == 1 and imported[0].state == JobState.SUCCEEDED, imported[0].error
     assert imported[0].params["file"] == jobs[0].result_path
     assert cv(sim).stats["rows_received"] == 1_200
+
+
+async def test_429_storm_and_5xx_complete_without_duplicates(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    cv(sim).faults.update({"rate_429": 0.3, "rate_5xx": 0.1, "retry_after": 0.05, "seed": 4})
+    write_csv(tmp_path / "inbox" / "s.csv", [row(i) for i in range(8_000)])
+    cfg = config(tmp_path, sim, [submission("t", f"{tmp_path}/inbox/*.csv")])
+    assert await run_once(cfg, timeout=90) == 0
+    (job,) = await all_jobs(cfg)
+    assert job.state == JobState.SUCCEEDED, job.error
+    names = cv(sim).names_posted
+    assert len(names) == len(set(names)) == 8
+    assert cv(sim).faults.counts["429"] > 0
