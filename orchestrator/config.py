@@ -85,6 +85,8 @@ class ProviderConfig(_Model):
     quota_reserve: int = Field(default=0, ge=0)
     requests_per_second: float = Field(default=10.0, gt=0)
     requests_per_minute: float | None = Field(default=None, gt=0)  # Claro: 100 unless set
+    generations_per_hour: int | None = Field(default=None, ge=1)  # clariBI: the tier's if unset
+    generations_per_day: int | None = Field(default=None, ge=1)
     ingest_base_url: str | None = None  # Clari ingest: default base_url with /v4 → /v2
     key_header: str | None = None  # Claravine: the header names its API page does not give
     secret_header: str | None = None

@@ -634,6 +634,29 @@ class Ledger:
         async with self.read_engine.connect() as conn:
             return {str(r) for r in (await conn.execute(stmt)).scalars().all()}
 
+    async def part_send_times(self, provider: str, since: float) -> list[float]:
+        """Epoch seconds at which this provider's parts were sent (parts named `sent:<ms>`,
+        clariBI generations), since `since`."""
+        stmt = (
+            select(parts_t.c.name)
+            .join(jobs_t, jobs_t.c.id == parts_t.c.job_id)
+            .where(
+                jobs_t.c.provider == provider,
+                parts_t.c.name.like("sent:%"),
+                parts_t.c.state != PartState.PENDING.value,
+                parts_t.c.updated_at >= _naive(datetime.fromtimestamp(since, UTC)),
+            )
+        )
+        async with self.read_engine.connect() as conn:
+            names = (await conn.execute(stmt)).scalars().all()
+        out = []
+        for name in names:
+            with contextlib.suppress(ValueError):
+                t = int(str(name).split(":", 1)[1]) / 1000.0
+                if t >= since:
+                    out.append(t)
+        return out
+
     async def recent_credits(self, pipeline: str, limit: int = 10) -> list[int]:
         """Credits the pipeline's latest parts consumed, newest first (for estimates)."""
         stmt = (

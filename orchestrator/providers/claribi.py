@@ -45,6 +45,24 @@ REPORT, REFRESH = "claribi.report", "claribi.dashboard_refresh"
 EXTENSIONS = {"excel": "xlsx", "json": "json", "pdf": "pdf", "html": "html", "csv": "csv"}
 SYNC_TIMEOUT = 300.0  # generation is synchronous and documented at 30-60 s
 SKEW = 5.0  # seconds of clock skew tolerated when matching a report to a lost call
+# Generation requests (reports and dashboard refreshes) per API key, by tier: (hour, day).
+GENERATION_LIMITS = {
+    "trial": (5, 20),
+    "starter": (20, 100),
+    "professional": (100, 500),
+    "enterprise": (500, 2000),
+}
+HOUR, DAY = 3600.0, 86400.0
+
+
+def generation_wait(sent: Sequence[float], now: float, per_hour: int, per_day: int) -> float:
+    """Seconds until one more generation fits both windows (0: now). Pure."""
+    waits = [0.0]
+    for window, limit in ((HOUR, per_hour), (DAY, per_day)):
+        inside = sorted(t for t in sent if now - t < window)
+        if len(inside) >= limit:
+            waits.append(inside[len(inside) - limit] + window - now)
+    return max(waits)
 
 
 class _CreditParams(Params):
@@ -136,6 +154,7 @@ class ClariBIAdapter:
         self.http = HttpClient(self.name, cfg.base_url, retries=cfg.retries, **common)
         # Credit-spending calls are never repeated by the HTTP layer: a lost answer is looked up.
         self.spend = HttpClient(self.name, cfg.base_url, retries=0, **common)
+        self._tier: str | None = None
 
     async def close(self) -> None:
         await self.http.close()
@@ -258,8 +277,38 @@ class ClariBIAdapter:
             return await self._write_refresh(job, work, part)
         return await self._download(job, work, part)
 
+    async def _tier_limits(self) -> tuple[int, int]:
+        """(per hour, per day) generation limits: the config's, else the key's tier's."""
+        if self.cfg.generations_per_hour and self.cfg.generations_per_day:
+            return self.cfg.generations_per_hour, self.cfg.generations_per_day
+        if self._tier is None:
+            try:
+                info = await self.verify()
+                self._tier = str((info.get("organization") or {}).get("tier") or "trial")
+            except ProviderError as exc:
+                log.warning("claribi_tier_unknown", error=str(exc))
+                self._tier = "trial"  # the strictest, until the key can be verified
+        hour, day = GENERATION_LIMITS.get(self._tier, GENERATION_LIMITS["trial"])
+        return self.cfg.generations_per_hour or hour, self.cfg.generations_per_day or day
+
+    async def _check_generation_limits(self, job: Job, work: Work) -> None:
+        """Generations of this account in the last hour and day, from the ledger (so a restart
+        remembers them): one more must fit both of the tier's limits."""
+        per_hour, per_day = await self._tier_limits()
+        now = time.time()
+        sent = await work.ledger.part_send_times(job.provider, now - DAY)
+        wait = generation_wait(sent, now, per_hour, per_day)
+        if wait > 0:
+            raise Throttled(
+                self.name,
+                f"generation limit ({per_hour}/hour, {per_day}/day) reached; next in {wait:.0f} s",
+                retry_after=wait,
+                code="GENERATION_LIMIT",
+            )
+
     async def _spend(self, job: Job, work: Work, part: Part) -> Part:
         await self._check_credits(job, work)
+        await self._check_generation_limits(job, work)
         started = time.time()
         sending = Part(
             job_id=job.id, seq=0, state=PartState.SENDING, name=f"sent:{int(started * 1000)}"

@@ -205,3 +205,33 @@ async def test_stopped_mid_generation_adopts_the_report_on_restart(
     assert bi(sim).stats["generated"] == 1  # adopted, not generated again
     (part,) = await parts(cfg, job.id)
     assert part.detail == "adopted after a lost answer"
+
+
+async def test_hourly_generation_limit_makes_the_next_report_wait(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    prov = {"base_url": sim.base_url("claribi"), "api_key": CLARIBI_KEY}
+    prov |= {"generations_per_hour": 2, "generations_per_day": 10}
+    path = write_config(
+        tmp_path,
+        sim.base_url("clari"),
+        [report(f"r{i}") for i in range(3)],
+        providers={"claribi": prov},
+    )
+    cfg = load_config(path)
+    daemon = Daemon(cfg, once=True, exit_when_idle=True)
+    task = await start(daemon)
+    jobs = await wait_for_jobs(
+        cfg,
+        lambda js: (
+            len(js) == 3
+            and sum(j.state == JobState.SUCCEEDED for j in js) == 2
+            and any(j.state == JobState.RETRY_WAIT for j in js)
+        ),
+    )
+    daemon.stop()
+    await asyncio.wait_for(task, 10)
+    (waiting,) = [j for j in jobs if j.state == JobState.RETRY_WAIT]
+    assert "generation limit (2/hour, 10/day) reached" in (waiting.error or "")
+    assert waiting.attempts == 0
+    assert bi(sim).stats["generated"] == 2

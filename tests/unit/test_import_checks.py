@@ -90,3 +90,17 @@ def test_error_fields_read_clari_ingest_arrays() -> None:
         {"errorCode": "X", "errorSummary": "second"},
     ]
     assert error_fields(body) == ("TOO_MANY_REQUESTS", "Max concurrent jobs; second")
+
+
+def test_generation_wait_respects_hour_and_day() -> None:
+    from orchestrator.providers.claribi import generation_wait
+
+    now = 100_000.0
+    assert generation_wait([], now, 2, 5) == 0
+    assert generation_wait([now - 10], now, 2, 5) == 0
+    # two in the last hour: wait until the older leaves the hour
+    assert generation_wait([now - 10, now - 100], now, 2, 5) == 3600 - 100
+    # five in the day (none in the hour): wait until the oldest leaves the day
+    day = [now - 4000 - i for i in range(5)]
+    assert generation_wait(day, now, 2, 5) == 86400 - 4004
+    assert generation_wait([now - 90_000] * 10, now, 2, 5) == 0  # older than a day
