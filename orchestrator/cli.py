@@ -194,7 +194,8 @@ def print_jobs_table(rows: list[dict[str, Any]], title: str | None = None) -> No
             "" if j["result_rows"] is None else str(j["result_rows"]),
             "" if j["result_bytes"] is None else str(j["result_bytes"]),
             _fmt_duration(j),
-            j["result_path"] or j["error"] or "",
+            (f"parts {j['parts']['done']}/{j['parts']['total']} " if j.get("parts") else "")
+            + (j["result_path"] or j["error"] or ""),
         )
     console = Console()
     if not console.is_terminal:
@@ -214,10 +215,18 @@ def jobs_list(
     """List jobs, newest first."""
     cfg = _load(config_path)
     states = [JobState(s.upper()) for s in state] or None
-    found = _with_ledger(
-        cfg, lambda lg: lg.list_jobs(states=states, pipeline=pipeline, limit=limit)
-    )
-    rows = [job_to_dict(j) for j in found]
+
+    async def fetch(lg: Ledger) -> list[dict[str, Any]]:
+        found = await lg.list_jobs(states=states, pipeline=pipeline, limit=limit)
+        progress = await lg.part_progress([j.id for j in found if not j.terminal])
+        rows = [job_to_dict(j) for j in found]
+        for row in rows:  # multi-part jobs in flight: how far along
+            if row["id"] in progress:
+                done, total = progress[row["id"]]
+                row["parts"] = {"done": done, "total": total}
+        return rows
+
+    rows = _with_ledger(cfg, fetch)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -264,6 +273,7 @@ async def _watch_table(lg: Ledger) -> Any:
     recent = await lg.list_jobs(
         states=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED], limit=10
     )
+    progress = await lg.part_progress([j.id for j in flight])
     summary = "  ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no jobs"
     table = Table(title=f"orchestrator jobs — {summary}")
     for col in ("id", "pipeline", "state", "attempt", "age", "remote id / result / error"):
@@ -273,15 +283,17 @@ async def _watch_table(lg: Ledger) -> Any:
         start = job.submitted_at or job.created_at
         end = job.finished_at or utcnow()
         age = f"{(end - start).total_seconds():.1f}s" if start else ""
+        in_flight = job.state.value in ("SUBMITTING", "RUNNING", "FETCHING")
+        where = job.remote_id or ""
+        if in_flight and job.id in progress:
+            where = "parts {}/{} done".format(*progress[job.id])
         table.add_row(
             str(job.id),
             job.pipeline,
             job.state.value,
             str(job.attempts),
             age,
-            job.remote_id
-            if job.state.value in ("SUBMITTING", "RUNNING", "FETCHING")
-            else (d["result_path"] or d["error"] or ""),
+            where if in_flight else (d["result_path"] or d["error"] or ""),
         )
     return table
 

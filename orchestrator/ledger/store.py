@@ -25,6 +25,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    case,
     create_engine,
     delete,
     event,
@@ -633,6 +634,23 @@ class Ledger:
         )
         async with self.read_engine.connect() as conn:
             return {str(r) for r in (await conn.execute(stmt)).scalars().all()}
+
+    async def part_progress(self, job_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """(parts finished, parts planned) of each job that has parts."""
+        finished = [PartState.DONE.value, PartState.SKIPPED.value]
+        stmt = (
+            select(
+                parts_t.c.job_id,
+                func.sum(case((parts_t.c.state.in_(finished), 1), else_=0)),
+                func.count(),
+            )
+            .where(parts_t.c.job_id.in_(list(job_ids)))
+            .group_by(parts_t.c.job_id)
+        )
+        if not job_ids:
+            return {}
+        async with self.read_engine.connect() as conn:
+            return {int(j): (int(d), int(n)) for j, d, n in (await conn.execute(stmt)).all()}
 
     async def part_send_times(self, provider: str, since: float) -> list[float]:
         """Epoch seconds at which this provider's parts were sent (parts named `sent:<ms>`,

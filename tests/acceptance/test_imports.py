@@ -52,6 +52,11 @@ def test_kill_9_mid_import_sends_no_chunk_twice_and_loses_none(
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait(10)
     assert int(http_json(claravine + "/_sim/stats")["posts"]) < 20, "killed too late"
+    (left,) = jobs_json(config)
+    assert left["state"] == "RUNNING"
+    assert left["parts"]["total"] == 20 and left["parts"]["done"] < 20  # type: ignore[index]
+    listing = cli("jobs", "list", "--config", str(config)).stdout
+    assert "parts " in listing and "/20" in listing
 
     resumed = cli("run", "--exit-when-idle", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
