@@ -254,6 +254,10 @@ def _sqlite_setup(engine: Engine, begin: str, *, wal: bool) -> None:
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=15000")
         cur.execute("PRAGMA foreign_keys=ON")
+        if not wal:
+            # Readers: a 512 KiB page cache each instead of 2 MiB (up to 8 pooled connections);
+            # the OS page cache holds the file anyway, and resident memory is a target.
+            cur.execute("PRAGMA cache_size=-512")
         cur.close()
 
     @event.listens_for(engine, "begin")
