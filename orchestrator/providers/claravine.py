@@ -161,9 +161,10 @@ def chunk_hash(fields: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
-def transaction_name(pipeline: str, file_sha: str, seq: int, total: int) -> str:
-    """Unique per (pipeline, file, chunk): how a restarted daemon finds what it sent."""
-    return f"orchestrator/{pipeline}/{file_sha[:16]}/{seq + 1}-of-{total}"
+def transaction_name(pipeline: str, file_sha: str, job_id: int, seq: int, total: int) -> str:
+    """Unique per (pipeline, file, job, chunk): how a restarted daemon finds what it sent. The
+    job is part of it so a retried job never mistakes an earlier job's submission for its own."""
+    return f"orchestrator/{pipeline}/{file_sha[:16]}/job{job_id}/{seq + 1}-of-{total}"
 
 
 def plan_chunks(job: Job, fields: list[str], rows: list[list[str]], per_post: int) -> list[Part]:
@@ -174,7 +175,7 @@ def plan_chunks(job: Job, fields: list[str], rows: list[list[str]], per_post: in
             job_id=job.id,
             seq=i,
             state=PartState.PENDING,
-            name=transaction_name(job.pipeline, file_sha, i, total),
+            name=transaction_name(job.pipeline, file_sha, job.id, i, total),
             first_row=i * per_post,
             row_count=len(rows[i * per_post : (i + 1) * per_post]),
             content_sha256=chunk_hash(fields, rows[i * per_post : (i + 1) * per_post]),
