@@ -463,19 +463,26 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
         table.add_column(col)
     for name, r in report.items():
         left = r["credits_remaining"]
+
+        def cell(v: Any) -> str:
+            return "-" if v is None else str(v)
+
         table.add_row(
             name,
-            str(r["monthly_quota"]),
-            str(r["used"]),
-            str(r["reserved"]),
-            str(r["available"]),
-            str(r["projected_30d"]),
-            str(r["concurrency_limit"]),
-            str(r["in_flight"]),
-            str(r["credits_used_30d"]),
+            cell(r["monthly_quota"]),
+            cell(r["used"]),
+            cell(r["reserved"]),
+            cell(r["available"]),
+            cell(r["projected_30d"]),
+            cell(r["concurrency_limit"]),
+            cell(r["in_flight"]),
+            cell(r["credits_used_30d"]),
             f"{left} of {r['credits_limit']}" if left is not None else "-",
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
 
 
 @cli.command()
