@@ -55,6 +55,7 @@ class Poller:
         self._heap: list[tuple[float, int]] = []
         self._wake = asyncio.Event()
         self._points: dict[str, tuple[float, list[float]]] = {}
+        self._points_loading: dict[str, asyncio.Future[list[float]]] = {}
         self._policies: dict[str, PollPolicy] = {}
 
     def __len__(self) -> int:
@@ -72,9 +73,21 @@ class Poller:
         cached = self._points.get(pipeline)
         if cached is not None and time.monotonic() - cached[0] < HISTORY_TTL:
             return cached[1]
-        pts = poll_points(await self.ctx.ledger.durations(pipeline))
-        self._points[pipeline] = (time.monotonic(), pts)
-        return pts
+        # One query per pipeline at a time: jobs tracked while it runs share its answer (a burst
+        # of submissions used to send one history query per job, ~0.5 ms of CPU each).
+        pending = self._points_loading.get(pipeline)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load_points(pipeline))
+            self._points_loading[pipeline] = pending
+        return await asyncio.shield(pending)
+
+    async def _load_points(self, pipeline: str) -> list[float]:
+        try:
+            pts = poll_points(await self.ctx.ledger.durations(pipeline))
+            self._points[pipeline] = (time.monotonic(), pts)
+            return pts
+        finally:
+            self._points_loading.pop(pipeline, None)
 
     async def track(self, job: Job, *, now: bool = False) -> None:
         item = Tracked(job)
