@@ -86,8 +86,21 @@ def _timeline(jobs: list[Job], now: datetime) -> str:
 
 
 def render(
-    *, counts: dict[str, int], jobs: list[Job], budgets: dict[str, dict[str, Any]], title: str
+    *,
+    counts: dict[str, int],
+    jobs: list[Job],
+    budgets: dict[str, dict[str, Any]],
+    title: str,
+    progress: dict[int, tuple[int, int]] | None = None,
 ) -> str:
+    progress = progress or {}
+
+    def where(j: Job) -> str:
+        if j.id in progress:
+            done, total = progress[j.id]
+            return f"parts {done}/{total}"
+        return j.remote_id or ""
+
     now = utcnow()
     flight = [j for j in jobs if j.state in IN_FLIGHT]
     recent = [j for j in jobs if j.state in TERMINAL][:30]
@@ -106,7 +119,7 @@ def render(
     flight_rows = (
         "".join(
             f"<tr><td>{j.id}</td><td>{escape(j.pipeline)}</td><td>{escape(j.kind)}</td>"
-            f"<td>{_state(j.state)}</td><td>{escape(j.remote_id or '')}</td>"
+            f"<td>{_state(j.state)}</td><td>{escape(where(j))}</td>"
             f"<td>{j.attempts}</td><td>{_age(j.submitted_at or j.created_at)}</td></tr>"
             for j in flight
         )
@@ -131,7 +144,7 @@ def render(
 <h2>Provider accounts</h2><table id="accounts"><tr><th>account</th><th>quota (rolling 30 days)</th>
 <th>concurrency</th></tr>{gauges}</table>
 <h2>In flight</h2><table id="in-flight"><tr><th>id</th><th>pipeline</th><th>kind</th><th>state</th>
-<th>remote id</th><th>attempt</th><th>age</th></tr>{flight_rows}</table>
+<th>remote id / progress</th><th>attempt</th><th>age</th></tr>{flight_rows}</table>
 <h2>Last 24 hours</h2>{_timeline(jobs, now)}
 <h2>Recent jobs</h2><table id="recent"><tr><th>id</th><th>pipeline</th><th>state</th>
 <th>duration</th><th>rows</th><th>bytes</th><th>result / error</th></tr>{recent_rows}</table>

@@ -66,7 +66,10 @@ class StatusServer:
             }
             for name, b in d.ctx.budgets.items()
         }
-        html = statuspage.render(counts=counts, jobs=jobs, budgets=budgets, title="orchestrator")
+        progress = await d.ledger.part_progress([j.id for j in in_flight])
+        html = statuspage.render(
+            counts=counts, jobs=jobs, budgets=budgets, title="orchestrator", progress=progress
+        )
         return web.Response(text=html, content_type="text/html")
 
     async def healthz(self, _: web.Request) -> web.Response:

@@ -14,7 +14,9 @@ import pytest
 from orchestrator.config import Config, load_config
 from orchestrator.domain import JobState, PartState
 from orchestrator.engine.daemon import Daemon
+from orchestrator.ledger import migrate
 from orchestrator.ledger.store import Ledger
+from orchestrator.scheduler import trigger
 from orchestrator.simulator.claravine import CAMPAIGN_FIELDS, ClaravineSimulator
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import API_KEY, API_SECRET, write_config
@@ -302,3 +304,26 @@ async def test_429_storm_and_5xx_complete_without_duplicates(
     names = cv(sim).names_posted
     assert len(names) == len(set(names)) == 8
     assert cv(sim).faults.counts["429"] > 0
+
+
+async def test_status_page_shows_import_progress(tmp_path: Path, sim: SimulatorServer) -> None:
+    cv(sim).config.processing_time = 30.0  # chunks stay Pending while we look
+    write_csv(tmp_path / "inbox" / "p.csv", [row(i) for i in range(3_000)])
+    cfg = config(tmp_path, sim, [submission("t", f"{tmp_path}/inbox/*.csv")])
+    daemon = Daemon(cfg)  # a serving daemon (the status server is off for --once runs)
+    await migrate.upgrade(daemon.ledger)
+    await trigger(daemon.ledger, cfg.pipelines[0])
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 15)
+        async with asyncio.timeout(20):
+            while cv(sim).stats["posts"] < 3:
+                await asyncio.sleep(0.02)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{daemon.web.port}/") as r:
+                html = await r.text()
+        assert "parts 0/3" in html
+    finally:
+        daemon.stop()
+        daemon.worker.cancel_all()
+        await asyncio.wait_for(task, 10)
