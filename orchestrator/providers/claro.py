@@ -57,7 +57,11 @@ class DatasetExportParams(Params):
     columnIds: list[str] | None = Field(default=None, min_length=1)
     includeMetadata: bool | None = None
     expiresIn: int = Field(default=3600, ge=1, le=86_400)
-    rowCount: int = Field(default=MAX_ROWS, ge=1, le=MAX_ROWS)  # rows per part
+    # As in the API: rows from `skip`, at most `rowCount` of them (default: to the end; the API
+    # wants it in every request, the daemon computes it per part).
+    skip: int = Field(default=0, ge=0)
+    rowCount: int | None = Field(default=None, ge=1)
+    partRows: int = Field(default=MAX_ROWS, ge=1, le=MAX_ROWS)  # ours: rows per export request
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetExportParams:
@@ -89,20 +93,26 @@ register_kind(
 )
 
 
-def plan_parts(job_id: int, total_rows: int, per_part: int) -> list[Part]:
-    """Parts covering rows [0, total): `per_part` rows each, the last one shorter. An empty
-    dataset still gets one part (its header)."""
+def plan_parts(job_id: int, total_rows: int, per_part: int, skip: int = 0) -> list[Part]:
+    """Parts covering rows [skip, skip + total): `per_part` rows each, the last one shorter. An
+    empty range still gets one part (its header)."""
     n = max(1, math.ceil(total_rows / per_part))
     return [
         Part(
             job_id=job_id,
             seq=i,
             state=PartState.PENDING,
-            first_row=i * per_part,
+            first_row=skip + i * per_part,
             row_count=max(1, min(per_part, total_rows - i * per_part)),
         )
         for i in range(n)
     ]
+
+
+def rows_to_export(dataset_rows: int, skip: int, row_count: int | None) -> int:
+    """How many rows the job exports: from `skip` to the end, capped at `rowCount`."""
+    available = max(0, dataset_rows - skip)
+    return available if row_count is None else min(available, row_count)
 
 
 @register_provider("claro", "https://secure-api.getclaro.ai/api/v2")
@@ -243,8 +253,9 @@ class ClaroAdapter:
         parts = await work.parts()
         if not parts:
             info = await self.ready_dataset(str(p["datasetId"]), work)
-            total = int(info.get("rowCount", 0))
-            parts = plan_parts(job.id, total, int(p.get("rowCount", MAX_ROWS)))
+            skip = int(p.get("skip", 0))
+            total = rows_to_export(int(info.get("rowCount", 0)), skip, p.get("rowCount"))
+            parts = plan_parts(job.id, total, int(p.get("partRows", MAX_ROWS)), skip)
             await work.save(*parts)
             log.info("claro_parts_planned", job_id=job.id, rows=total, parts=len(parts))
         scratch = work.scratch_dir()

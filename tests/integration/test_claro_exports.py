@@ -93,7 +93,7 @@ async def test_json_parts_merge_into_one_array(tmp_path: Path, sim: SimulatorSer
     cfg = claro_config(
         tmp_path,
         sim,
-        [export("j", datasetId="ds_j", format="json", rowCount=1000, includeMetadata=True)],
+        [export("j", datasetId="ds_j", format="json", partRows=1000, includeMetadata=True)],
     )
     assert await run_once(cfg) == 0
     (job,) = await all_jobs(cfg)
@@ -108,7 +108,7 @@ async def test_xlsx_stays_in_parts_listed_by_a_manifest(
     tmp_path: Path, sim: SimulatorServer
 ) -> None:
     add_dataset(sim, id="ds_x", name="X", rows=30)
-    cfg = claro_config(tmp_path, sim, [export("x", datasetId="ds_x", format="xlsx", rowCount=10)])
+    cfg = claro_config(tmp_path, sim, [export("x", datasetId="ds_x", format="xlsx", partRows=10)])
     assert await run_once(cfg) == 0
     (job,) = await all_jobs(cfg)
     assert_result_intact(job)
@@ -125,7 +125,7 @@ async def test_xlsx_stays_in_parts_listed_by_a_manifest(
 async def test_expired_download_url_is_replaced(tmp_path: Path, sim: SimulatorServer) -> None:
     d = add_dataset(sim, id="ds_e", name="E", rows=300)
     claro(sim).config.expired_urls = 2
-    cfg = claro_config(tmp_path, sim, [export("e", datasetId="ds_e", rowCount=100)])
+    cfg = claro_config(tmp_path, sim, [export("e", datasetId="ds_e", partRows=100)])
     assert await run_once(cfg) == 0
     (job,) = await all_jobs(cfg)
     assert_result_intact(job)
@@ -191,7 +191,7 @@ async def test_dropped_downloads_never_leave_a_truncated_result(
     d = add_dataset(sim, id="ds_d", name="D", rows=3_000)
     claro(sim).config.download_drop_rate = 0.5
     claro(sim).faults.rng.seed(3)
-    cfg = claro_config(tmp_path, sim, [export("d", datasetId="ds_d", rowCount=500)])
+    cfg = claro_config(tmp_path, sim, [export("d", datasetId="ds_d", partRows=500)])
     assert await run_once(cfg, timeout=60) == 0
     (job,) = await all_jobs(cfg)
     assert_result_intact(job)
@@ -207,7 +207,7 @@ async def test_rate_limit_headers_slow_us_down_before_a_429(
     claro(sim).config.rate_window = 1.0
     # our own per-minute cap is set high: the server's headers alone must keep us under its limit
     cfg = claro_config(
-        tmp_path, sim, [export("r", datasetId="ds_r", rowCount=100)], requests_per_minute=6000
+        tmp_path, sim, [export("r", datasetId="ds_r", partRows=100)], requests_per_minute=6000
     )
     assert await run_once(cfg, timeout=60) == 0
     (job,) = await all_jobs(cfg)
@@ -221,7 +221,7 @@ async def test_rate_limit_headers_slow_us_down_before_a_429(
 async def test_429_storm_completes(tmp_path: Path, sim: SimulatorServer) -> None:
     d = add_dataset(sim, id="ds_s", name="S", rows=800)
     claro(sim).faults.update({"rate_429": 0.4, "retry_after": 0.05, "seed": 5})
-    cfg = claro_config(tmp_path, sim, [export("s", datasetId="ds_s", rowCount=100)], retries=8)
+    cfg = claro_config(tmp_path, sim, [export("s", datasetId="ds_s", partRows=100)], retries=8)
     assert await run_once(cfg, timeout=60) == 0
     (job,) = await all_jobs(cfg)
     assert csv_rows(str(job.result_path))[1] == [d.row(i) for i in range(800)]
@@ -257,7 +257,7 @@ async def test_dataset_list_and_filter_fan_out(tmp_path: Path, sim: SimulatorSer
 async def test_restart_resumes_at_the_missing_part(tmp_path: Path, sim: SimulatorServer) -> None:
     d = add_dataset(sim, id="ds_k", name="K", rows=2_000)
     claro(sim).faults.latency = 0.15
-    cfg = claro_config(tmp_path, sim, [export("k", datasetId="ds_k", rowCount=250)])
+    cfg = claro_config(tmp_path, sim, [export("k", datasetId="ds_k", partRows=250)])
     daemon = Daemon(cfg, once=True, exit_when_idle=True)
     task = await start(daemon)
     ledger = Ledger(cfg.ledger.url)
@@ -286,3 +286,15 @@ async def test_restart_resumes_at_the_missing_part(tmp_path: Path, sim: Simulato
     # 8 parts: each exported once, except the one a stop may have caught in the air
     assert 8 <= claro(sim).stats["exports"] <= 9
     assert claro(sim).stats["exports"] - exported_before <= 8 - 3 + 1
+
+
+async def test_skip_and_row_count_select_a_window(tmp_path: Path, sim: SimulatorServer) -> None:
+    d = add_dataset(sim, id="ds_w", name="W", rows=1_000)
+    cfg = claro_config(
+        tmp_path, sim, [export("w", datasetId="ds_w", skip=150, rowCount=420, partRows=100)]
+    )
+    assert await run_once(cfg) == 0
+    (job,) = await all_jobs(cfg)
+    assert_result_intact(job)
+    assert csv_rows(str(job.result_path))[1] == [d.row(i) for i in range(150, 570)]
+    assert claro(sim).stats["exports"] == 5

@@ -22,7 +22,7 @@ from orchestrator.providers.claravine import (
     plan_chunks,
     read_rows,
 )
-from orchestrator.providers.claro import DatasetExportParams, plan_parts
+from orchestrator.providers.claro import DatasetExportParams, plan_parts, rows_to_export
 from orchestrator.providers.sources import SourceError
 
 
@@ -63,7 +63,11 @@ def test_export_params_are_checked_before_sending() -> None:
     with pytest.raises(ValidationError, match="exactly one of datasetId, datasets"):
         DatasetExportParams.model_validate({"datasetId": "d", "datasets": ["e"]})
     with pytest.raises(ValidationError, match="less than or equal to 100000"):
-        DatasetExportParams.model_validate({"datasetId": "d", "rowCount": 100_001})
+        DatasetExportParams.model_validate({"datasetId": "d", "partRows": 100_001})
+    assert rows_to_export(1000, 150, 420) == 420
+    assert rows_to_export(1000, 900, 420) == 100
+    assert rows_to_export(1000, 1200, None) == 0
+    assert rows_to_export(1000, 0, None) == 1000
 
 
 def _csv(rows: list[list[str]]) -> bytes:
