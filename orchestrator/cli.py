@@ -419,16 +419,19 @@ def trigger(config_path: str | None, pipeline: str, as_json: bool) -> None:
         names = ", ".join(x.name for x in cfg.pipelines) or "none"
         click.echo(f"{cfg.source}: no pipeline {pipeline!r} (pipelines: {names})", err=True)
         sys.exit(2)
-    from orchestrator.scheduler import trigger as do_trigger
+    from orchestrator.scheduler import trigger_all
 
-    job_id = _with_ledger(cfg, lambda lg: do_trigger(lg, p))
+    ids = _with_ledger(cfg, lambda lg: trigger_all(lg, p))
     if as_json:
-        state = "PENDING" if job_id is not None else None
-        click.echo(json.dumps({"id": job_id, "pipeline": pipeline, "state": state}))
-    elif job_id is None:
+        first = ids[0] if ids else None
+        state = "PENDING" if ids else None
+        click.echo(json.dumps({"id": first, "ids": ids, "pipeline": pipeline, "state": state}))
+    elif not ids:
         click.echo(f"nothing new for {pipeline}: every source file was already imported")
+    elif len(ids) == 1:
+        click.echo(f"job {ids[0]} enqueued for {pipeline}")
     else:
-        click.echo(f"job {job_id} enqueued for {pipeline}")
+        click.echo(f"jobs {', '.join(map(str, ids))} enqueued for {pipeline} (one per new file)")
 
 
 @cli.command()

@@ -37,6 +37,22 @@ async def enqueue_run(
     """Render the pipeline's params for this fire time and add one PENDING job, or, for kinds
     that expand (imports: one job per new source file), one job per new item. Returns the first
     new job's id, None when nothing new was enqueued."""
+    ids = await enqueue_run_all(
+        ledger, pipeline, fire_time=fire_time, key=key, reason=reason, retry_of=retry_of
+    )
+    return ids[0] if ids else None
+
+
+async def enqueue_run_all(
+    ledger: Ledger,
+    pipeline: PipelineConfig,
+    *,
+    fire_time: datetime,
+    key: str,
+    reason: str,
+    retry_of: int | None = None,
+) -> list[int]:
+    """As enqueue_run; returns every new job's id."""
     params = render(pipeline.params, fire_time)
     spec = KINDS[pipeline.kind]
     params = spec.params_model.model_validate(params).model_dump(
@@ -50,7 +66,7 @@ async def enqueue_run(
         items = await spec.expand(ledger, pipeline.name, params, key)
         if not items:
             log.info("nothing_new", pipeline=pipeline.name, reason=reason)
-    first: int | None = None
+    new: list[int] = []
     for item_key, item_params in items:
         job_id = await ledger.enqueue(
             pipeline=pipeline.name,
@@ -66,16 +82,24 @@ async def enqueue_run(
         )
         if job_id is not None:
             log.info("job_enqueued", job_id=job_id, pipeline=pipeline.name, reason=reason)
-            first = job_id if first is None else first
-    return first
+            new.append(job_id)
+    return new
 
 
 async def trigger(
     ledger: Ledger, pipeline: PipelineConfig, *, reason: str = "triggered"
 ) -> int | None:
     """Enqueue one run now. None only for an import whose source holds nothing new."""
+    ids = await trigger_all(ledger, pipeline, reason=reason)
+    return ids[0] if ids else None
+
+
+async def trigger_all(
+    ledger: Ledger, pipeline: PipelineConfig, *, reason: str = "triggered"
+) -> list[int]:
+    """Enqueue one run now; every new job's id (an import: one per new file)."""
     now = utcnow()
-    return await enqueue_run(
+    return await enqueue_run_all(
         ledger, pipeline, fire_time=now, key=f"manual:{pipeline.name}:{uuid.uuid4()}", reason=reason
     )
 

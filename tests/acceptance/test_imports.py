@@ -75,3 +75,29 @@ def test_kill_9_mid_import_sends_no_chunk_twice_and_loses_none(
     text = cli("jobs", "show", str(job["id"]), "--config", str(config)).stdout
     assert "rows 19001-20000" in text
     assert API_KEY not in resumed.stderr + text and API_SECRET not in resumed.stderr + text
+
+
+def test_trigger_queues_one_job_per_new_file(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("a.csv", "b.csv"):
+        (inbox / name).write_text("Campaign Name\n" + name + "\n")
+    config = write_config(
+        tmp_path,
+        "http://127.0.0.1:9/clari/v4",
+        [
+            {
+                "name": "taxonomy",
+                "kind": "claravine.submission",
+                "params": {"dataset": DATASET, "source": f"{inbox}/*.csv"},
+            }
+        ],
+        providers={"claravine": {"base_url": "http://127.0.0.1:9/v1", "api_secret": API_SECRET}},
+    )
+    first = json.loads(cli("trigger", "taxonomy", "--json", "--config", str(config)).stdout)
+    assert len(first["ids"]) == 2 and first["id"] == first["ids"][0]
+    again = cli("trigger", "taxonomy", "--config", str(config))
+    assert again.returncode == 0 and "nothing new for taxonomy" in again.stdout
+    (inbox / "c.csv").write_text("Campaign Name\nc\n")
+    third = cli("trigger", "taxonomy", "--config", str(config))
+    assert third.stdout.startswith("job 3 enqueued for taxonomy"), third.stdout
