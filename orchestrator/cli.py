@@ -542,7 +542,12 @@ def simulate(
 ) -> None:
     """Serve every provider's simulator on one port (POST /<prefix>/_sim/config to misbehave)."""
     from orchestrator.simulator.clari import ClariSimConfig
-    from orchestrator.simulator.server import PREFIXES, Simulators, SimulatorServer
+    from orchestrator.simulator.server import (
+        INGEST_PREFIX,
+        PREFIXES,
+        Simulators,
+        SimulatorServer,
+    )
 
     clari = ClariSimConfig()
     if duration is not None:
@@ -556,6 +561,7 @@ def simulate(
         server = await SimulatorServer(Simulators.create(clari=clari), host=host, port=port).start()
         for name, prefix in PREFIXES.items():
             click.echo(f"{name}: http://{host}:{server.port}{prefix}")
+        click.echo(f"clari ingest: http://{host}:{server.port}{INGEST_PREFIX}")
         try:
             await asyncio.Event().wait()
         finally:
