@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -25,6 +25,9 @@ import structlog
 from orchestrator.backoff import RetryPolicy, retry_delay
 from orchestrator.errors import AuthFailed, ProviderError, Rejected, Throttled, Unavailable
 from orchestrator.limits import SlidingWindowLimiter
+
+if TYPE_CHECKING:
+    from orchestrator.config import ProviderConfig
 
 log = structlog.get_logger(__name__)
 MAX_WAIT = 300.0  # never sleep longer than this on one server-provided hint
@@ -130,6 +133,29 @@ class HttpClient:
         self._rng = random.Random()
         self.requests = 0
         self.status_counts: dict[int, int] = {}
+
+    @classmethod
+    def for_provider(
+        cls,
+        cfg: ProviderConfig,
+        name: str,
+        *,
+        headers: dict[str, str],
+        base_url: str | None = None,
+        **overrides: Any,
+    ) -> HttpClient:
+        """A client with the account's settings (timeout, retries, rates, secrets to redact);
+        `overrides` replace any of them (e.g. retries=0 for calls that must not repeat)."""
+        settings: dict[str, Any] = {
+            "secrets": cfg.secrets(),
+            "timeout": cfg.timeout,
+            "retries": cfg.retries,
+            "retry_base": cfg.retry_base,
+            "requests_per_second": cfg.requests_per_second,
+            "requests_per_minute": cfg.requests_per_minute,
+        }
+        settings.update(overrides)
+        return cls(name, base_url or cfg.base_url, headers=headers, **settings)
 
     @property
     def session(self) -> aiohttp.ClientSession:

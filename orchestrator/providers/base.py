@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.domain import Job, Part, RemoteStatus
+from orchestrator.errors import Rejected
 from orchestrator.limits import ProviderLimits
 from orchestrator.outputs import FileCommitter, result_path
 
@@ -125,6 +126,47 @@ class StagedAdapter(ProviderAdapter, Protocol):
 
 # Expands one run of a pipeline into jobs: (idempotency key, params) per job. For imports, one
 # job per new source file, keyed by the file's sha256, so a file is imported once.
+class StagedAdapterBase:
+    """The submit/poll/fetch half of the protocol for providers whose kinds are all staged: the
+    engine never calls it (it calls `run`); limits and cancellation have nothing to act on."""
+
+    name: str
+    batch_poll = False
+
+    async def limits(self) -> ProviderLimits | None:
+        return None
+
+    async def submit(self, job: Job) -> str:
+        raise Rejected(self.name, f"{job.kind} runs in stages (adapter.run), not submitted")
+
+    async def poll(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        return {}
+
+    async def fetch(self, job: Job, sink: Sink) -> None:
+        raise Rejected(self.name, f"{job.kind} runs in stages (adapter.run), not fetched")
+
+    async def cancel(self, job: Job) -> None:
+        return None  # nothing remote to withdraw: the worker stops making calls
+
+    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
+        return {job.id: None for job in jobs}  # a staged SUBMITTING job has sent nothing yet
+
+
+def expand_list(list_key: str, item_key: str) -> Expander:
+    """An expander for params that name several targets (`datasets = [...]`): one job per
+    target, with `item_key` set to it and the list left out."""
+
+    async def expand(
+        _ledger: Ledger, _pipeline: str, params: dict[str, Any], key: str
+    ) -> list[tuple[str, dict[str, Any]]]:
+        if not params.get(list_key):
+            return [(key, params)]
+        base = {k: v for k, v in params.items() if k != list_key}
+        return [(f"{key}:{item}", {**base, item_key: item}) for item in params[list_key]]
+
+    return expand
+
+
 # Called with (ledger, pipeline name, rendered params, the run's idempotency key).
 Expander = Callable[
     ["Ledger", str, dict[str, Any], str], Awaitable[list[tuple[str, dict[str, Any]]]]

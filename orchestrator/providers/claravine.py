@@ -30,13 +30,18 @@ import structlog
 from pydantic import Field, field_validator, model_validator
 
 from orchestrator.config import ProviderConfig
-from orchestrator.domain import Job, Part, PartState, RemoteStatus
+from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed, Throttled, Unavailable
 from orchestrator.http import HttpClient
 from orchestrator.ledger.store import utcnow
-from orchestrator.limits import ProviderLimits
 from orchestrator.outputs import AtomicFile
-from orchestrator.providers.base import Params, Sink, Work, register_kind, register_provider
+from orchestrator.providers.base import (
+    Params,
+    StagedAdapterBase,
+    Work,
+    register_kind,
+    register_provider,
+)
 from orchestrator.providers.sources import (
     PipelineSource,
     SourceError,
@@ -227,8 +232,7 @@ def _errors_text(body: dict[str, Any], lines: list[int], first: int) -> str:
 
 
 @register_provider("claravine", "https://api.claravine.com/v1")
-class ClaravineAdapter:
-    batch_poll = False
+class ClaravineAdapter(StagedAdapterBase):
     default_concurrency = (
         2  # jobs at once unless `concurrency` is set: chunks are polled one by one
     )
@@ -243,51 +247,14 @@ class ClaravineAdapter:
             cfg.secret_header or DEFAULT_SECRET_HEADER: cfg.api_secret.get_secret_value(),
             "Accept": "application/json",
         }
-        self.http = HttpClient(
-            self.name,
-            cfg.base_url,
-            headers=headers,
-            secrets=cfg.secrets(),
-            timeout=cfg.timeout,
-            retries=cfg.retries,
-            retry_base=cfg.retry_base,
-            requests_per_second=cfg.requests_per_second,
-        )
+        self.http = HttpClient.for_provider(cfg, self.name, headers=headers)
         # POSTs are not retried blindly: a lost answer is settled by looking the name up.
-        self.post_http = HttpClient(
-            self.name,
-            cfg.base_url,
-            headers=headers,
-            secrets=cfg.secrets(),
-            timeout=cfg.timeout,
-            retries=0,
-            retry_base=cfg.retry_base,
-            requests_per_second=cfg.requests_per_second,
-        )
+        self.post_http = HttpClient.for_provider(cfg, self.name, headers=headers, retries=0)
         self._templates: dict[str, list[str] | None] | None = None
 
     async def close(self) -> None:
         await self.http.close()
         await self.post_http.close()
-
-    # --- the generic protocol (staged kinds do their work in run) ----------------------------
-    async def limits(self) -> ProviderLimits | None:
-        return None
-
-    async def submit(self, job: Job) -> str:
-        raise Rejected(self.name, f"{job.kind} is run in chunks, not submitted")
-
-    async def poll(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
-        return {}
-
-    async def fetch(self, job: Job, sink: Sink) -> None:
-        raise Rejected(self.name, f"{job.kind} is run in chunks, not fetched")
-
-    async def cancel(self, job: Job) -> None:
-        return None  # a submission cannot be withdrawn through the API
-
-    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
-        return {job.id: None for job in jobs}
 
     def result_extension(self, job: Job) -> str:
         return str(job.params.get("format", "csv"))

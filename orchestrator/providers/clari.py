@@ -197,16 +197,7 @@ class ClariAdapter:
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "clari"
         headers = {"apikey": cfg.secret(), "Accept": "application/json"}
-        self.http = HttpClient(
-            self.name,
-            cfg.base_url,
-            headers=headers,
-            secrets=cfg.secrets(),
-            timeout=cfg.timeout,
-            retries=cfg.retries,
-            retry_base=cfg.retry_base,
-            requests_per_second=cfg.requests_per_second,
-        )
+        self.http = HttpClient.for_provider(cfg, self.name, headers=headers)
 
         self.ingest = ClariIngest(cfg, self.name)
 

@@ -182,14 +182,12 @@ class ClariIngest:
         headers = {"apikey": cfg.secret(), "Accept": "application/json"}
         if cfg.partner_key is not None:
             headers["partnerkey"] = cfg.partner_key.get_secret_value()
-        self.http = HttpClient(
+        self.http = HttpClient.for_provider(
+            cfg,
             name,
-            ingest_base_url(cfg),
             headers=headers,
-            secrets=cfg.secrets(),
-            timeout=cfg.timeout,
+            base_url=ingest_base_url(cfg),
             retries=max(cfg.retries, 8),  # 429 TOO_MANY_REQUESTS is waited out, not failed
-            retry_base=cfg.retry_base,
             requests_per_second=min(cfg.requests_per_second, 100.0),  # documented 100/s
         )
 

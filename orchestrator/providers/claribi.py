@@ -24,7 +24,7 @@ import structlog
 from pydantic import Field, model_validator
 
 from orchestrator.config import ProviderConfig
-from orchestrator.domain import Job, Part, PartState, RemoteStatus
+from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import (
     AuthFailed,
     ProviderError,
@@ -33,12 +33,18 @@ from orchestrator.errors import (
     Throttled,
 )
 from orchestrator.http import HttpClient
-from orchestrator.limits import ProviderLimits
 from orchestrator.outputs import AtomicFile
-from orchestrator.providers.base import Params, Sink, Work, register_kind, register_provider
+from orchestrator.providers.base import (
+    Params,
+    StagedAdapterBase,
+    Work,
+    expand_list,
+    register_kind,
+    register_provider,
+)
 
 if TYPE_CHECKING:
-    from orchestrator.ledger.store import Ledger
+    pass
 
 log = structlog.get_logger(__name__)
 REPORT, REFRESH = "claribi.report", "claribi.dashboard_refresh"
@@ -88,16 +94,6 @@ class RefreshParams(_CreditParams):
         return self
 
 
-async def expand_dashboards(
-    _ledger: Ledger, _pipeline: str, params: dict[str, Any], key: str
-) -> list[tuple[str, dict[str, Any]]]:
-    """`dashboards = [...]`: a job per dashboard."""
-    if not params.get("dashboards"):
-        return [(key, params)]
-    base = {k: v for k, v in params.items() if k != "dashboards"}
-    return [(f"{key}:{d}", {**base, "dashboard_id": d}) for d in params["dashboards"]]
-
-
 register_kind(
     REPORT,
     ReportParams,
@@ -109,7 +105,7 @@ register_kind(
     RefreshParams,
     "clariBI dashboard refresh (POST /dashboards/{id}/refresh/, spends credits)",
     staged=True,
-    expand=expand_dashboards,
+    expand=expand_list("dashboards", "dashboard_id"),
 )
 
 
@@ -135,8 +131,7 @@ def pick_report(
 
 
 @register_provider("claribi", "https://claribi.com/api/v1")
-class ClariBIAdapter:
-    batch_poll = False
+class ClariBIAdapter(StagedAdapterBase):
     default_concurrency = (
         2  # jobs at once unless `concurrency` is set: each call spends credits and takes 30-60 s
     )
@@ -144,40 +139,15 @@ class ClariBIAdapter:
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "claribi"
         self.cfg = cfg
-        common: dict[str, Any] = {
-            "headers": {"Authorization": f"Bearer {cfg.secret()}", "Accept": "application/json"},
-            "secrets": cfg.secrets(),
-            "timeout": cfg.timeout,
-            "retry_base": cfg.retry_base,
-            "requests_per_second": cfg.requests_per_second,
-        }
-        self.http = HttpClient(self.name, cfg.base_url, retries=cfg.retries, **common)
+        headers = {"Authorization": f"Bearer {cfg.secret()}", "Accept": "application/json"}
+        self.http = HttpClient.for_provider(cfg, self.name, headers=headers)
         # Credit-spending calls are never repeated by the HTTP layer: a lost answer is looked up.
-        self.spend = HttpClient(self.name, cfg.base_url, retries=0, **common)
+        self.spend = HttpClient.for_provider(cfg, self.name, headers=headers, retries=0)
         self._tier: str | None = None
 
     async def close(self) -> None:
         await self.http.close()
         await self.spend.close()
-
-    # --- the generic protocol -----------------------------------------------------------------
-    async def limits(self) -> ProviderLimits | None:
-        return None
-
-    async def submit(self, job: Job) -> str:
-        raise Rejected(self.name, f"{job.kind} is a synchronous call, not submitted")
-
-    async def poll(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
-        return {}
-
-    async def fetch(self, job: Job, sink: Sink) -> None:
-        raise Rejected(self.name, f"{job.kind} is fetched by its own run")
-
-    async def cancel(self, job: Job) -> None:
-        return None
-
-    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
-        return {job.id: None for job in jobs}
 
     def result_extension(self, job: Job) -> str:
         if job.kind == REFRESH:

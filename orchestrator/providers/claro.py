@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,15 +24,21 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.config import ProviderConfig
-from orchestrator.domain import Job, Part, PartState, RemoteStatus
+from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient
-from orchestrator.limits import ProviderLimits
 from orchestrator.outputs import AtomicFile, _fsync_dir, stitch
-from orchestrator.providers.base import Params, Sink, Work, register_kind, register_provider
+from orchestrator.providers.base import (
+    Params,
+    StagedAdapterBase,
+    Work,
+    expand_list,
+    register_kind,
+    register_provider,
+)
 
 if TYPE_CHECKING:
-    from orchestrator.ledger.store import Ledger
+    pass
 
 log = structlog.get_logger(__name__)
 KIND = "claro.dataset_export"
@@ -74,22 +79,12 @@ class DatasetExportParams(Params):
         return self
 
 
-async def expand_datasets(
-    _ledger: Ledger, _pipeline: str, params: dict[str, Any], key: str
-) -> list[tuple[str, dict[str, Any]]]:
-    """`datasets = [...]`: one job per dataset (each with its own parts and result)."""
-    if not params.get("datasets"):
-        return [(key, params)]
-    base = {k: v for k, v in params.items() if k != "datasets"}
-    return [(f"{key}:{ds}", {**base, "datasetId": ds}) for ds in params["datasets"]]
-
-
 register_kind(
     KIND,
     DatasetExportParams,
     "Claro dataset export (POST /datasets/{id}/export), in parts of ≤ 100,000 rows",
     staged=True,
-    expand=expand_datasets,
+    expand=expand_list("datasets", "datasetId"),
 )
 
 
@@ -116,8 +111,7 @@ def rows_to_export(dataset_rows: int, skip: int, row_count: int | None) -> int:
 
 
 @register_provider("claro", "https://secure-api.getclaro.ai/api/v2")
-class ClaroAdapter:
-    batch_poll = False
+class ClaroAdapter(StagedAdapterBase):
     default_concurrency = (
         4  # jobs at once unless `concurrency` is set: 100 requests a minute are shared
     )
@@ -125,45 +119,21 @@ class ClaroAdapter:
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "claro"
         self.cfg = cfg
-        common: dict[str, Any] = {
-            "secrets": cfg.secrets(),
-            "timeout": cfg.timeout,
-            "retries": cfg.retries,
-            "retry_base": cfg.retry_base,
-        }
-        self.http = HttpClient(
+        self.http = HttpClient.for_provider(
+            cfg,
             self.name,
-            cfg.base_url,
             headers={"Authorization": f"Bearer {cfg.secret()}", "Accept": "application/json"},
-            requests_per_second=cfg.requests_per_second,
             requests_per_minute=cfg.requests_per_minute or DEFAULT_RPM,
-            **common,
         )
-        # Pre-signed download URLs get no Authorization header (they may point at another host).
-        self.downloads = HttpClient(self.name, cfg.base_url, headers={}, **common)
+        # Pre-signed download URLs get no Authorization header (they may point at another host),
+        # and do not count against the API's per-minute limit.
+        self.downloads = HttpClient.for_provider(
+            cfg, self.name, headers={}, requests_per_minute=None
+        )
 
     async def close(self) -> None:
         await self.http.close()
         await self.downloads.close()
-
-    # --- the generic protocol (staged kinds do their work in run) ----------------------------
-    async def limits(self) -> ProviderLimits | None:
-        return None
-
-    async def submit(self, job: Job) -> str:
-        raise Rejected(self.name, f"{job.kind} is run in parts, not submitted")
-
-    async def poll(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
-        return {}
-
-    async def fetch(self, job: Job, sink: Sink) -> None:
-        raise Rejected(self.name, f"{job.kind} is run in parts, not fetched")
-
-    async def cancel(self, job: Job) -> None:
-        return None  # an export URL is not a remote job: nothing to cancel
-
-    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
-        return {job.id: None for job in jobs}
 
     def result_extension(self, job: Job) -> str:
         return str(job.params.get("format", "csv"))

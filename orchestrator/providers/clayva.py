@@ -18,7 +18,6 @@ import asyncio
 import csv
 import io
 import json
-from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -28,12 +27,17 @@ import structlog
 from pydantic import Field
 
 from orchestrator.config import ProviderConfig
-from orchestrator.domain import Job, Part, PartState, RemoteStatus
+from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import Rejected
 from orchestrator.http import HttpClient
-from orchestrator.limits import ProviderLimits
 from orchestrator.outputs import AtomicFile
-from orchestrator.providers.base import Params, Sink, Work, register_kind, register_provider
+from orchestrator.providers.base import (
+    Params,
+    StagedAdapterBase,
+    Work,
+    register_kind,
+    register_provider,
+)
 from orchestrator.providers.claravine import chunk_hash
 from orchestrator.providers.sources import (
     PipelineSource,
@@ -158,8 +162,7 @@ def _csv_events(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[str]
 
 
 @register_provider("clayva", "https://api.clayva.com/v1")
-class ClayvaAdapter:
-    batch_poll = False
+class ClayvaAdapter(StagedAdapterBase):
     default_concurrency = (
         1  # jobs at once unless `concurrency` is set: batches are rate limited per minute
     )
@@ -167,23 +170,15 @@ class ClayvaAdapter:
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "clayva"
         self.cfg = cfg
-        self.http = HttpClient(
+        self.http = HttpClient.for_provider(
+            cfg,
             self.name,
-            cfg.base_url,
             headers={"Authorization": f"Bearer {cfg.secret()}", "Accept": "application/json"},
-            secrets=cfg.secrets(),
-            timeout=cfg.timeout,
-            retries=cfg.retries,
-            retry_base=cfg.retry_base,
-            requests_per_second=cfg.requests_per_second,
             requests_per_minute=cfg.requests_per_minute or DEFAULT_BATCH_RPM,
         )
 
     async def close(self) -> None:
         await self.http.close()
-
-    async def limits(self) -> ProviderLimits | None:
-        return None
 
     async def check(self) -> dict[str, Any]:
         """GET /workspaces: the cheapest authenticated call (an admin API, 5-50/min)."""
@@ -192,21 +187,6 @@ class ClayvaAdapter:
             limit = resp.headers.get("X-RateLimit-Limit")
         data = body.get("data", []) if isinstance(body, dict) else []
         return {"workspaces": len(data) if isinstance(data, list) else None, "rate_limit": limit}
-
-    async def submit(self, job: Job) -> str:
-        raise Rejected(self.name, f"{job.kind} is sent in batches, not submitted")
-
-    async def poll(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
-        return {}
-
-    async def fetch(self, job: Job, sink: Sink) -> None:
-        raise Rejected(self.name, f"{job.kind} has nothing to fetch")
-
-    async def cancel(self, job: Job) -> None:
-        return None
-
-    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
-        return {job.id: None for job in jobs}
 
     def result_extension(self, job: Job) -> str:
         return "rejects.txt"
