@@ -96,6 +96,14 @@ class Work:
         """Where a job keeps its part files until they are stitched (hidden, per job)."""
         return self.output_dir / self.job.pipeline / f".job{self.job.id}.parts"
 
+    def drop_scratch(self) -> None:
+        """Remove the part files once the result holds them (blocking: call it from a thread)."""
+        scratch = self.scratch_dir()
+        for leftover in scratch.glob("*"):
+            leftover.unlink(missing_ok=True)
+        if scratch.exists():
+            scratch.rmdir()
+
     def deadline_passed(self) -> bool:
         return self.job.deadline_at is not None and self.now() >= self.job.deadline_at
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
@@ -43,11 +43,11 @@ from orchestrator.providers.base import (
     register_provider,
 )
 from orchestrator.providers.sources import (
-    PipelineSource,
+    FileImportParams,
     SourceError,
     expand_sources,
-    file_sha256,
-    read_text,
+    load_source,
+    read_source,
 )
 
 if TYPE_CHECKING:
@@ -62,20 +62,9 @@ DEFAULT_KEY_HEADER, DEFAULT_SECRET_HEADER = "X-API-Key", "X-API-Secret"
 STATUS_DONE, STATUS_FAILED = "complete", "failed"
 
 
-class SubmissionParams(Params):
+class SubmissionParams(FileImportParams):
     dataset: str = Field(min_length=1)
-    source: str | PipelineSource
-    # set per job when a run is expanded into one job per new file:
-    file: str | None = None
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     rowsPerPost: int = Field(default=MAX_ROWS, ge=1, le=MAX_ROWS)
-
-    @field_validator("source")
-    @classmethod
-    def _glob(cls, v: str | PipelineSource) -> str | PipelineSource:
-        if isinstance(v, str) and not v.strip():
-            raise ValueError('source is empty: give a file glob or { pipeline = "name" }')
-        return v
 
 
 class TransactionsExportParams(Params):
@@ -97,7 +86,10 @@ class TransactionsExportParams(Params):
 
 def read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     """(fields, rows, line number of each row) from a CSV (header row) or JSON Lines file."""
-    text = read_text(path)
+    return parse_rows(path, read_source(path).text)
+
+
+def parse_rows(path: Path, text: str) -> tuple[list[str], list[list[str]], list[int]]:
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return _read_jsonl(path, text)
     return _read_csv(path, text)
@@ -307,21 +299,11 @@ class ClaravineAdapter(StagedAdapterBase):
     async def _submission(self, job: Job, work: Work) -> dict[str, Any]:
         p = job.params
         dataset = str(p["dataset"])
-        path = Path(str(p.get("file") or ""))
-        if not p.get("file"):
-            raise Rejected(self.name, "no source file on this job")
         try:
-            fields, rows, lines = await asyncio.to_thread(read_rows, path)
-            sha = await asyncio.to_thread(file_sha256, path)
-            size = await asyncio.to_thread(lambda: path.stat().st_size)
+            src, (fields, rows, lines) = await asyncio.to_thread(load_source, p, parse_rows)
         except SourceError as exc:
             raise Rejected(self.name, str(exc)) from None
-        if p.get("sha256") and sha != p["sha256"]:
-            raise Rejected(
-                self.name,
-                f"{path}: changed since this job was queued; the next scan imports the new "
-                "version as its own job (rows already imported are not sent again)",
-            )
+        path = src.path
         known = await self.template_fields(dataset)
         if known is not None:
             unknown = [f for f in fields if f not in known]
@@ -363,7 +345,7 @@ class ClaravineAdapter(StagedAdapterBase):
                 f"{len(failed)} of {len(parts)} chunks Failed at Claravine "
                 f"(the other rows were imported):\n{listed}",
             )
-        return {"path": str(path), "bytes": size, "sha256": sha, "rows": len(rows)}
+        return src.result(len(rows))
 
     async def _send_all(
         self,
@@ -560,11 +542,7 @@ def _write_export(work: Work, parts: list[Part], fmt: str) -> dict[str, Any]:
                 _sync_write(sink, buf)
     _sync_write(sink, buf)
     sink.commit_sync()
-    scratch = work.scratch_dir()
-    for leftover in scratch.glob("*"):
-        leftover.unlink(missing_ok=True)
-    if scratch.exists():
-        scratch.rmdir()
+    work.drop_scratch()
     return {"path": str(final), "bytes": sink.bytes, "sha256": sink.sha256, "rows": rows}
 
 

@@ -30,13 +30,12 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient
-from orchestrator.providers.base import Params, Work, register_kind
+from orchestrator.providers.base import Work, register_kind
 from orchestrator.providers.sources import (
-    PipelineSource,
+    FileImportParams,
     SourceError,
     expand_sources,
-    file_sha256,
-    read_text,
+    load_source,
 )
 
 log = structlog.get_logger(__name__)
@@ -45,12 +44,9 @@ MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_ERRORS_SHOWN = 20
 
 
-class IngestParams(Params):
+class IngestParams(FileImportParams):
     entity: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_]+$")
-    source: str | PipelineSource
     mode: Literal["initial", "incremental"] = "incremental"
-    file: str | None = None
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     maxFileBytes: int = Field(default=MAX_FILE_BYTES, ge=1024, le=MAX_FILE_BYTES)
 
 
@@ -65,9 +61,8 @@ register_kind(
 )
 
 
-def read_records(path: Path) -> list[tuple[str, dict[str, Any], str]]:
+def parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any], str]]:
     """(sourceEntity, record, where) for every record, checked as Clari checks them."""
-    text = read_text(path)
     out: list[tuple[str, dict[str, Any], str]] = []
     problems: list[str] = []
     if path.suffix.lower() in (".jsonl", ".ndjson"):
@@ -208,15 +203,10 @@ class ClariIngest:
         if self.cfg.partner_key is None:
             raise Rejected(self.name, "clari.ingest needs partner_key in [providers.clari]")
         p = job.params
-        path = Path(str(p.get("file") or ""))
         try:
-            records = await asyncio.to_thread(read_records, path)
-            sha = await asyncio.to_thread(file_sha256, path)
-            size = await asyncio.to_thread(lambda: path.stat().st_size)
+            src, records = await asyncio.to_thread(load_source, p, parse_records)
         except SourceError as exc:
             raise Rejected(self.name, str(exc)) from None
-        if p.get("sha256") and sha != p["sha256"]:
-            raise Rejected(self.name, f"{path}: changed since queued; the next scan takes it")
         limit = int(p.get("maxFileBytes", MAX_FILE_BYTES))
         files = await asyncio.to_thread(lambda: list(split_files(records, limit)))
         parts = await work.parts()
@@ -233,7 +223,7 @@ class ClariIngest:
             if part.state != PartState.RUNNING:
                 part = await self._upload(job, work, part, files[part.seq], part.seq == last_seq)
             await self._await(job, work, part)
-        return {"path": str(path), "bytes": size, "sha256": sha, "rows": len(records)}
+        return src.result(len(records))
 
     async def _upload(self, job: Job, work: Work, part: Part, data: bytes, last: bool) -> Part:
         if part.state == PartState.SENDING:

@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
@@ -405,22 +406,7 @@ class ClariBIAdapter(StagedAdapterBase):
         except BaseException:
             sink.abort()
             raise
-        await work.save(
-            Part(
-                job_id=job.id,
-                seq=0,
-                state=PartState.DONE,
-                name=part.name,
-                remote_id=part.remote_id,
-                credits=part.credits,
-                detail=part.detail,
-                path=str(final),
-                bytes=sink.bytes,
-                sha256=sink.sha256,
-            )
-        )
-        rows = sink.csv_rows() if final.suffix == ".csv" else None
-        return {"path": str(final), "bytes": sink.bytes, "sha256": sink.sha256, "rows": rows}
+        return await _stored(work, part, sink, sink.csv_rows() if final.suffix == ".csv" else None)
 
     async def _write_refresh(self, job: Job, work: Work, part: Part) -> dict[str, Any]:
         record = {
@@ -435,18 +421,14 @@ class ClariBIAdapter(StagedAdapterBase):
         sink = await asyncio.to_thread(AtomicFile(final).open)
         await sink.write(data)
         await sink.commit(work.committer)
-        await work.save(
-            Part(
-                job_id=job.id,
-                seq=0,
-                state=PartState.DONE,
-                name=part.name,
-                remote_id=part.remote_id,
-                credits=part.credits,
-                detail=part.detail,
-                path=str(final),
-                bytes=sink.bytes,
-                sha256=sink.sha256,
-            )
+        return await _stored(work, part, sink, None)
+
+
+async def _stored(work: Work, part: Part, sink: AtomicFile, rows: int | None) -> dict[str, Any]:
+    """The call's part marked DONE with the file it produced; the job's result row."""
+    await work.save(
+        replace(
+            part, state=PartState.DONE, path=str(sink.final), bytes=sink.bytes, sha256=sink.sha256
         )
-        return {"path": str(final), "bytes": sink.bytes, "sha256": sink.sha256, "rows": None}
+    )
+    return {"path": str(sink.final), "bytes": sink.bytes, "sha256": sink.sha256, "rows": rows}

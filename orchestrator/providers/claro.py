@@ -13,7 +13,6 @@ refused) is replaced by a fresh one, and a restarted daemon always asks for fres
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 import os
@@ -36,6 +35,7 @@ from orchestrator.providers.base import (
     register_kind,
     register_provider,
 )
+from orchestrator.providers.sources import file_sha256
 
 if TYPE_CHECKING:
     pass
@@ -288,15 +288,11 @@ class ClaroAdapter(StagedAdapterBase):
         elif len(parts) == 1:
             os.replace(parts[0], final)
             _fsync_dir(final.parent)
-            size, sha, rows = final.stat().st_size, _sha256(final), None
+            size, sha, rows = final.stat().st_size, file_sha256(final), None
         else:
             final, size, sha = _publish_xlsx_parts(parts, final)
             rows = None
-        scratch = work.scratch_dir()
-        for leftover in scratch.glob("*"):
-            leftover.unlink(missing_ok=True)
-        if scratch.exists():
-            scratch.rmdir()
+        work.drop_scratch()
         return {"path": str(final), "bytes": size, "sha256": sha, "rows": rows}
 
     async def _fan_out(self, job: Job, work: Work) -> None:
@@ -306,14 +302,6 @@ class ClaroAdapter(StagedAdapterBase):
         for ds in datasets:
             await work.enqueue_child(str(ds["id"]), {**base, "datasetId": str(ds["id"])})
         log.info("claro_expanded", job_id=job.id, datasets=len(datasets))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _intact(part: Part) -> bool:
@@ -334,7 +322,7 @@ def _publish_xlsx_parts(parts: list[Path], final: Path) -> tuple[Path, int, str]
     for i, src in enumerate(parts, start=1):
         dst = folder / f"part-{i:04d}.xlsx"
         os.replace(src, dst)
-        listing.append({"path": str(dst), "bytes": dst.stat().st_size, "sha256": _sha256(dst)})
+        listing.append({"path": str(dst), "bytes": dst.stat().st_size, "sha256": file_sha256(dst)})
     _fsync_dir(folder)
     manifest = final.with_name(final.stem + ".manifest.json")
     data = json.dumps({"format": "xlsx", "parts": listing}, indent=2).encode()
@@ -345,4 +333,4 @@ def _publish_xlsx_parts(parts: list[Path], final: Path) -> tuple[Path, int, str]
         os.fsync(f.fileno())
     os.replace(tmp, manifest)
     _fsync_dir(manifest.parent)
-    return manifest, len(data), _sha256(manifest)
+    return manifest, len(data), file_sha256(manifest)

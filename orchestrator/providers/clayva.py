@@ -32,7 +32,6 @@ from orchestrator.errors import Rejected
 from orchestrator.http import HttpClient
 from orchestrator.outputs import AtomicFile
 from orchestrator.providers.base import (
-    Params,
     StagedAdapterBase,
     Work,
     register_kind,
@@ -40,11 +39,10 @@ from orchestrator.providers.base import (
 )
 from orchestrator.providers.claravine import chunk_hash
 from orchestrator.providers.sources import (
-    PipelineSource,
+    FileImportParams,
     SourceError,
     expand_sources,
-    file_sha256,
-    read_text,
+    load_source,
 )
 
 log = structlog.get_logger(__name__)
@@ -55,10 +53,7 @@ DEFAULT_BATCH_RPM = 10.0  # "Batch Events" on the free tier; raise it for Pro (1
 MAX_REJECTS_SHOWN = 20
 
 
-class EventsImportParams(Params):
-    source: str | PipelineSource
-    file: str | None = None
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+class EventsImportParams(FileImportParams):
     batchSize: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
     on_invalid: Literal["fail", "skip"] = "fail"
 
@@ -94,9 +89,8 @@ def check_event(e: dict[str, Any]) -> str | None:
     return None
 
 
-def read_events(path: Path) -> tuple[list[dict[str, Any]], list[int], list[str]]:
+def parse_events(path: Path, text: str) -> tuple[list[dict[str, Any]], list[int], list[str]]:
     """(valid events, their line numbers, rejects as 'file:line: reason')."""
-    text = read_text(path)
     raw: list[tuple[int, Any]] = []
     rejects: list[str] = []
     if path.suffix.lower() in (".jsonl", ".ndjson"):
@@ -193,17 +187,10 @@ class ClayvaAdapter(StagedAdapterBase):
 
     async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
         p = job.params
-        path = Path(str(p.get("file") or ""))
         try:
-            events, lines, rejects = await asyncio.to_thread(read_events, path)
-            sha = await asyncio.to_thread(file_sha256, path)
-            size = await asyncio.to_thread(lambda: path.stat().st_size)
+            src, (events, lines, rejects) = await asyncio.to_thread(load_source, p, parse_events)
         except SourceError as exc:
             raise Rejected(self.name, str(exc)) from None
-        if p.get("sha256") and sha != p["sha256"]:
-            raise Rejected(
-                self.name, f"{path}: changed since this job was queued; the next scan takes it"
-            )
         if rejects and p.get("on_invalid", "fail") == "fail":
             shown = "\n".join(rejects[:MAX_REJECTS_SHOWN])
             more = len(rejects) - MAX_REJECTS_SHOWN
@@ -226,7 +213,7 @@ class ClayvaAdapter(StagedAdapterBase):
         if rejects:
             await asyncio.to_thread(self._write_rejects, work, rejects)
             log.warning("clayva_rejects_skipped", job_id=job.id, rejects=len(rejects))
-        return {"path": str(path), "bytes": size, "sha256": sha, "rows": len(events)}
+        return src.result(len(events))
 
     async def _plan(
         self, job: Job, work: Work, events: list[dict[str, Any]], size: int

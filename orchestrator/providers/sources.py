@@ -7,37 +7,86 @@ import asyncio
 import glob
 import hashlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.domain import JobState
+from orchestrator.providers.base import Params
 
 if TYPE_CHECKING:
     from orchestrator.ledger.store import Ledger
+
+T = TypeVar("T")
 
 
 class SourceError(ValueError):
     """Bad input file; the message names the file and line."""
 
 
-def read_text(path: Path) -> str:
-    """A source file's text (UTF-8, BOM allowed), or a SourceError naming the file and line."""
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    path: Path
+    text: str
+    sha256: str
+    size: int
+
+    def result(self, rows: int) -> dict[str, Any]:
+        """The result row of an import: the file itself, with what was sent of it."""
+        return {"path": str(self.path), "bytes": self.size, "sha256": self.sha256, "rows": rows}
+
+
+def read_source(path: Path) -> SourceFile:
+    """A source file read once: its text (UTF-8, BOM allowed), sha256 and size; or a
+    SourceError naming the file and line."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise SourceError(f"{path}:{line}: not UTF-8 (byte {raw[exc.start]:#04x})") from None
+    return SourceFile(path=path, text=text, sha256=hashlib.sha256(raw).hexdigest(), size=len(raw))
+
+
+def load_source(params: dict[str, Any], parse: Callable[[Path, str], T]) -> tuple[SourceFile, T]:
+    """The job's file, checked to be the one it was queued for, and parsed (blocking: run it in
+    a thread)."""
+    if not params.get("file"):
+        raise SourceError("no source file on this job")
+    src = read_source(Path(str(params["file"])))
+    if params.get("sha256") and src.sha256 != params["sha256"]:
+        raise SourceError(
+            f"{src.path}: changed since this job was queued; the next scan imports the new "
+            "version as its own job (what was already sent is not sent again)"
+        )
+    return src, parse(src.path, src.text)
 
 
 class PipelineSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pipeline: str = Field(min_length=1)
+
+
+class FileImportParams(Params):
+    """Params every import kind shares: where files come from, and (set when a run is expanded
+    into one job per new file) which file this job imports."""
+
+    source: str | PipelineSource
+    file: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("source")
+    @classmethod
+    def _glob(cls, v: str | PipelineSource) -> str | PipelineSource:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError('source is empty: give a file glob or { pipeline = "name" }')
+        return v
 
 
 def file_sha256(path: Path) -> str:
