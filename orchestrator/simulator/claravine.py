@@ -11,13 +11,13 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
 from aiohttp import web
 
-from orchestrator.simulator.faults import Faults, drop, make_middleware
+from orchestrator.simulator.faults import Faults, apply_sim_config, drop, make_middleware
 
 MAX_ROWS = 1000
 
@@ -293,10 +293,4 @@ class ClaravineSimulator:
         )
 
     async def sim_config(self, request: web.Request) -> web.Response:
-        values = await request.json()
-        known = {f.name for f in fields(self.config)} - {"templates"}
-        for key, value in values.items():
-            if key in known:
-                setattr(self.config, key, value)
-        unknown = self.faults.update({k: v for k, v in values.items() if k not in known})
-        return web.json_response({"ignored": unknown})
+        return await apply_sim_config(request, self.config, self.faults, frozenset({"templates"}))

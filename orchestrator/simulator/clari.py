@@ -13,12 +13,12 @@ import random
 import re
 import time
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from orchestrator.simulator.faults import Faults, drop, make_middleware
+from orchestrator.simulator.faults import Faults, apply_sim_config, drop, make_middleware
 
 ACTIVE = ("SCHEDULED", "STARTED")
 WINDOW = 30 * 86400.0
@@ -626,10 +626,4 @@ class ClariSimulator:
         return web.json_response({"jobIds": ids})
 
     async def sim_config(self, request: web.Request) -> web.Response:
-        values = await request.json()
-        known = {f.name for f in fields(self.config)}
-        for key, value in values.items():
-            if key in known:
-                setattr(self.config, key, value)
-        unknown = self.faults.update({k: v for k, v in values.items() if k not in known})
-        return web.json_response({"ignored": unknown})
+        return await apply_sim_config(request, self.config, self.faults)

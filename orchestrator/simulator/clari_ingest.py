@@ -11,12 +11,12 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from orchestrator.simulator.faults import Faults, make_middleware
+from orchestrator.simulator.faults import Faults, apply_sim_config, make_middleware
 
 MAX_FILE = 10 * 1024 * 1024
 
@@ -295,10 +295,4 @@ class ClariIngestSimulator:
         )
 
     async def sim_config(self, request: web.Request) -> web.Response:
-        values = await request.json()
-        known = {f.name for f in fields(self.config)}
-        for key, value in values.items():
-            if key in known:
-                setattr(self.config, key, value)
-        unknown = self.faults.update({k: v for k, v in values.items() if k not in known})
-        return web.json_response({"ignored": unknown})
+        return await apply_sim_config(request, self.config, self.faults)

@@ -10,16 +10,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import math
 import time
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from orchestrator.simulator.faults import Faults, drop, make_middleware
+from orchestrator.simulator.faults import (
+    Faults,
+    RateWindow,
+    apply_sim_config,
+    bearer,
+    drop,
+    make_middleware,
+)
 
 FORMATS = ("json", "pdf", "html", "excel", "csv")
 ALL_PERMISSIONS = [
@@ -89,8 +95,8 @@ class ClariBISimulator:
         self.reports: dict[str, Report] = {}
         self.refreshes: dict[str, list[float]] = {}
         self._ids = itertools.count(1)
-        self._general: list[float] = []
-        self._generation: list[float] = []
+        self._general = RateWindow()
+        self._generation = RateWindow()
         self.stats: dict[str, int] = {
             "generated": 0,
             "refreshed": 0,
@@ -136,8 +142,7 @@ class ClariBISimulator:
         if "/_sim/" in request.path:
             answer: web.StreamResponse = await handler(request)
             return answer
-        auth = request.headers.get("Authorization", "")
-        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        key = bearer(request)
         if not key.startswith("claribi_") or (
             self.config.api_key is not None and key != self.config.api_key
         ):
@@ -145,31 +150,23 @@ class ClariBISimulator:
                 {"error": "Unauthorized", "message": "Invalid, missing, or expired API key"},
                 status=401,
             )
-        now = time.time()
-        window = self.config.window
         general_limit, generation_limit = self._limits()
-        self._general = [t for t in self._general if now - t < window]
-        self._generation = [t for t in self._generation if now - t < window]
         generating = request.method == "POST"
         used, limit = (
             (self._generation, generation_limit) if generating else (self._general, general_limit)
         )
-        reset = (used[0] + window) if used else now + window
-        headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Reset": str(math.ceil(reset))}
-        if len(used) >= limit:
+        fits, headers = used.take(time.time(), limit, self.config.window)
+        if not fits:
             self.stats["rate_limited"] += 1
-            headers["X-RateLimit-Remaining"] = "0"
             return web.json_response(
                 {"error": "Rate limit exceeded", "message": f"Limit of {limit} reached"},
                 status=429,
                 headers=headers,
             )
-        used.append(now)
         if generating:
             self.stats["max_generations_in_window"] = max(
-                self.stats["max_generations_in_window"], len(used)
+                self.stats["max_generations_in_window"], len(used.times)
             )
-        headers["X-RateLimit-Remaining"] = str(limit - len(used))
         resp: web.StreamResponse = await handler(request)
         resp.headers.update(headers)
         return resp
@@ -454,10 +451,4 @@ class ClariBISimulator:
         )
 
     async def sim_config(self, request: web.Request) -> web.Response:
-        values = await request.json()
-        known = {f.name for f in fields(self.config)}
-        for key, value in values.items():
-            if key in known:
-                setattr(self.config, key, value)
-        unknown = self.faults.update({k: v for k, v in values.items() if k not in known})
-        return web.json_response({"ignored": unknown})
+        return await apply_sim_config(request, self.config, self.faults)

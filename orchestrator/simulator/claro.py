@@ -15,14 +15,14 @@ import math
 import secrets
 import time
 import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from orchestrator.simulator.faults import Faults, make_middleware
+from orchestrator.simulator.faults import Faults, apply_sim_config, bearer, make_middleware
 
 FORMATS = ("csv", "json", "xlsx")
 MAX_EXPORT_ROWS = 100_000
@@ -152,8 +152,7 @@ class ClaroSimulator:
         if "/_sim/" in request.path or "/_files/" in request.path:
             answer: web.StreamResponse = await handler(request)
             return answer
-        auth = request.headers.get("Authorization", "")
-        token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        token = bearer(request)
         if not token or (self.config.api_key is not None and token != self.config.api_key):
             return web.json_response(_err("UNAUTHORIZED", "Authentication required"), status=401)
         now = time.time()
@@ -414,13 +413,7 @@ class ClaroSimulator:
         return web.json_response({**self.stats, "faults": dict(self.faults.counts)})
 
     async def sim_config(self, request: web.Request) -> web.Response:
-        values = await request.json()
-        known = {f.name for f in fields(self.config)} - {"datasets"}
-        for key, value in values.items():
-            if key in known:
-                setattr(self.config, key, value)
-        unknown = self.faults.update({k: v for k, v in values.items() if k not in known})
-        return web.json_response({"ignored": unknown})
+        return await apply_sim_config(request, self.config, self.faults, frozenset({"datasets"}))
 
     async def sim_datasets(self, request: web.Request) -> web.Response:
         """Add or replace datasets: [{id, name, rows, type?, status?, processing_for?}]."""

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
-from orchestrator.simulator.faults import Faults, drop, make_middleware
+from orchestrator.simulator.faults import (
+    Faults,
+    RateWindow,
+    apply_sim_config,
+    bearer,
+    drop,
+    make_middleware,
+)
 
 MAX_BATCH = 1000
 TIER_LIMITS = {  # per minute: (event tracking, batch events)
@@ -74,7 +80,7 @@ class ClayvaSimulator:
         self.faults = faults or Faults()
         self.state = ClayvaState()
         self._ids = itertools.count(1)
-        self._windows: dict[str, list[float]] = {"batch": [], "track": [], "admin": []}
+        self._windows = {name: RateWindow() for name in ("batch", "track", "admin")}
         self.stats: dict[str, int] = {
             "batches": 0,
             "events": 0,
@@ -113,8 +119,7 @@ class ClayvaSimulator:
         if "/_sim/" in request.path:
             answer: web.StreamResponse = await handler(request)
             return answer
-        auth = request.headers.get("Authorization", "")
-        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        key = bearer(request)
         if not key or (self.config.api_key is not None and key != self.config.api_key):
             return _err(401, "UNAUTHORIZED", "Invalid or missing API key")
         category = (
@@ -124,25 +129,17 @@ class ClayvaSimulator:
             if "/workspaces" in request.path
             else "track"
         )
-        now = time.time()
-        used = [t for t in self._windows[category] if now - t < self.config.window]
-        limit = self._limit(category)
-        reset = (used[0] if used else now) + self.config.window
-        headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Reset": str(math.ceil(reset))}
-        if len(used) >= limit:
-            self._windows[category] = used
+        used = self._windows[category]
+        fits, headers = used.take(time.time(), self._limit(category), self.config.window)
+        if not fits:
             self.stats["rate_limited"] += 1
-            headers["X-RateLimit-Remaining"] = "0"
             resp = _err(429, "RATE_LIMITED", "Too many requests")
             resp.headers.update(headers)
             return resp
-        used.append(now)
-        self._windows[category] = used
         if category == "batch":
             self.stats["max_batches_in_window"] = max(
-                self.stats["max_batches_in_window"], len(used)
+                self.stats["max_batches_in_window"], len(used.times)
             )
-        headers["X-RateLimit-Remaining"] = str(limit - len(used))
         out: web.StreamResponse = await handler(request)
         out.headers.update(headers)
         return out
@@ -213,10 +210,4 @@ class ClayvaSimulator:
         )
 
     async def sim_config(self, request: web.Request) -> web.Response:
-        values = await request.json()
-        known = {f.name for f in fields(self.config)}
-        for key, value in values.items():
-            if key in known:
-                setattr(self.config, key, value)
-        unknown = self.faults.update({k: v for k, v in values.items() if k not in known})
-        return web.json_response({"ignored": unknown})
+        return await apply_sim_config(request, self.config, self.faults)

@@ -4,6 +4,7 @@ dropped connections, each at a configurable rate, changeable at run time via POS
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import Counter
@@ -48,6 +49,46 @@ class Faults:
 
     def roll(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate
+
+
+@dataclass
+class RateWindow:
+    """One key's requests in a sliding window, and the X-RateLimit-* headers that go with an
+    answer (Remaining 0 and the reset time when the window is full)."""
+
+    times: list[float] = field(default_factory=list)
+
+    def take(self, now: float, limit: int, window: float) -> tuple[bool, dict[str, str]]:
+        """Count one request if it fits; (fits, headers)."""
+        self.times = [t for t in self.times if now - t < window]
+        reset = (self.times[0] if self.times else now) + window
+        headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Reset": str(math.ceil(reset))}
+        if len(self.times) >= limit:
+            headers["X-RateLimit-Remaining"] = "0"
+            return False, headers
+        self.times.append(now)
+        headers["X-RateLimit-Remaining"] = str(limit - len(self.times))
+        return True, headers
+
+
+async def apply_sim_config(
+    request: web.Request, config: Any, faults: Faults, exclude: frozenset[str] = frozenset()
+) -> web.Response:
+    """POST /_sim/config of any simulator: fields of its own config, else shared faults;
+    answers with the keys neither knows."""
+    values = await request.json()
+    known = {f.name for f in fields(config)} - exclude
+    for key, value in values.items():
+        if key in known:
+            setattr(config, key, value)
+    unknown = faults.update({k: v for k, v in values.items() if k not in known})
+    return web.json_response({"ignored": unknown})
+
+
+def bearer(request: web.Request) -> str:
+    """The token of an `Authorization: Bearer …` header, or ''."""
+    auth = request.headers.get("Authorization", "")
+    return auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
 
 
 def drop(request: web.Request) -> web.Response:
