@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.config import Config
-from orchestrator.domain import Job, JobState
+from orchestrator.domain import Job, JobState, Part
 from orchestrator.engine.daemon import Daemon
 from orchestrator.ledger.store import Ledger
 
@@ -31,6 +31,15 @@ async def all_jobs(cfg: Config) -> list[Job]:
     ledger = Ledger(cfg.ledger.url)
     try:
         return await ledger.list_jobs(oldest_first=True)
+    finally:
+        await ledger.close()
+
+
+async def job_parts(cfg: Config, job_id: int) -> list[Part]:
+    """A job's parts as the ledger holds them."""
+    ledger = Ledger(cfg.ledger.url)
+    try:
+        return await ledger.parts(job_id)
     finally:
         await ledger.close()
 

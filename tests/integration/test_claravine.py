@@ -15,12 +15,11 @@ from orchestrator.config import Config, load_config
 from orchestrator.domain import JobState, PartState
 from orchestrator.engine.daemon import Daemon
 from orchestrator.ledger import migrate
-from orchestrator.ledger.store import Ledger
 from orchestrator.scheduler import trigger
 from orchestrator.simulator.claravine import CAMPAIGN_FIELDS, ClaravineSimulator
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import API_KEY, API_SECRET, write_config
-from tests.integration.helpers import all_jobs, run_once, start
+from tests.integration.helpers import all_jobs, job_parts, run_once, start
 
 pytestmark = pytest.mark.timeout(120)
 DATASET = "4f1c2a9e-0000-4000-8000-000000000001"
@@ -61,14 +60,6 @@ def write_csv(path: Path, rows: list[list[str]], header: list[str] = CAMPAIGN_FI
     return path
 
 
-async def parts_of(cfg: Config, job_id: int) -> list[Any]:
-    ledger = Ledger(cfg.ledger.url)
-    try:
-        return await ledger.parts(job_id)
-    finally:
-        await ledger.close()
-
-
 async def test_25000_rows_go_as_25_chunks_all_complete(
     tmp_path: Path, sim: SimulatorServer
 ) -> None:
@@ -78,7 +69,7 @@ async def test_25000_rows_go_as_25_chunks_all_complete(
     (job,) = await all_jobs(cfg)
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.result_rows == 25_000
-    parts = await parts_of(cfg, job.id)
+    parts = await job_parts(cfg, job.id)
     assert len(parts) == 25
     assert all(p.state == PartState.DONE and p.remote_id for p in parts)
     assert len({p.name for p in parts}) == 25  # a unique transactionName per chunk
@@ -114,7 +105,7 @@ async def test_failed_chunks_reported_then_only_they_are_resent(
     jobs = await all_jobs(cfg)
     assert len(jobs) == 2 and jobs[1].state == JobState.SUCCEEDED, jobs[1].error
     assert cv(sim).stats["posts"] == 12
-    states = [p.state for p in await parts_of(cfg, jobs[1].id)]
+    states = [p.state for p in await job_parts(cfg, jobs[1].id)]
     assert states.count(PartState.SKIPPED) == 8 and states.count(PartState.DONE) == 2
 
 

@@ -16,7 +16,7 @@ from orchestrator.ledger.store import Ledger
 from orchestrator.simulator.clari_ingest import ClariIngestSimulator
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import API_KEY, PARTNER_KEY, write_config
-from tests.integration.helpers import all_jobs, run_once, start
+from tests.integration.helpers import all_jobs, job_parts, run_once, start
 
 pytestmark = pytest.mark.timeout(120)
 T0 = 1_700_000_000_000
@@ -56,14 +56,6 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-async def parts(cfg: Config, job_id: int) -> list[Any]:
-    ledger = Ledger(cfg.ledger.url)
-    try:
-        return await ledger.parts(job_id)
-    finally:
-        await ledger.close()
-
-
 async def test_initial_load_split_into_files_with_one_last_batch(
     tmp_path: Path, sim: SimulatorServer
 ) -> None:
@@ -78,7 +70,7 @@ async def test_initial_load_split_into_files_with_one_last_batch(
     (job,) = await all_jobs(cfg)
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.result_rows == 3_000
-    files = await parts(cfg, job.id)
+    files = await job_parts(cfg, job.id)
     assert len(files) > 1 and all(p.state == PartState.DONE for p in files)
     assert all((p.bytes or 0) <= 65_536 for p in files)
     sims = ing(sim)
@@ -117,7 +109,7 @@ async def test_validation_failure_records_clari_errors(
     assert job.state == JobState.FAILED
     assert "VALIDATION_FAILED" in (job.error or "")
     assert "INVALID_INPUT_FORMAT: Field type does not match expected type" in (job.error or "")
-    (part,) = await parts(cfg, job.id)
+    (part,) = await job_parts(cfg, job.id)
     assert part.state == PartState.FAILED and "Field type" in (part.detail or "")
     assert API_KEY not in (job.error or "") and PARTNER_KEY not in (job.error or "")
 
@@ -166,7 +158,7 @@ async def test_restart_mid_ingest_sends_at_most_the_file_in_flight_again(
     daemon.worker.cancel_all()
     await asyncio.wait_for(task, 10)
     (job,) = await all_jobs(cfg)
-    files = len(await parts(cfg, job.id))
+    files = len(await job_parts(cfg, job.id))
     assert job.state == JobState.RUNNING and files > 3
     assert await run_once(load_config(cfg.source), once=False, timeout=60) == 0
     (job,) = await all_jobs(cfg)

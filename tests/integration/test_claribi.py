@@ -19,6 +19,7 @@ from tests.conftest import CLARIBI_KEY, write_config
 from tests.integration.helpers import (
     all_jobs,
     assert_result_intact,
+    job_parts,
     run_once,
     start,
     wait_for_jobs,
@@ -48,14 +49,6 @@ def report(name: str, **params: Any) -> dict[str, Any]:
     }
 
 
-async def parts(cfg: Config, job_id: int) -> list[Any]:
-    ledger = Ledger(cfg.ledger.url)
-    try:
-        return await ledger.parts(job_id)
-    finally:
-        await ledger.close()
-
-
 @pytest.mark.parametrize(("fmt", "ext"), [("pdf", "pdf"), ("csv", "csv"), ("excel", "xlsx")])
 async def test_report_generated_downloaded_and_credits_recorded(
     tmp_path: Path, sim: SimulatorServer, fmt: str, ext: str
@@ -65,7 +58,7 @@ async def test_report_generated_downloaded_and_credits_recorded(
     (job,) = await all_jobs(cfg)
     assert_result_intact(job)
     assert str(job.result_path).endswith(f".{ext}")
-    (part,) = await parts(cfg, job.id)
+    (part,) = await job_parts(cfg, job.id)
     assert part.credits == 47 and part.remote_id in bi(sim).reports
     assert bi(sim).stats["generated"] == 1
     if fmt == "csv":
@@ -132,7 +125,7 @@ async def test_lost_answer_is_adopted_not_generated_again(
     (job,) = await all_jobs(cfg)
     assert_result_intact(job)
     assert bi(sim).stats["generated"] == 1  # credits spent once
-    (part,) = await parts(cfg, job.id)
+    (part,) = await job_parts(cfg, job.id)
     assert part.detail == "adopted after a lost answer" and part.credits == 47
 
 
@@ -164,7 +157,7 @@ async def test_dashboard_refresh_per_dashboard_with_credits(
     assert sorted(j.params["dashboard_id"] for j in jobs) == sorted([DASHBOARD, other])
     for j in jobs:
         assert_result_intact(j)
-        (part,) = await parts(cfg, j.id)
+        (part,) = await job_parts(cfg, j.id)
         assert part.credits == 23
     assert bi(sim).stats["refreshed"] == 2
     assert bi(sim).config.credits_used == 46
@@ -203,7 +196,7 @@ async def test_stopped_mid_generation_adopts_the_report_on_restart(
     (job,) = await all_jobs(cfg)
     assert_result_intact(job)
     assert bi(sim).stats["generated"] == 1  # adopted, not generated again
-    (part,) = await parts(cfg, job.id)
+    (part,) = await job_parts(cfg, job.id)
     assert part.detail == "adopted after a lost answer"
 
 

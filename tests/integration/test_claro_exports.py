@@ -18,7 +18,7 @@ from orchestrator.ledger.store import Ledger
 from orchestrator.simulator.claro import ClaroDataset, ClaroSimulator
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import API_KEY, write_config
-from tests.integration.helpers import all_jobs, assert_result_intact, run_once, start
+from tests.integration.helpers import all_jobs, assert_result_intact, job_parts, run_once, start
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,11 +72,7 @@ async def test_large_dataset_exported_in_parts_and_stitched(
     assert header == ["product_id", "product_name", "category", "price"]
     assert rows == [d.row(i) for i in range(250_000)]  # every row, in order, once
     assert claro(sim).stats["exports"] == 3
-    ledger = Ledger(cfg.ledger.url)
-    try:
-        parts = await ledger.parts(job.id)
-    finally:
-        await ledger.close()
+    parts = await job_parts(cfg, job.id)
     assert [(p.first_row, p.row_count, p.state) for p in parts] == [
         (0, 100_000, PartState.DONE),
         (100_000, 100_000, PartState.DONE),
