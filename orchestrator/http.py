@@ -114,6 +114,7 @@ class HttpClient:
         retry_base: float = 0.5,
         requests_per_second: float = 10.0,
         requests_per_minute: float | None = None,
+        throttle_retries: int | None = None,
     ) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
@@ -121,6 +122,7 @@ class HttpClient:
         self._secrets = secrets
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
         self.retries = retries
+        self.throttle_retries = retries if throttle_retries is None else throttle_retries
         self.retry_policy = RetryPolicy(base=retry_base, cap=30.0)
         self.limiter = SlidingWindowLimiter(requests_per_second)
         self.minute_limiter = (
@@ -222,8 +224,9 @@ class HttpClient:
         # for messages: path only, never query or headers
         where = f"{method} {label}" if label else self._where(method, path)
         extra_headers = kw.pop("headers", None) or {}
-        last: ProviderError | None = None
-        for attempt in range(1, self.retries + 2):
+        attempt = 0
+        while True:
+            attempt += 1
             await self._pace()
             self.requests += 1
             try:
@@ -239,6 +242,8 @@ class HttpClient:
                     attempt=attempt,
                     request_id=request_id,
                 )
+                if attempt > self.retries:
+                    raise last from None
                 await self._sleep_before_retry(attempt, None)
                 continue
             self.status_counts[resp.status] = self.status_counts.get(resp.status, 0) + 1
@@ -272,8 +277,11 @@ class HttpClient:
                     attempt=attempt,
                     request_id=resp.headers.get("X-Request-Id", request_id),
                 )
-                if attempt <= self.retries:
-                    await self._sleep_before_retry(attempt, hint)
+                # A 429 created nothing, so it may be retried even where a lost 5xx may not.
+                limit = self.throttle_retries if resp.status == 429 else self.retries
+                if attempt > limit:
+                    raise last
+                await self._sleep_before_retry(attempt, hint)
                 continue
             exc_type = AuthFailed if resp.status in (401, 403) else Rejected
             failure = self._fail(
@@ -281,8 +289,6 @@ class HttpClient:
             )
             failure.body = body  # for callers whose 4xx answers carry data (Clari ingest status)
             raise failure
-        assert last is not None
-        raise last
 
     async def _read_error_body(self, resp: aiohttp.ClientResponse) -> Any:
         try:

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 
 from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
-from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed, Throttled, Unavailable
+from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient
 from orchestrator.ledger.store import utcnow
 from orchestrator.outputs import AtomicFile
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 SUBMISSION, EXPORT = "claravine.submission", "claravine.transactions_export"
 MAX_ROWS = 1000  # the API's limit per POST
-THROTTLE_TRIES = 5
+THROTTLE_RETRIES = 4
 UNANSWERED_TRIES = 3  # POSTs of one chunk whose answer was lost (each looked up first)
 DEFAULT_KEY_HEADER, DEFAULT_SECRET_HEADER = "X-API-Key", "X-API-Secret"
 STATUS_DONE, STATUS_FAILED = "complete", "failed"
@@ -240,8 +240,11 @@ class ClaravineAdapter(StagedAdapterBase):
             "Accept": "application/json",
         }
         self.http = HttpClient.for_provider(cfg, self.name, headers=headers)
-        # POSTs are not retried blindly: a lost answer is settled by looking the name up.
-        self.post_http = HttpClient.for_provider(cfg, self.name, headers=headers, retries=0)
+        # POSTs are not retried blindly: a lost answer is settled by looking the name up. A 429
+        # created nothing, so that one is waited out and retried.
+        self.post_http = HttpClient.for_provider(
+            cfg, self.name, headers=headers, retries=0, throttle_retries=THROTTLE_RETRIES
+        )
         self._templates: dict[str, list[str] | None] | None = None
 
     async def close(self) -> None:
@@ -386,7 +389,7 @@ class ClaravineAdapter(StagedAdapterBase):
         body = {"transactionName": chunk.name, "fields": fields, "rows": rows}
         for attempt in range(1, UNANSWERED_TRIES + 1):
             try:
-                answer = await self._post(dataset, body)
+                answer = await self.post_http.json("POST", f"/{dataset}/data", json=body)
                 break
             except Rejected:
                 raise
@@ -411,18 +414,6 @@ class ClaravineAdapter(StagedAdapterBase):
         sent = replace(chunk, state=PartState.RUNNING, remote_id=str(tx))
         await work.save(sent)
         return sent
-
-    async def _post(self, dataset: str, body: dict[str, Any]) -> Any:
-        """POST a chunk. A 429 created nothing: wait as told and post again (a few times)."""
-        for attempt in range(1, THROTTLE_TRIES + 1):
-            try:
-                return await self.post_http.json("POST", f"/{dataset}/data", json=body)
-            except Throttled as exc:
-                if attempt == THROTTLE_TRIES:
-                    raise
-                wait = exc.retry_after if exc.retry_after is not None else attempt * 2.0
-                await asyncio.sleep(min(wait, 300.0))
-        raise AssertionError("unreachable")
 
     async def _find_sent(self, job: Job, dataset: str, chunks: list[Part]) -> dict[str, str]:
         """Transactions of ours by name, in the window since the job was first started."""
