@@ -27,6 +27,14 @@ async def start(daemon: Daemon) -> asyncio.Task[int]:
     return task
 
 
+async def stop_hard(daemon: Daemon, task: asyncio.Task[int]) -> None:
+    """Stop like a crash would, as far as the ledger can tell: work in flight is cancelled
+    where it stands and nothing more is written for it."""
+    daemon.stop()
+    daemon.worker.cancel_all()
+    await asyncio.wait_for(task, 15)
+
+
 async def all_jobs(cfg: Config) -> list[Job]:
     ledger = Ledger(cfg.ledger.url)
     try:

@@ -19,9 +19,10 @@ from orchestrator.scheduler import trigger
 from orchestrator.simulator.claravine import CAMPAIGN_FIELDS, ClaravineSimulator
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import API_KEY, API_SECRET, write_config
-from tests.integration.helpers import all_jobs, job_parts, run_once, start
+from tests.integration.helpers import all_jobs, job_parts, run_once, start, stop_hard
 
 pytestmark = pytest.mark.timeout(120)
+
 DATASET = "4f1c2a9e-0000-4000-8000-000000000001"
 
 
@@ -149,9 +150,7 @@ async def test_restart_mid_import_sends_no_chunk_twice(
     async with asyncio.timeout(30):
         while cv(sim).stats["posts"] < 4:
             await asyncio.sleep(0.01)
-    daemon.stop()
-    daemon.worker.cancel_all()
-    await asyncio.wait_for(task, 15)
+    await stop_hard(daemon, task)
     (job,) = await all_jobs(cfg)
     assert job.state == JobState.RUNNING
     cv(sim).faults.latency = 0.0
@@ -315,6 +314,4 @@ async def test_status_page_shows_import_progress(tmp_path: Path, sim: SimulatorS
                 html = await r.text()
         assert "parts 0/3" in html
     finally:
-        daemon.stop()
-        daemon.worker.cancel_all()
-        await asyncio.wait_for(task, 10)
+        await stop_hard(daemon, task)

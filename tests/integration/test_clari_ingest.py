@@ -16,9 +16,10 @@ from orchestrator.ledger.store import Ledger
 from orchestrator.simulator.clari_ingest import ClariIngestSimulator
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import API_KEY, PARTNER_KEY, write_config
-from tests.integration.helpers import all_jobs, job_parts, run_once, start
+from tests.integration.helpers import all_jobs, job_parts, run_once, start, stop_hard
 
 pytestmark = pytest.mark.timeout(120)
+
 T0 = 1_700_000_000_000
 
 
@@ -154,9 +155,7 @@ async def test_restart_mid_ingest_sends_at_most_the_file_in_flight_again(
     async with asyncio.timeout(30):
         while ing(sim).stats["uploads"] < 3:
             await asyncio.sleep(0.01)
-    daemon.stop()
-    daemon.worker.cancel_all()
-    await asyncio.wait_for(task, 10)
+    await stop_hard(daemon, task)
     (job,) = await all_jobs(cfg)
     files = len(await job_parts(cfg, job.id))
     assert job.state == JobState.RUNNING and files > 3

@@ -22,6 +22,7 @@ from tests.integration.helpers import (
     job_parts,
     run_once,
     start,
+    stop_hard,
     wait_for_jobs,
 )
 
@@ -187,9 +188,7 @@ async def test_stopped_mid_generation_adopts_the_report_on_restart(
     task = await start(daemon)
     await wait_for_jobs(cfg, lambda js: bool(js) and js[0].state == JobState.RUNNING)
     await asyncio.sleep(0.2)  # the generation request is in the air
-    daemon.stop()
-    daemon.worker.cancel_all()  # hard: the answer will never be read
-    await asyncio.wait_for(task, 10)
+    await stop_hard(daemon, task)
     await asyncio.sleep(0.6)  # clariBI finishes the report (and spends the credits) anyway
     assert bi(sim).stats["generated"] == 1
     assert await run_once(load_config(cfg.source), once=False) == 0

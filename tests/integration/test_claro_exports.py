@@ -18,7 +18,14 @@ from orchestrator.ledger.store import Ledger
 from orchestrator.simulator.claro import ClaroDataset, ClaroSimulator
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import API_KEY, write_config
-from tests.integration.helpers import all_jobs, assert_result_intact, job_parts, run_once, start
+from tests.integration.helpers import (
+    all_jobs,
+    assert_result_intact,
+    job_parts,
+    run_once,
+    start,
+    stop_hard,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -267,10 +274,7 @@ async def test_restart_resumes_at_the_missing_part(tmp_path: Path, sim: Simulato
                 await asyncio.sleep(0.02)
     finally:
         await ledger.close()
-    # stop hard: in-flight work is cancelled, nothing more is written for it
-    daemon.stop()
-    daemon.worker.cancel_all()
-    await asyncio.wait_for(task, 15)
+    await stop_hard(daemon, task)
     exported_before = claro(sim).stats["exports"]
     (job,) = await all_jobs(cfg)
     assert job.state == JobState.RUNNING

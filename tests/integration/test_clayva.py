@@ -17,7 +17,7 @@ from orchestrator.ledger.store import Ledger
 from orchestrator.simulator.clayva import ClayvaSimulator
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import write_config
-from tests.integration.helpers import all_jobs, run_once, start
+from tests.integration.helpers import all_jobs, run_once, start, stop_hard
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -149,9 +149,7 @@ async def test_restart_resends_at_most_the_batch_in_flight(
         while cl(sim).stats["batches"] < 4:
             await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)  # likely mid-request
-    daemon.stop()
-    daemon.worker.cancel_all()
-    await asyncio.wait_for(task, 15)
+    await stop_hard(daemon, task)
     cl(sim).faults.latency = 0.0
     assert await run_once(load_config(cfg.source), once=False, timeout=60) == 0
     (job,) = await all_jobs(cfg)
