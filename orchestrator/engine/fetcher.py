@@ -54,7 +54,7 @@ class Fetcher:
         final = result_path(ctx.cfg.output.dir, job, ext)
         error: ProviderError | None = None
         for attempt in range(1, FETCH_TRIES + 1):
-            sink = await asyncio.to_thread(AtomicFile(final).open)
+            sink = AtomicFile(final).open()
             try:
                 await adapter.fetch(job, sink)
                 await sink.commit(self.committer)

@@ -475,7 +475,7 @@ class ClaravineAdapter(StagedAdapterBase):
             if part.state == PartState.DONE and await asyncio.to_thread(_intact, part):
                 continue
             target = scratch / f"tx-{part.seq:05d}.json"
-            sink = await asyncio.to_thread(AtomicFile(target).open)
+            sink = AtomicFile(target).open()
             try:
                 async with self.http.open(
                     "GET", f"/{dataset}/transaction/{part.remote_id}/data/"

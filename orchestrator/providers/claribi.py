@@ -11,7 +11,6 @@ report id and the credits it consumed (`orchestrator quota` sums them).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -390,7 +389,7 @@ class ClariBIAdapter(StagedAdapterBase):
 
     async def _download(self, job: Job, work: Work, part: Part) -> dict[str, Any]:
         final = work.result_path(self.result_extension(job))
-        sink = await asyncio.to_thread(AtomicFile(final).open)
+        sink = AtomicFile(final).open()
         try:
             async with self.http.open("GET", f"/reports/{part.remote_id}/download/") as resp:
                 async for chunk in resp.content.iter_chunked(1 << 20):
@@ -418,7 +417,7 @@ class ClariBIAdapter(StagedAdapterBase):
         }
         data = json.dumps(record).encode()
         final = work.result_path("json")
-        sink = await asyncio.to_thread(AtomicFile(final).open)
+        sink = AtomicFile(final).open()
         await sink.write(data)
         await sink.commit(work.committer)
         return await _stored(work, part, sink, None)

@@ -244,7 +244,7 @@ class ClaroAdapter(StagedAdapterBase):
         for url_try in range(1, URL_TRIES + 1):
             url = await self.export_url(job, part, work)
             for dl_try in range(1, DOWNLOAD_TRIES + 1):
-                sink = await asyncio.to_thread(AtomicFile(target).open)
+                sink = AtomicFile(target).open()
                 try:
                     async with self.downloads.open("GET", url, label=label) as resp:
                         async for chunk in resp.content.iter_chunked(1 << 20):
