@@ -96,7 +96,9 @@ class Simulator:
             self.proc.wait(10)
 
 
-def write_config(tmp: Path, base_url: str, **overrides: Any) -> Path:
+def write_config(
+    tmp: Path, base_url: str, *, output_dir: Path | None = None, **overrides: Any
+) -> Path:
     daemon = {"claim_interval": "0.05s", "max_submits": 64, "max_fetches": 32, "retry_base": "0.1s"}
     daemon.update(overrides.pop("daemon", {}))
     provider = {
@@ -116,7 +118,7 @@ def write_config(tmp: Path, base_url: str, **overrides: Any) -> Path:
         "[ledger]",
         f'url = "sqlite+aiosqlite:///{tmp}/ledger.db"',
         "[output]",
-        f'dir = "{tmp}/results"',
+        f'dir = "{output_dir or tmp / "results"}"',
         "[daemon]",
         *(f"{k} = {val(v)}" for k, v in daemon.items()),
         "[providers.clari]",

@@ -319,7 +319,17 @@ def b6_download(size: int = 1 << 30) -> tuple[list[Row], dict[str, Any]]:
     with tempfile.TemporaryDirectory() as d, Simulator(result_bytes=size, duration=0) as sim:
         ceiling = disk_ceiling(Path(d), size)
         res = worker("download", write_config(Path(d), sim.base))
+        # The same download into memory-backed files: what the daemon itself can move when the
+        # disk is not the bottleneck (this VM's disk speed swings 2x from run to run).
+        shm = Path("/dev/shm")  # noqa: S108 (a private TemporaryDirectory inside it)
+        if shm.is_dir() and os.access(shm, os.W_OK):
+            with tempfile.TemporaryDirectory(dir=shm) as out:
+                (Path(d) / "tmpfs").mkdir()
+                cfg = write_config(Path(d) / "tmpfs", sim.base, output_dir=Path(out))
+                res["tmpfs"] = worker("download", cfg)
     res["disk_ceiling_mib_per_s"] = ceiling
+    tmpfs = res.get("tmpfs", {}).get("mib_per_s")
+    daemon_only = f"; into tmpfs (no disk): {tmpfs:.0f} MiB/s" if tmpfs else ""
     return [
         row(
             6,
@@ -334,8 +344,9 @@ def b6_download(size: int = 1 << 30) -> tuple[list[Row], dict[str, Any]]:
             f"{res['mib_per_s']:.0f} MiB/s",
             ">= 300 MiB/s",
             res["mib_per_s"] >= 300,
-            f"this disk's own write+fsync ceiling, same run: {ceiling:.0f} MiB/s "
-            f"(download reaches {res['mib_per_s'] / ceiling:.0%} of it)",
+            f"this disk written then fsynced, same run: {ceiling:.0f} MiB/s (the download "
+            f"overlaps writeback with receiving: {res['mib_per_s'] / ceiling:.0%} of it)"
+            + daemon_only,
         ),
     ], res
 
