@@ -4,6 +4,8 @@ python -m bench.worker e2e CONFIG N          N jobs end to end, run until idle
 python -m bench.worker inflight CONFIG N     N jobs already RUNNING: start-up time, RSS
 python -m bench.worker download CONFIG       one big result: RSS growth and MiB/s
 python -m bench.worker slots CONFIG N        N jobs against a concurrency limit: timings
+python -m bench.worker http_floor CONFIG N   the floor: N x (POST + GET of the result) with plain
+                                             aiohttp, no ledger, no files, same concurrency
 """
 
 from __future__ import annotations
@@ -176,6 +178,34 @@ async def slots(cfg: Config, n: int) -> dict[str, Any]:
     return {"exit_code": code, "events": events, "remote": {j.id: j.remote_id for j in jobs}}
 
 
+async def http_floor(cfg: Config, n: int) -> dict[str, Any]:
+    """What aiohttp alone costs for the two requests every job makes (submit, download), at the
+    daemon's concurrency, against the same simulator: the ceiling for jobs/s on this core."""
+    import aiohttp
+
+    provider = cfg.providers["clari"]
+    headers = {"apikey": provider.secret()}
+    body = {"timePeriod": "2026_Q4", "exportFormat": "CSV"}
+    sem = asyncio.Semaphore(cfg.daemon.max_submits)
+    async with aiohttp.ClientSession(
+        base_url=provider.base_url.rstrip("/") + "/",
+        headers=headers,
+        connector=aiohttp.TCPConnector(limit=100),
+    ) as session:
+
+        async def one() -> None:
+            async with sem:
+                async with session.post("export/forecast/fc", json=body) as resp:
+                    job_id = (await resp.json())["jobId"]
+                async with session.get(f"export/jobs/{job_id}/results") as resp:
+                    await resp.read()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        elapsed = time.perf_counter() - t0
+    return {"jobs_per_s": n / elapsed, "run_s": elapsed}
+
+
 def main() -> None:
     pin(0)
     from orchestrator.logging import configure
@@ -193,6 +223,7 @@ def main() -> None:
         "inflight": lambda: inflight(config),
         "download": lambda: download(config),
         "slots": lambda: slots(config, n),
+        "http_floor": lambda: http_floor(config, n),
     }
     if os.environ.get("BENCH_UVLOOP"):
         import uvloop

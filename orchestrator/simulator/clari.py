@@ -6,6 +6,8 @@ DONE, job expiry. Misbehaves on request (see Faults and ClariSimConfig)."""
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
 import itertools
 import json
 import math
@@ -130,6 +132,11 @@ class ClariSimulator:
         self.faults = faults or Faults()
         self.jobs: dict[str, SimJob] = {}
         self.submissions: list[tuple[float, str]] = []  # (time, jobId) counted against the quota
+        # Jobs that may still be queued or running, and a heap of when each stops: the limit
+        # checks on every create look at these, not at every job ever made (that was quadratic:
+        # the simulator, not the daemon, set the pace of long benchmark runs).
+        self._live: dict[str, SimJob] = {}
+        self._ends: list[tuple[float, str]] = []
         self._ids = itertools.count(1)
         self.rng = random.Random(7)
         self.stats: dict[str, int] = {
@@ -176,16 +183,29 @@ class ClariSimulator:
         return None
 
     # --- limits -----------------------------------------------------------------------------
+    def _add(self, job: SimJob) -> None:
+        self.jobs[job.job_id] = job
+        self._live[job.job_id] = job
+        heapq.heappush(self._ends, (job.created + job.queue_delay + job.duration, job.job_id))
+
     def active(self, now: float) -> list[SimJob]:
-        return [j for j in self.jobs.values() if j.status(now) in ACTIVE]
+        while self._ends and self._ends[0][0] <= now:
+            self._live.pop(heapq.heappop(self._ends)[1], None)
+        return [j for j in self._live.values() if j.status(now) in ACTIVE]
 
     def quota_used(self, now: float) -> list[str]:
         return [jid for t, jid in self.submissions if now - t < WINDOW]
 
+    def quota_count(self, now: float) -> int:
+        """len(quota_used(now)) without building it (submissions are in time order)."""
+        return len(self.submissions) - bisect.bisect_right(
+            self.submissions, now - WINDOW, key=lambda s: s[0]
+        )
+
     def _limit_error(self, now: float) -> web.Response | None:
         if (
             len(self.active(now)) >= self.config.concurrent_limit
-            or len(self.quota_used(now)) >= self.config.monthly_quota
+            or self.quota_count(now) >= self.config.monthly_quota
         ):
             self.stats["rejected_limits"] += 1
             msg = (
@@ -265,7 +285,7 @@ class ClariSimulator:
             fails=self.rng.random() < self.config.fail_rate,
             params=params,
         )
-        self.jobs[job_id] = job
+        self._add(job)
         self.submissions.append((now, job_id))
         self.stats["created"] += 1
         self.created_by_title[title] = self.created_by_title.get(title, 0) + 1
@@ -611,16 +631,18 @@ class ClariSimulator:
         ids = []
         for _ in range(int(body.get("count", 0))):
             job_id = f"{int(now):08x}{next(self._ids):016x}"
-            self.jobs[job_id] = SimJob(
-                job_id=job_id,
-                module="FORECAST",
-                title="seeded",
-                fmt="CSV",
-                created=now,
-                queue_delay=0.0,
-                duration=float(body.get("duration", 3600)),
-                fails=False,
-                params={},
+            self._add(
+                SimJob(
+                    job_id=job_id,
+                    module="FORECAST",
+                    title="seeded",
+                    fmt="CSV",
+                    created=now,
+                    queue_delay=0.0,
+                    duration=float(body.get("duration", 3600)),
+                    fails=False,
+                    params={},
+                )
             )
             ids.append(job_id)
         return web.json_response({"jobIds": ids})
