@@ -17,6 +17,7 @@ from orchestrator.backoff import (
     HISTORY_RUNS,
     LAG_WEIGHT,
     PollPolicy,
+    log_ages,
     next_poll_delay,
     optimal_points,
     poll_points,
@@ -85,7 +86,7 @@ def lognormal_survival(t: float, median: float = MEDIAN, sigma: float = SIGMA) -
 
 def optimum(jobs: list[float], sigma: float = SIGMA) -> Outcome:
     """The schedule of ages with the least polls + lag, knowing the true distribution."""
-    ages = [0.0, *(MEDIAN / 20 * 1.004**k for k in range(1600))]
+    ages = log_ages(MEDIAN / 20, MEDIAN * 20, 1600)
     surv = [lognormal_survival(t, sigma=sigma) for t in ages]
     idx = optimal_points(ages, surv, LAG_WEIGHT / MEDIAN)
     return ours(jobs, [], points=[ages[i] for i in idx])

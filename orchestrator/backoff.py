@@ -143,6 +143,13 @@ def optimal_points(
     return out
 
 
+def log_ages(start: float, end: float, n: int = GRID) -> list[float]:
+    """0, then n log-spaced ages from start to end: fine where young runs end, coarse in the
+    long tail, whatever the spread of durations."""
+    ratio = (end / start) ** (1 / (n - 1))
+    return [0.0, *(start * ratio**k for k in range(n))]
+
+
 def poll_points(
     history: Sequence[float], lag_weight: float = LAG_WEIGHT, max_gap: float = MAX_GAP
 ) -> list[float]:
@@ -162,10 +169,7 @@ def poll_points(
     end = top * 1.5
     while survival(end) > 1e-4 and end < top * 100:
         end *= 1.5
-    # Log-spaced ages: fine where young runs end, coarse in the long tail, whatever the spread.
-    start = max(ordered[0], 1e-3) / 4
-    ratio = (end / start) ** (1 / (GRID - 1))
-    ages = [0.0, *(start * ratio**k for k in range(GRID))]
+    ages = log_ages(max(ordered[0], 1e-3) / 4, end)
     surv = [survival(t) for t in ages]
     median = max(quantile(ordered, 0.5), 1e-3)
     idx = optimal_points(ages, surv, lag_weight / median, max_gap)

@@ -121,11 +121,15 @@ class AtomicFile:
     def sha256(self) -> str:
         return self._sha.hexdigest()
 
+    def _wait_writeback(self) -> None:
+        """Wait for a background fdatasync still running (its error, if any, is raised)."""
+        syncing, self._syncing = self._syncing, None
+        if syncing is not None:
+            syncing.result()
+
     def _close_file(self) -> None:
-        if self._syncing is not None:
-            with contextlib.suppress(OSError):
-                self._syncing.result()
-            self._syncing = None
+        with contextlib.suppress(OSError):
+            self._wait_writeback()
         if self._f is not None:
             self._f.close()
             self._f = None
@@ -151,17 +155,18 @@ class AtomicFile:
 
     def _sync(self) -> None:
         assert self._f is not None
-        if self._syncing is not None:
-            self._syncing.result()
-            self._syncing = None
+        self._wait_writeback()
         os.fsync(self._f.fileno())
         self._f.close()
         self._f = None
 
+    def _rename(self) -> None:
+        os.replace(self.tmp, self.final)
+
     def _sync_and_rename(self) -> None:
         self._write_out()
         self._sync()
-        os.replace(self.tmp, self.final)
+        self._rename()
 
     def commit_sync(self) -> None:
         """Durable under the final name when this returns (for code already on a thread)."""
@@ -238,7 +243,7 @@ def _commit_group(batch: list[tuple[AtomicFile, asyncio.Future[None]]]) -> list[
 
     each(AtomicFile._write_out)
     each(AtomicFile._sync)
-    each(lambda f: os.replace(f.tmp, f.final))
+    each(AtomicFile._rename)
     dirs: dict[Path, list[int]] = {}
     for i, (f, _) in enumerate(batch):
         if outcomes[i] is None:
