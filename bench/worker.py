@@ -45,7 +45,7 @@ async def _enqueue(cfg: Config, n: int) -> None:
 
 async def e2e(cfg: Config, n: int) -> dict[str, Any]:
     await _enqueue(cfg, n)
-    daemon = Daemon(cfg, exit_when_idle=True)
+    daemon = Daemon(cfg, exit_when_idle=True, tune_gc=True)
     t0 = time.perf_counter()
     task = asyncio.create_task(daemon.run())
     await daemon.ready.wait()
@@ -103,7 +103,7 @@ async def inflight(cfg: Config) -> dict[str, Any]:
     """The ledger already holds N RUNNING jobs (seeded by bench.run in another process, so the
     seeding itself does not count): how fast is the daemon ready, and how big is it."""
     rss_before = rss_now_mib()
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, tune_gc=True)
     t0 = time.perf_counter()
     task = asyncio.create_task(daemon.run())
     await daemon.ready.wait()
@@ -140,7 +140,7 @@ def seed_inflight(config: Path, n: int) -> None:
 
 async def download(cfg: Config) -> dict[str, Any]:
     await _enqueue(cfg, 1)
-    daemon = Daemon(cfg, exit_when_idle=True)
+    daemon = Daemon(cfg, exit_when_idle=True, tune_gc=True)
     task = asyncio.create_task(daemon.run())
     await daemon.ready.wait()
     rss_ready = rss_now_mib()
@@ -164,7 +164,7 @@ async def download(cfg: Config) -> dict[str, Any]:
 
 async def slots(cfg: Config, n: int) -> dict[str, Any]:
     await _enqueue(cfg, n)
-    daemon = Daemon(cfg, exit_when_idle=True)
+    daemon = Daemon(cfg, exit_when_idle=True, tune_gc=True)
     task = asyncio.create_task(daemon.run())
     code = await task
     ledger = Ledger(cfg.ledger.url)

@@ -69,7 +69,10 @@ def run(config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool
     _logging(verbose)
     from orchestrator.engine.daemon import Daemon
 
-    code = _run(Daemon(cfg, once=once, exit_when_idle=exit_when_idle, install_signals=True).run())
+    daemon = Daemon(
+        cfg, once=once, exit_when_idle=exit_when_idle, install_signals=True, tune_gc=True
+    )
+    code = _run(daemon.run())
     sys.exit(code)
 
 

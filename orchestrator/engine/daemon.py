@@ -23,6 +23,7 @@ from orchestrator.engine.worker import Worker
 from orchestrator.errors import ProviderError
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import Ledger, utcnow
+from orchestrator.runtime import tune_gc
 from orchestrator.scheduler import PipelineScheduler, trigger
 from orchestrator.sdnotify import Notifier
 from orchestrator.web import StatusServer
@@ -39,11 +40,13 @@ class Daemon:
         exit_when_idle: bool = False,
         once: bool = False,
         install_signals: bool = False,
+        tune_gc: bool = False,
     ) -> None:
         self.cfg = cfg
         self.exit_when_idle = exit_when_idle or once
         self.once = once
         self.install_signals = install_signals
+        self.tune_gc = tune_gc  # the process is the daemon's alone (see runtime.tune_gc)
         self.ledger = Ledger(cfg.ledger.url)
         self.ctx = Context.build(cfg, self.ledger)
         self.poller = Poller(self.ctx, self._on_remote_done, self._on_remote_ended)
@@ -97,6 +100,8 @@ class Daemon:
                         await trigger(self.ledger, p, reason="run --once")
             if not self.exit_when_idle:
                 await self.scheduler.start()
+            if self.tune_gc:
+                tune_gc()
             self.ready.set()
             log.info("daemon_ready", providers=sorted(self.ctx.adapters), tracked=len(self.poller))
             self.notifier.notify("READY=1", self._status_line())
