@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -128,12 +128,10 @@ def row_to_job(row: Any) -> Job:
 # --- write operations (applied by the writer, inside one transaction) -------------------------
 
 
-@dataclass(kw_only=True, slots=True)
+@dataclass(slots=True)
 class _Op:
     apply: Callable[[Connection], Any]
-    future: asyncio.Future[Any] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    future: asyncio.Future[Any]  # cancelled by a caller who stopped waiting: applied all the same
 
 
 class BatchError(Exception):
@@ -276,7 +274,8 @@ class Ledger:
         self.write_engine = self._sync_engine()
         self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
         self.read_engine = self._engine(write=False)
-        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+        self._pending: list[_Op] = []  # in order; the writer takes up to MAX_BATCH at a time
+        self._pending_wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0
         self.ops = 0
@@ -345,15 +344,21 @@ class Ledger:
     async def _submit(self, apply: Callable[[Connection], Any]) -> Any:
         if self._writer is None:
             await self.start()
-        op = _Op(apply=apply)
-        self._queue.put_nowait(op)
-        return await asyncio.shield(op.future)
+        # The hot path: one future per write, no queue object, no shield. A caller cancelled
+        # while waiting cancels only its future; the write itself is still applied, in order.
+        op = _Op(apply, asyncio.get_running_loop().create_future())
+        self._pending.append(op)
+        self._pending_wake.set()
+        return await op.future
 
     async def _write_loop(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if not self._pending:
+                self._pending_wake.clear()
+                await self._pending_wake.wait()
+                continue
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
             await self._commit_batch(batch)
 
     async def _commit_batch(self, batch: list[_Op]) -> None:
