@@ -168,6 +168,7 @@ class SlidingWindowLimiter:
         self._clock = clock
         self._sent: deque[float] = deque()
         self._lock = asyncio.Lock()
+        self._queued = 0  # callers in the slow path (waiting for the lock or for room)
 
     def wait_time(self, now: float) -> float:
         """Seconds until one more request fits (0 when it fits now). Pure given `now`."""
@@ -178,7 +179,16 @@ class SlidingWindowLimiter:
         return self._sent[0] + self.period - now
 
     async def acquire(self) -> None:
-        async with self._lock:
-            while (wait := self.wait_time(self._clock())) > 0:  # noqa: ASYNC110 (exact wait)
-                await asyncio.sleep(wait)
-            self._sent.append(self._clock())
+        if not self._queued:  # nobody ahead: take room at once, without the lock (hot path)
+            now = self._clock()
+            if self.wait_time(now) == 0:
+                self._sent.append(now)
+                return
+        self._queued += 1
+        try:
+            async with self._lock:
+                while (wait := self.wait_time(self._clock())) > 0:  # noqa: ASYNC110 (exact wait)
+                    await asyncio.sleep(wait)
+                self._sent.append(self._clock())
+        finally:
+            self._queued -= 1

@@ -102,3 +102,28 @@ def test_sliding_window_never_admits_more_than_rate_in_any_second() -> None:
     for s in sent:
         assert sum(1 for x in sent if s <= x < s + 1.0) <= 3
     assert sent[3] == 1.1  # the fourth waits until the first leaves the (1.1 s) window
+
+
+async def test_sliding_window_acquire_keeps_the_window_and_the_order_of_arrival() -> None:
+    """The lock-free fast path only serves a caller when nobody is queued: later arrivals never
+    overtake a waiting one, and no window ever holds more than the rate."""
+    import asyncio
+
+    from orchestrator.limits import SlidingWindowLimiter
+
+    lim = SlidingWindowLimiter(4, period=0.05)
+    served: list[int] = []
+    stamps: list[float] = []
+
+    async def caller(i: int) -> None:
+        await lim.acquire()
+        served.append(i)
+        stamps.append(lim._sent[-1])  # the time this caller's request was counted
+
+    first = [asyncio.create_task(caller(i)) for i in range(10)]
+    await asyncio.sleep(0)  # the first four took the fast path; six are queued
+    late = [asyncio.create_task(caller(i)) for i in range(10, 14)]
+    await asyncio.gather(*first, *late)
+    assert served == list(range(14))
+    for s in stamps:
+        assert sum(1 for x in stamps if s <= x < s + lim.period) <= 4
