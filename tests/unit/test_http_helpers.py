@@ -1,4 +1,6 @@
-from orchestrator.http import error_fields, redact, retry_after_seconds
+import pytest
+
+from orchestrator.http import error_fields, loads_json, redact, retry_after_seconds
 
 
 def test_retry_after_forms() -> None:
@@ -26,3 +28,30 @@ def test_error_body_shapes() -> None:
 
 def test_redact() -> None:
     assert redact("key sk-123456 leaked", ["sk-123456"]) == "key *** leaked"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"", None),
+        (b"  \n", None),
+        (b'{"jobId": "a1", "n": 3}', {"jobId": "a1", "n": 3}),
+        (b'[{"status": "DONE"}]', [{"status": "DONE"}]),
+        (b'{"id": 9223372036854775807}', {"id": 9223372036854775807}),  # int64 max: exact
+        (b'{"x": NaN}', "nan"),
+        (b'{"name": "Zo\\u00eb"}', {"name": "Zoë"}),
+    ],
+)
+def test_loads_json_parses_what_the_standard_parser_parses(body: bytes, expected: object) -> None:
+
+    got = loads_json(body)
+    if expected == "nan":
+        assert got["x"] != got["x"]  # NaN
+    else:
+        assert got == expected
+
+
+def test_loads_json_rejects_what_is_not_json() -> None:
+
+    with pytest.raises(ValueError):
+        loads_json(b"<html>502 Bad Gateway</html>")
