@@ -252,8 +252,7 @@ class Daemon:
         self.ctx.wake_dispatch.set()
 
     def _on_submitted(self, job: Job) -> None:
-        task = asyncio.get_running_loop().create_task(self.poller.track(job))
-        task.add_done_callback(lambda t: t.exception())
+        self.poller.add(job)
 
     async def _on_remote_done(self, job: Job) -> None:
         now = utcnow()

@@ -57,6 +57,7 @@ class Poller:
         self._points: dict[str, tuple[float, list[float]]] = {}
         self._points_loading: dict[str, asyncio.Future[list[float]]] = {}
         self._policies: dict[str, PollPolicy] = {}
+        self._adding: set[asyncio.Task[None]] = set()  # track() of jobs added before a schedule
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -79,7 +80,11 @@ class Poller:
         if pending is None:
             pending = asyncio.ensure_future(self._load_points(pipeline))
             self._points_loading[pipeline] = pending
-        return await asyncio.shield(pending)
+        try:
+            return await asyncio.shield(pending)
+        except Exception as exc:  # the ledger could not be read: poll by age alone meanwhile
+            log.warning("poll_history_unavailable", pipeline=pipeline, error=str(exc))
+            return []
 
     async def _load_points(self, pipeline: str) -> list[float]:
         try:
@@ -98,6 +103,25 @@ class Poller:
         heapq.heappush(self._heap, (time.monotonic() + delay, job.id))
         self._wake.set()
 
+    def add(self, job: Job) -> None:
+        """Track a job just submitted, from a callback: at once when its pipeline's schedule is
+        cached (no task per job on the hot path), else once the schedule is loaded."""
+        cached = self._points.get(job.pipeline)
+        if cached is None or time.monotonic() - cached[0] >= HISTORY_TTL:
+            task = asyncio.get_running_loop().create_task(self.track(job))
+            self._adding.add(task)
+            task.add_done_callback(self._added)
+            return
+        item = Tracked(job)
+        self.jobs[job.id] = item
+        heapq.heappush(self._heap, (time.monotonic() + self._delay_from(item, cached[1]), job.id))
+        self._wake.set()
+
+    def _added(self, task: asyncio.Task[None]) -> None:
+        self._adding.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a bug, not the ledger
+            log.error("track_failed", error=repr(task.exception()))
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -105,11 +129,14 @@ class Poller:
         self.jobs.pop(job_id, None)
 
     async def _delay(self, item: Tracked) -> float:
+        return self._delay_from(item, await self.points(item.pipeline))
+
+    def _delay_from(self, item: Tracked, points: list[float]) -> float:
         return next_poll_delay(
             self.policy(item.provider),
             elapsed=max(0.0, time.time() - item.submitted),
             polls_done=item.polls,
-            points=await self.points(item.pipeline),
+            points=points,
             rng=self.ctx.rng,
         )
 
