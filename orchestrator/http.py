@@ -268,9 +268,7 @@ class HttpClient:
             self.status_counts[resp.status] = self.status_counts.get(resp.status, 0) + 1
             self._note_remaining(resp.headers)
             if _debug_log.isEnabledFor(logging.DEBUG):  # a filtered structlog call costs ~5 µs
-                log.debug(
-                    "http_response", where=where(), status=resp.status, request_id=request_id
-                )
+                log.debug("http_response", where=where(), status=resp.status, request_id=request_id)
             if resp.status < 400:
                 try:
                     yield resp
