@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -51,6 +52,23 @@ class JobRow(Base):
     __table_args__ = (
         Index("ix_jobs_state_provider", "state", "provider"),
         Index("ix_jobs_remote_id", "remote_id"),
+        # Partial indexes for the daemon's twice-a-second look for jobs to stop: they hold only
+        # the rows that can match (jobs with a cancel request; jobs with a deadline), so the
+        # look costs the same with 100,000 jobs in flight as with 10. Their conditions do not
+        # name `state`, so SQLite's planner prefers them to ix_jobs_state_provider.
+        Index(
+            "ix_jobs_cancel_requested",
+            "state",
+            sqlite_where=text("cancel_requested = 1"),
+            postgresql_where=text("cancel_requested"),
+        ),
+        Index(
+            "ix_jobs_deadline",
+            "state",
+            "deadline_at",
+            sqlite_where=text("deadline_at IS NOT NULL"),
+            postgresql_where=text("deadline_at IS NOT NULL"),
+        ),
     )
 
 
