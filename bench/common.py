@@ -10,9 +10,24 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import tempfile
 
 ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / "results" / "work"
+
+
+def scratch() -> tempfile.TemporaryDirectory[str]:
+    """A private directory for one scenario's ledger and results, on the repository's disk
+    rather than the system temp directory: /tmp is where the test suite makes and deletes
+    thousands of files, and on ext4 without a journal, creating files where many were deleted
+    minutes before is 5-25x slower (bench 1 prints that disk rate beside its own)."""
+    import tempfile  # here: the daemon-side worker imports this module and counts its RSS
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=WORK)
 
 
 def free_port() -> int:

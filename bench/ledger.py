@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bench.common import scratch
 from orchestrator.domain import JobState
 from orchestrator.ledger import migrate
 from orchestrator.ledger.models import JobRow, TransitionRow
@@ -44,7 +44,7 @@ async def _ledger(tmp: Path, n: int) -> tuple[Ledger, list[int]]:
 
 
 async def grouped(n: int) -> float:
-    with tempfile.TemporaryDirectory() as d:
+    with scratch() as d:
         lg, ids = await _ledger(Path(d), n)
         sem = asyncio.Semaphore(CONCURRENCY)
 
@@ -61,7 +61,7 @@ async def grouped(n: int) -> float:
 
 async def naive(n: int) -> float:
     """Each transition: load the row through the ORM, change it, add a transition row, commit."""
-    with tempfile.TemporaryDirectory() as d:
+    with scratch() as d:
         lg, ids = await _ledger(Path(d), n)
         sem = asyncio.Semaphore(CONCURRENCY)
         # BEGIN IMMEDIATE, as the daemon's writer: with deferred transactions, concurrent ORM
@@ -92,7 +92,7 @@ async def naive(n: int) -> float:
 
 def raw_sqlite(n: int) -> dict[str, float]:
     """The ceiling: plain sqlite3, WAL, synchronous=FULL: one insert per commit, and batched."""
-    with tempfile.TemporaryDirectory() as d:
+    with scratch() as d:
         con = sqlite3.connect(f"{d}/raw.db", isolation_level=None)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")

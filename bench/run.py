@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ledger, polling
-from bench.common import ROOT, Simulator, write_config
+from bench.common import ROOT, Simulator, scratch, write_config
 
 RESULTS = ROOT / "bench" / "results"
 Row = dict[str, Any]
@@ -57,7 +57,7 @@ E2E_DAEMON = {"max_submits": 256, "max_fetches": 128}  # no limits: let concurre
 
 
 def b1_end_to_end(jobs: int = 5000) -> tuple[list[Row], dict[str, Any]]:
-    with tempfile.TemporaryDirectory() as d, _e2e_simulator() as sim:
+    with scratch() as d, _e2e_simulator() as sim:
         cfg = write_config(Path(d), sim.base, daemon=E2E_DAEMON)
         out = worker("e2e", cfg, jobs)
         stats = sim.stats()
@@ -68,7 +68,7 @@ def b1_end_to_end(jobs: int = 5000) -> tuple[list[Row], dict[str, Any]]:
     shm = _tmpfs()
     if shm is not None:  # the same run with results in memory: the daemon without the disk
         with (
-            tempfile.TemporaryDirectory() as d,
+            scratch() as d,
             tempfile.TemporaryDirectory(dir=shm) as out_dir,
             _e2e_simulator() as sim,
         ):
@@ -235,7 +235,7 @@ def _chart(out: dict[str, Any]) -> None:
 
 def b4_slots(jobs: int = 200, rate: int = 20) -> tuple[list[Row], dict[str, Any]]:
     with (
-        tempfile.TemporaryDirectory() as d,
+        scratch() as d,
         Simulator(
             concurrent_limit=3,
             monthly_quota=10**9,
@@ -328,7 +328,7 @@ def b5_b7_inflight() -> tuple[list[Row], dict[str, Any]]:
     out: dict[str, Any] = {}
     rows: list[Row] = []
     for n, limit in ((10_000, 80), (100_000, 250)):
-        with tempfile.TemporaryDirectory() as d, Simulator() as sim:
+        with scratch() as d, Simulator() as sim:
             cfg = write_config(
                 Path(d),
                 sim.base,
@@ -378,7 +378,7 @@ def disk_ceiling(directory: Path, size: int) -> float:
 
 
 def b6_download(size: int = 1 << 30) -> tuple[list[Row], dict[str, Any]]:
-    with tempfile.TemporaryDirectory() as d, Simulator(result_bytes=size, duration=0) as sim:
+    with scratch() as d, Simulator(result_bytes=size, duration=0) as sim:
         ceiling = disk_ceiling(Path(d), size)
         res = worker("download", write_config(Path(d), sim.base))
         # The same download into memory-backed files: what the daemon itself can move when the
