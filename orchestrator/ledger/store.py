@@ -143,14 +143,29 @@ class BatchError(Exception):
 _JOB_COLUMNS = frozenset(c.name for c in JobRow.__table__.columns)
 
 
+_last_stamp: tuple[datetime, str] | None = None
+
+
+def _stamp(value: datetime) -> str:
+    """A datetime as SQLAlchemy stores it in SQLite ('YYYY-MM-DD HH:MM:SS.ffffff', naive UTC).
+    The writer formats the same `now` several times per transition (updated_at, the transition
+    row, submitted_at, the quota row): the last one is kept, by identity."""
+    global _last_stamp
+    last = _last_stamp
+    if last is not None and last[0] is value:
+        return last[1]
+    naive = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    text = naive.isoformat(sep=" ", timespec="microseconds")
+    _last_stamp = (value, text)
+    return text
+
+
 def _db(key: str, value: Any) -> Any:
     """A value as SQLAlchemy itself would store it in SQLite (so ORM/Core reads agree)."""
     if value is None:
         return None
     if key in _DATETIME_FIELDS or isinstance(value, datetime):
-        naive = _naive(value)
-        assert naive is not None
-        return naive.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return _stamp(value)
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, enum.Enum):
