@@ -4,9 +4,12 @@ Tracebacks are rendered without local variables (they could hold secrets)."""
 
 from __future__ import annotations
 
+import json as json_module
 import logging
 import sys
+from typing import Any
 
+import orjson
 import structlog
 
 # Tracebacks as data in JSON lines, without local variables: structlog shows them by default,
@@ -14,6 +17,16 @@ import structlog
 _dict_tracebacks = structlog.processors.ExceptionRenderer(
     structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
 )
+
+
+def _dumps(event: dict[str, Any], **kw: Any) -> str:
+    """One log line: orjson (a few µs instead of ~15 with the standard encoder, and the daemon
+    writes two lines per job at INFO); the standard encoder for what orjson refuses (integers
+    beyond 64 bits). Objects neither knows go through structlog's fallback (`default`, repr)."""
+    try:
+        return orjson.dumps(event, default=kw.get("default")).decode()
+    except orjson.JSONEncodeError:
+        return json_module.dumps(event, **kw)
 
 
 def configure(*, json: bool | None = None, level: str = "INFO") -> None:
@@ -30,7 +43,7 @@ def configure(*, json: bool | None = None, level: str = "INFO") -> None:
     ]
     renderer: list[structlog.types.Processor]
     if json:
-        renderer = [_dict_tracebacks, structlog.processors.JSONRenderer()]
+        renderer = [_dict_tracebacks, structlog.processors.JSONRenderer(serializer=_dumps)]
     else:
         renderer = [
             structlog.dev.ConsoleRenderer(

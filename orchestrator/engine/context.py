@@ -105,13 +105,15 @@ class Context:
         for adapter in self.adapters.values():
             await adapter.close()
 
-    def finished(self, job: Job, state: JobState) -> None:
+    def finished(self, job: Job, state: JobState, **detail: object) -> None:
+        """Count a job that reached a terminal state and log its one `job_finished` line
+        (with `detail`: a result's path, bytes and rows)."""
         self.stats.finished[state.value] += 1
         if job.created_at is not None:
             self.metrics.job_seconds.labels(job.provider, job.kind, state.value).observe(
                 (utcnow() - job.created_at).total_seconds()
             )
-        log.info("job_finished", job_id=job.id, pipeline=job.pipeline, state=state.value)
+        log.info("job_finished", job_id=job.id, pipeline=job.pipeline, state=state.value, **detail)
 
     async def refresh_budget(self, provider: str) -> None:
         """Re-read the provider's limits and our own counts from the ledger."""

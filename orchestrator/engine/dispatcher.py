@@ -142,7 +142,7 @@ class Dispatcher:
             log.info("submit_skipped", job_id=job.id, reason=str(exc))
             return
         sub = replace(job, state=JobState.SUBMITTING, attempts=job.attempts + 1, submitted_at=now)
-        log.info("job_submitting", job_id=job.id, pipeline=job.pipeline, attempt=sub.attempts)
+        log.debug("job_submitting", job_id=job.id, pipeline=job.pipeline, attempt=sub.attempts)
         if spec.staged and self.on_started is not None:
             # Several remote calls with checkpoints: the worker makes them, holding this slot.
             await ctx.ledger.transition(

@@ -90,15 +90,7 @@ class Fetcher:
                 result=result,
                 error=None,
             )
-            log.info(
-                "job_succeeded",
-                job_id=job.id,
-                pipeline=job.pipeline,
-                path=str(final),
-                bytes=sink.bytes,
-                rows=rows,
-            )
-            ctx.finished(job, JobState.SUCCEEDED)
+            ctx.finished(job, JobState.SUCCEEDED, path=str(final), bytes=sink.bytes, rows=rows)
             return
         # Still FETCHING: the remote result is intact, so try again later rather than resubmit.
         log.warning("fetch_deferred", job_id=job.id, error=str(error))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import structlog
 
@@ -107,7 +108,6 @@ class Worker:
             await self._end(job, JobState.SUCCEEDED, reason="expanded into jobs", error=None)
             return
         await self._end(job, JobState.SUCCEEDED, reason="result stored", result=result, error=None)
-        log.info("job_succeeded", job_id=job.id, pipeline=job.pipeline, **result)
 
     async def _retry_or_fail(self, job: Job, error: str) -> None:
         if job.attempts < job.max_attempts:
@@ -124,17 +124,18 @@ class Worker:
             return
         await self._end(job, JobState.FAILED, reason="attempts exhausted", error=error)
 
-    async def _end(self, job: Job, to: JobState, *, reason: str, **kw: object) -> None:
+    async def _end(self, job: Job, to: JobState, *, reason: str, **kw: Any) -> None:
         ctx = self.ctx
         ctx.budget_for(job).on_slot_released()
         ctx.wake_dispatch.set()
         try:
-            await ctx.ledger.transition(job, JobState.RUNNING, to, reason=reason, **kw)  # type: ignore[arg-type]
+            await ctx.ledger.transition(job, JobState.RUNNING, to, reason=reason, **kw)
         except Exception as exc:  # cancelled from the CLI meanwhile
             log.info("transition_raced", job_id=job.id, error=str(exc))
             return
         if to != JobState.RETRY_WAIT:
-            ctx.finished(job, to)
+            result = kw.get("result") or {}
+            ctx.finished(job, to, **{k: v for k, v in result.items() if k != "sha256"})
 
     async def drain(self, within: float) -> None:
         if self._tasks:

@@ -70,6 +70,11 @@ def test_sigterm_drains_exits_0_and_the_next_start_resumes(
         record = json.loads(line)
         assert record["event"] and record["level"] and record["timestamp"]
     assert any(json.loads(line).get("job_id") for line in lines)
+    # One line per finished job, carrying where its result went.
+    finished = [r for r in map(json.loads, lines) if r["event"] == "job_finished"]
+    assert sorted(r["job_id"] for r in finished) == sorted(j["id"] for j in jobs)
+    for r in finished:
+        assert r["state"] == "SUCCEEDED" and r["path"] and r["bytes"] > 0 and "rows" in r
 
 
 def test_second_signal_exits_at_once_and_safely(tmp_path: Path, simulator: str) -> None:
