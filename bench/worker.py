@@ -210,7 +210,7 @@ def main() -> None:
     pin(0)
     from orchestrator.logging import configure
 
-    configure(json=True, level="WARNING")
+    configure(json=True, level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))  # set by bench.run
     scenario = sys.argv[1]
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     if scenario == "seed":
