@@ -20,9 +20,10 @@ _dict_tracebacks = structlog.processors.ExceptionRenderer(
 
 
 def _dumps(event: dict[str, Any], **kw: Any) -> str:
-    """One log line: orjson (a few µs instead of ~15 with the standard encoder, and the daemon
-    writes two lines per job at INFO); the standard encoder for what orjson refuses (integers
-    beyond 64 bits). Objects neither knows go through structlog's fallback (`default`, repr)."""
+    """One log line, with orjson (a whole INFO line measured 26 µs with the standard encoder,
+    21 µs with this; the daemon writes two per job); the standard encoder for what orjson
+    refuses (integers beyond 64 bits). Objects neither knows go through structlog's fallback
+    (`default`, repr)."""
     try:
         return orjson.dumps(event, default=kw.get("default")).decode()
     except orjson.JSONEncodeError:
