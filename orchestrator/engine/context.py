@@ -107,7 +107,7 @@ class Context:
 
     def finished(self, job: Job, state: JobState, **detail: object) -> None:
         """Count a job that reached a terminal state and log its one `job_finished` line
-        (with `detail`: a result's path, bytes and rows)."""
+        (with `detail`: a result's path, bytes, sha256 and rows)."""
         self.stats.finished[state.value] += 1
         if job.created_at is not None:
             self.metrics.job_seconds.labels(job.provider, job.kind, state.value).observe(

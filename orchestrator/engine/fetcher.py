@@ -90,7 +90,7 @@ class Fetcher:
                 result=result,
                 error=None,
             )
-            ctx.finished(job, JobState.SUCCEEDED, path=str(final), bytes=sink.bytes, rows=rows)
+            ctx.finished(job, JobState.SUCCEEDED, **result)
             return
         # Still FETCHING: the remote result is intact, so try again later rather than resubmit.
         log.warning("fetch_deferred", job_id=job.id, error=str(error))

@@ -134,8 +134,7 @@ class Worker:
             log.info("transition_raced", job_id=job.id, error=str(exc))
             return
         if to != JobState.RETRY_WAIT:
-            result = kw.get("result") or {}
-            ctx.finished(job, to, **{k: v for k, v in result.items() if k != "sha256"})
+            ctx.finished(job, to, **(kw.get("result") or {}))
 
     async def drain(self, within: float) -> None:
         if self._tasks:

@@ -154,7 +154,8 @@ def _stamp(value: datetime) -> str:
     last = _last_stamp
     if last is not None and last[0] is value:
         return last[1]
-    naive = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    naive = _naive(value)
+    assert naive is not None
     text = naive.isoformat(sep=" ", timespec="microseconds")
     _last_stamp = (value, text)
     return text
