@@ -93,10 +93,26 @@ class ProviderConfig(_Model):
     timeout: Duration = 30.0
     retries: int = Field(default=5, ge=0)  # HTTP-level retries on 429/5xx/connection errors
     retry_base: Duration = 0.5
+    retry_cap: Duration = 30.0  # longest HTTP-level backoff on 5xx/connection errors
+    # Untrusted answers (README "Timeouts, caps and redirects"): a whole API call, body included,
+    # must finish within request_deadline; a result download within download_deadline; a JSON
+    # answer may hold max_answer_bytes, an error body max_error_bytes (more is a provider error).
+    request_deadline: Duration = 120.0
+    download_deadline: Duration = 6 * 3600.0
+    max_answer_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_error_bytes: int = Field(default=64 * 1024, ge=256)
     limits_refresh: Duration = 60.0
     poll: PollConfig = PollConfig()
 
-    @field_validator("timeout", "retry_base", "limits_refresh", mode="before")
+    @field_validator(
+        "timeout",
+        "retry_base",
+        "retry_cap",
+        "request_deadline",
+        "download_deadline",
+        "limits_refresh",
+        mode="before",
+    )
     @classmethod
     def _dur(cls, v: Any) -> float:
         return parse_duration(v)

@@ -2,10 +2,15 @@
 boundary (http.py and the adapters), so retry policy is decided once, in the engine.
 
 Messages never carry credentials: they name the provider, the method and path, and the provider's
-own code and message.
+own code and message, and every one of those is redacted here (orchestrator/redaction.py), in each
+encoding a provider might echo a key in, whoever raises the error.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.redaction import redact, redact_any
 
 
 class OrchestratorError(Exception):
@@ -22,11 +27,13 @@ class ConfigError(OrchestratorError):
 
 class ProviderError(OrchestratorError):
     retryable = False
-    body: object = None  # the provider's parsed error body, when there was one
+    _body: Any = None
 
     def __init__(
         self, provider: str, message: str, *, code: str | None = None, status: int | None = None
     ) -> None:
+        message = redact(str(message))
+        code = None if code is None else redact(str(code))
         self.provider, self.code, self.status, self.message = provider, code, status, message
         prefix = f"{provider}: "
         if status is not None:
@@ -34,6 +41,15 @@ class ProviderError(OrchestratorError):
         if code:
             prefix += f"[{code}] "
         super().__init__(prefix + message)
+
+    @property
+    def body(self) -> Any:
+        """The provider's parsed error body, when there was one (redacted)."""
+        return self._body
+
+    @body.setter
+    def body(self, value: Any) -> None:
+        self._body = redact_any(value)
 
 
 class Throttled(ProviderError):
@@ -65,6 +81,13 @@ class Unavailable(ProviderError):
     """5xx, timeouts, dropped connections, after the HTTP layer's retries."""
 
     retryable = True
+
+
+class BadAnswer(Unavailable):
+    """An answer the daemon cannot act on: not JSON, nested too deep, over its size cap, missing
+    a field or holding one of the wrong type, a redirect, or not finished within the request's
+    deadline. Retryable: the job retries or fails by the usual rules (a provider that answers
+    nonsense on every attempt fails the job after max_attempts), never an empty success."""
 
 
 class Rejected(ProviderError):

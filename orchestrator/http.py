@@ -1,8 +1,19 @@
-"""One aiohttp session per provider account: timeouts, a request-rate token bucket, retries on
-429/5xx/connection errors honouring Retry-After and X-RateLimit-Reset, and error translation.
+"""One aiohttp session per provider account: timeouts, the request-rate windows, retries on
+429/5xx/connection errors, and error translation. Every answer is untrusted:
+
+- Credentials go only to the configured origin: redirects are never followed (a 3xx is a
+  BadAnswer for that call), and a URL handed out by the provider (a download URL) is fetched only
+  by a client without credentials, over https unless it is loopback.
+- Each request has a total deadline, body included (`request_deadline`, `download_deadline`);
+  JSON answers are read up to `max_answer_bytes`, error bodies up to `max_error_bytes`; JSON
+  nested too deep is a BadAnswer, never a RecursionError.
+- 5xx and dropped connections back off with retry_base/retry_cap (or a Retry-After), whatever
+  the rate-limit headers say while requests remain; a 429 or `X-RateLimit-Remaining: 0` pauses
+  every request of the account (AccountPace) until the reset.
 
 Nothing raised from here carries a credential: messages name the provider, method and path (never
-the query string or headers) and the provider's own error code and message, redacted.
+the query string or headers) and the provider's own error code and message, redacted in every
+encoding (orchestrator/redaction.py).
 """
 
 from __future__ import annotations
@@ -25,8 +36,16 @@ import orjson
 import structlog
 
 from orchestrator.backoff import RetryPolicy, retry_delay
-from orchestrator.errors import AuthFailed, ProviderError, Rejected, Throttled, Unavailable
-from orchestrator.limits import SlidingWindowLimiter
+from orchestrator.errors import (
+    AuthFailed,
+    BadAnswer,
+    ProviderError,
+    Rejected,
+    Throttled,
+    Unavailable,
+)
+from orchestrator.limits import AccountPace
+from orchestrator.redaction import Redactor, register
 
 if TYPE_CHECKING:
     from orchestrator.config import ProviderConfig
@@ -50,20 +69,42 @@ def loads_json(data: bytes) -> Any:
     is read on every poll, and orjson parses it several times faster. Where orjson refuses
     something the standard parser takes (NaN), the standard parser decides. One difference
     remains: an integer beyond 64 bits becomes a float (no provider we speak sends one; their
-    ids are strings or small numbers). Raises ValueError when it is not JSON."""
+    ids are strings or small numbers). Raises ValueError when it is not JSON, and for JSON
+    nested deeper than orjson's 1,024 levels (the standard parser would raise RecursionError,
+    which no caller expects: `[[[…]]]` of 200 KB stopped the daemon)."""
     if not data.strip():
         return None
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if b"NaN" not in data and b"Infinity" not in data:
+            raise ValueError(str(exc)) from None
+    try:
         return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
 
 
 def redact(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    return text
+    """`text` with each of `secrets` masked in every encoding (see orchestrator/redaction.py)."""
+    return Redactor(secrets).redact(text)
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def is_loopback(host: str | None) -> bool:
+    return bool(host) and (host in _LOOPBACK or str(host).startswith("127."))
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _credential_header(name: str) -> bool:
+    return name.lower() not in ("accept", "content-type", "user-agent", "accept-encoding")
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -118,6 +159,16 @@ def error_fields(body: Any) -> tuple[str | None, str]:
     return None, ""
 
 
+def safe_error_fields(body: Any) -> tuple[str | None, str]:
+    """error_fields on a body of any shape: codes and messages as short strings, never raising."""
+    try:
+        code, message = error_fields(body)
+    except (AttributeError, TypeError, ValueError, RecursionError):
+        return None, ""
+    code_text = None if code is None else str(code)[:200]
+    return code_text, str(message)[:2000]
+
+
 class HttpClient:
     def __init__(
         self,
@@ -129,29 +180,43 @@ class HttpClient:
         timeout: float = 30.0,
         retries: int = 5,
         retry_base: float = 0.5,
+        retry_cap: float = 30.0,
         requests_per_second: float = 10.0,
         requests_per_minute: float | None = None,
         throttle_retries: int | None = None,
+        request_deadline: float = 120.0,
+        download_deadline: float = 6 * 3600.0,
+        max_answer_bytes: int = 16 * 1024 * 1024,
+        max_error_bytes: int = 64 * 1024,
+        pace: AccountPace | None = None,
+        rate_group: str | None = None,
     ) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
+        self._origin = origin(self.base_url)
         self._headers = headers
-        self._secrets = secrets
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        self.credentials = any(_credential_header(h) for h in headers)
+        register(secrets)  # exceptions and log lines anywhere are redacted from now on
+        self._timeout = aiohttp.ClientTimeout(
+            total=request_deadline, connect=timeout, sock_read=timeout
+        )
+        self._download_timeout = aiohttp.ClientTimeout(
+            total=download_deadline, connect=timeout, sock_read=timeout
+        )
+        self.max_answer_bytes = max_answer_bytes
+        self.max_error_bytes = max_error_bytes
         self.retries = retries
         self.throttle_retries = retries if throttle_retries is None else throttle_retries
-        self.retry_policy = RetryPolicy(base=retry_base, cap=30.0)
-        self.limiter = SlidingWindowLimiter(requests_per_second)
-        self.minute_limiter = (
-            SlidingWindowLimiter(requests_per_minute / 60.0, period=60.0)
-            if requests_per_minute
-            else None
+        self.retry_policy = RetryPolicy(base=retry_base, cap=retry_cap)
+        self.pace = pace if pace is not None else AccountPace()
+        self.limiter, self.minute_limiter = self.pace.windows(
+            rate_group or self.base_url, requests_per_second, requests_per_minute
         )
-        self._paused_until = 0.0  # the server said X-RateLimit-Remaining: 0 until its reset
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
         self.requests = 0
         self.status_counts: dict[int, int] = {}
+        self.last_rate_limit: str | None = None  # X-RateLimit-Limit of the last answer
 
     @classmethod
     def for_provider(
@@ -163,15 +228,22 @@ class HttpClient:
         base_url: str | None = None,
         **overrides: Any,
     ) -> HttpClient:
-        """A client with the account's settings (timeout, retries, rates, secrets to redact);
-        `overrides` replace any of them (e.g. retries=0 for calls that must not repeat)."""
+        """A client with the account's settings (timeouts, caps, retries, rates, secrets to
+        redact); `overrides` replace any of them (e.g. retries=0 for calls that must not repeat).
+        Pass the account's `pace=` to every client of one account: they share its pause and,
+        per `rate_group` (default: the base URL), its request-rate windows."""
         settings: dict[str, Any] = {
             "secrets": cfg.secrets(),
             "timeout": cfg.timeout,
             "retries": cfg.retries,
             "retry_base": cfg.retry_base,
+            "retry_cap": cfg.retry_cap,
             "requests_per_second": cfg.requests_per_second,
             "requests_per_minute": cfg.requests_per_minute,
+            "request_deadline": cfg.request_deadline,
+            "download_deadline": cfg.download_deadline,
+            "max_answer_bytes": cfg.max_answer_bytes,
+            "max_error_bytes": cfg.max_error_bytes,
         }
         settings.update(overrides)
         return cls(name, base_url or cfg.base_url, headers=headers, **settings)
@@ -197,8 +269,25 @@ class HttpClient:
     def _where(self, method: str, path: str) -> str:
         return f"{method} {urlsplit(self.url(path)).path}"
 
+    def endpoint(self, method: str, path: str) -> str:
+        """`METHOD /path` for messages: never the query string, never another host."""
+        return self._where(method, path)
+
     def _fail(self, exc_type: type[ProviderError], msg: str, **kw: Any) -> ProviderError:
-        return exc_type(self.provider, redact(msg, self._secrets), **kw)
+        return exc_type(self.provider, msg, **kw)
+
+    def _check_target(self, url: str, where: str) -> None:
+        """Credentials only to the configured origin; a URL from elsewhere (handed out by the
+        provider) only over https unless loopback, and only by a client without credentials."""
+        target = origin(url)
+        if target == self._origin:
+            return
+        if self.credentials:
+            raise BadAnswer(
+                self.provider, f"{where}: refusing to send credentials to another origin"
+            )
+        if target[0] != "https" and not (target[0] == "http" and is_loopback(target[1])):
+            raise BadAnswer(self.provider, f"{where}: URL is not https ({target[0] or 'none'})")
 
     async def _sleep_before_retry(self, attempt: int, hint: float | None) -> None:
         delay = retry_delay(self.retry_policy, attempt, self._rng)
@@ -207,52 +296,76 @@ class HttpClient:
         await asyncio.sleep(delay)
 
     async def _pace(self) -> None:
-        """Wait for our own request-rate windows and for a server-announced reset."""
-        if (wait := self._paused_until - time.monotonic()) > 0:
-            log.info("rate_limit_pause", provider=self.provider, seconds=round(wait, 2))
-            await asyncio.sleep(wait)
+        """Wait for the account's pause and our request-rate windows. The pause is checked again
+        once a window has room: an answer that arrived meanwhile may have set one."""
+        while True:
+            if (wait := self.pace.paused_for()) > 0:
+                log.info("rate_limit_pause", provider=self.provider, seconds=round(wait, 2))
+                await asyncio.sleep(wait)
+            if self.minute_limiter is not None:
+                await self.minute_limiter.acquire()
+            await self.limiter.acquire()
+            if self.pace.paused_for() <= 0:
+                return
+            self._release_windows()  # counted, not sent: conservative, and rare
+
+    def _release_windows(self) -> None:
+        self.limiter.release()
         if self.minute_limiter is not None:
-            await self.minute_limiter.acquire()
-        await self.limiter.acquire()
+            self.minute_limiter.release()
 
     def _note_remaining(self, headers: Mapping[str, str]) -> None:
-        """Slow down before a 429: when the server says no request is left in its window, hold
-        every request until the window resets."""
+        """When the server says no request is left in its window, hold every request of the
+        account until the window resets (a later answer with more left never lifts it)."""
         remaining = headers.get("X-RateLimit-Remaining")
         if remaining is None:
             return
         try:
             left = int(float(remaining))
-        except ValueError:
+        except (ValueError, OverflowError):
             return
         if left > 0:
             return
         reset = retry_after_seconds({"X-RateLimit-Reset": headers.get("X-RateLimit-Reset", "")})
         if reset is not None:
-            self._paused_until = max(self._paused_until, time.monotonic() + min(reset, MAX_WAIT))
+            self.pace.pause(min(reset, MAX_WAIT))
 
     @contextlib.asynccontextmanager
     async def open(
-        self, method: str, path: str, *, label: str | None = None, **kw: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        label: str | None = None,
+        download: bool = False,
+        **kw: Any,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response with a 2xx status, after retries; its body is not read yet (stream it).
         `label` names the request in messages and logs instead of its path (pre-signed download
-        URLs are credentials: their path must not be logged either)."""
+        URLs are credentials: their path must not be logged either). `download`: the body is a
+        result, read within download_deadline instead of request_deadline."""
 
         def where() -> str:  # for messages: path only, never query or headers (built on demand)
             return f"{method} {label}" if label else self._where(method, path)
 
+        url = self.url(path)
+        self._check_target(url, where())
         extra_headers = kw.pop("headers", None) or {}
+        kw.pop("allow_redirects", None)
+        kw.setdefault("timeout", self._download_timeout if download else self._timeout)
         attempt = 0
         while True:
             attempt += 1
             await self._pace()
             self.requests += 1
+            request_id = _next_request_id()
             try:
-                request_id = _next_request_id()
                 headers = {**extra_headers, "X-Request-Id": request_id}
-                resp = await self.session.request(method, self.url(path), headers=headers, **kw)
+                resp = await self.session.request(
+                    method, url, headers=headers, allow_redirects=False, **kw
+                )
             except (aiohttp.ClientError, TimeoutError) as exc:
+                self._release_windows()
                 last = self._fail(Unavailable, f"{where()}: {type(exc).__name__}")
                 log.warning(
                     "http_retry",
@@ -265,11 +378,13 @@ class HttpClient:
                     raise last from None
                 await self._sleep_before_retry(attempt, None)
                 continue
+            self._release_windows()
             self.status_counts[resp.status] = self.status_counts.get(resp.status, 0) + 1
             self._note_remaining(resp.headers)
+            self.last_rate_limit = resp.headers.get("X-RateLimit-Limit", self.last_rate_limit)
             if _debug_log.isEnabledFor(logging.DEBUG):  # a filtered structlog call costs ~5 µs
                 log.debug("http_response", where=where(), status=resp.status, request_id=request_id)
-            if resp.status < 400:
+            if resp.status < 300:
                 try:
                     yield resp
                 except (aiohttp.ClientError, TimeoutError) as exc:  # the body broke off mid-way
@@ -277,58 +392,103 @@ class HttpClient:
                         Unavailable, f"{where()}: body interrupted ({type(exc).__name__})"
                     ) from None
                 finally:
-                    resp.release()
+                    resp.close() if not resp.content.at_eof() else resp.release()
                 return
-            body = await self._read_error_body(resp)
-            resp.release()
-            code, message = error_fields(body)
-            if resp.status == 429 or resp.status >= 500:
-                hint = retry_after_seconds(resp.headers)
-                cls: type[ProviderError] = Throttled if resp.status == 429 else Unavailable
-                last = self._fail(
-                    cls, f"{where()}: {message or 'no detail'}", code=code, status=resp.status
-                )
-                if isinstance(last, Throttled):
-                    last.retry_after = hint
-                log.warning(
-                    "http_retry",
-                    where=where(),
+            if resp.status < 400:  # never followed: the credentials stay with their origin
+                resp.close()
+                raise self._fail(
+                    BadAnswer,
+                    f"{where()}: redirect refused (HTTP {resp.status}; credentials go only to "
+                    "the configured origin)",
                     status=resp.status,
-                    attempt=attempt,
-                    request_id=resp.headers.get("X-Request-Id", request_id),
                 )
-                # A 429 created nothing, so it may be retried even where a lost 5xx may not.
-                limit = self.throttle_retries if resp.status == 429 else self.retries
-                if attempt > limit:
-                    raise last
-                await self._sleep_before_retry(attempt, hint)
-                continue
-            exc_type = AuthFailed if resp.status in (401, 403) else Rejected
-            failure = self._fail(
-                exc_type, f"{where()}: {message or resp.reason}", code=code, status=resp.status
+            await self._answer_error(resp, attempt, where(), request_id)
+
+    async def _answer_error(
+        self, resp: aiohttp.ClientResponse, attempt: int, where: str, request_id: str
+    ) -> None:
+        """Raise the error a 4xx/5xx stands for, or sleep before the caller's next attempt."""
+        body = await self._read_error_body(resp)
+        code, message = safe_error_fields(body)
+        status = resp.status
+        if status == 429 or status >= 500:
+            if status == 429:  # Retry-After, else the window's reset: the whole account waits
+                hint = retry_after_seconds(resp.headers)
+            else:  # backoff, or the server's Retry-After; its rate-limit reset is not a hint
+                hint = retry_after_seconds({"Retry-After": resp.headers.get("Retry-After", "")})
+            cls: type[ProviderError] = Throttled if status == 429 else Unavailable
+            last = self._fail(cls, f"{where}: {message or 'no detail'}", code=code, status=status)
+            if isinstance(last, Throttled):
+                last.retry_after = hint
+            log.warning(
+                "http_retry",
+                where=where,
+                status=status,
+                attempt=attempt,
+                request_id=resp.headers.get("X-Request-Id", request_id)[:100],
             )
-            failure.body = body  # for callers whose 4xx answers carry data (Clari ingest status)
-            raise failure
+            # A 429 created nothing, so it may be retried even where a lost 5xx may not.
+            limit = self.throttle_retries if status == 429 else self.retries
+            if status == 429:
+                delay = retry_delay(self.retry_policy, attempt, self._rng)
+                self.pace.pause(min(MAX_WAIT, hint if hint is not None else delay))
+            if attempt > limit:
+                raise last
+            await self._sleep_before_retry(attempt, hint)
+            return
+        exc_type = AuthFailed if status in (401, 403) else Rejected
+        failure = self._fail(
+            exc_type, f"{where}: {message or resp.reason or ''}", code=code, status=status
+        )
+        failure.body = body  # for callers whose 4xx answers carry data (Clari ingest status)
+        raise failure
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+        """Up to `cap` bytes of the body, and whether there was more (then the connection is
+        closed rather than drained)."""
+        if resp.content_length is not None and resp.content_length > cap:
+            return b"", True
+        chunks: list[bytes] = []
+        size = 0
+        while size <= cap:
+            chunk = await resp.content.read(min(1 << 16, cap + 1 - size))
+            if not chunk:
+                return b"".join(chunks), False
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)[:cap], True
 
     async def _read_error_body(self, resp: aiohttp.ClientResponse) -> Any:
         try:
-            text = await resp.text()
-        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            data, more = await self._read_capped(resp, self.max_error_bytes)
+        except (aiohttp.ClientError, TimeoutError):
+            resp.close()
             return None
+        if more:
+            resp.close()
+        else:
+            resp.release()
         try:
-            return json.loads(text)
+            return loads_json(data) if not more else None
         except ValueError:
-            return text
+            return data.decode("utf-8", "replace")[:2000]
 
     async def json(self, method: str, path: str, **kw: Any) -> Any:
+        """The JSON answer (None when empty), read within the deadline and the size cap. Not
+        JSON, too deep, too big, too slow: BadAnswer."""
+        where = self._where(method, path)
         async with self.open(method, path, **kw) as resp:
             try:
-                return loads_json(await resp.read())
+                data, more = await self._read_capped(resp, self.max_answer_bytes)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._fail(
-                    Unavailable, f"{self._where(method, path)}: {type(exc).__name__}"
+                    BadAnswer, f"{where}: body not read ({type(exc).__name__})"
                 ) from None
-            except ValueError:
+            if more:
                 raise self._fail(
-                    Unavailable, f"{self._where(method, path)}: response is not JSON"
-                ) from None
+                    BadAnswer, f"{where}: answer larger than {self.max_answer_bytes} bytes"
+                )
+            try:
+                return loads_json(data)
+            except ValueError:
+                raise self._fail(BadAnswer, f"{where}: response is not JSON") from None

@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 import structlog
 
+from orchestrator.redaction import redact
+
 # Tracebacks as data in JSON lines, without local variables: structlog shows them by default,
 # and a frame that made a request holds its headers (the API key) in its locals.
 _dict_tracebacks = structlog.processors.ExceptionRenderer(
@@ -28,6 +30,15 @@ def _dumps(event: dict[str, Any], **kw: Any) -> str:
         return orjson.dumps(event, default=kw.get("default")).decode()
     except orjson.JSONEncodeError:
         return json_module.dumps(event, **kw)
+
+
+class RedactingFormatter(structlog.stdlib.ProcessorFormatter):
+    """Every line, whoever logged it (our modules, aiohttp, tracebacks), with the registered
+    secrets masked in each of their encodings (orchestrator/redaction.py): the last place a key
+    echoed by a provider could slip through."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def configure(*, json: bool | None = None, level: str = "INFO") -> None:
@@ -65,7 +76,7 @@ def configure(*, json: bool | None = None, level: str = "INFO") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
+        RedactingFormatter(
             foreign_pre_chain=shared,
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
         )

@@ -156,7 +156,7 @@ class Poller:
             for item in due:
                 by_provider[item.provider].append(item)
             await asyncio.gather(
-                *(self._poll_account(p, items) for p, items in by_provider.items())
+                *(self._poll_account_safely(p, items) for p, items in by_provider.items())
             )
 
     def _pop_due(self) -> list[Tracked]:
@@ -171,6 +171,27 @@ class Poller:
                 seen.add(job_id)
         return due
 
+    async def _poll_account_safely(self, provider: str, due: list[Tracked]) -> None:
+        """One account's poll; whatever it raises is logged and the account's due jobs are
+        polled again later. A provider answer must never stop the daemon (a poll that raised
+        AttributeError used to end the process, and recovery polled again on every restart)."""
+        try:
+            await self._poll_account(provider, due)
+        except Exception as exc:
+            log.error("poll_crashed", provider=provider, error=f"{type(exc).__name__}: {exc}"[:500])
+            await self._retry_later(due)
+
+    async def _retry_later(self, due: list[Tracked]) -> None:
+        for item in due:
+            item.polls += 1
+            try:
+                await self._reschedule(item)
+            except Exception:  # the ledger's history unreadable: poll by the policy's ceiling
+                heapq.heappush(
+                    self._heap,
+                    (time.monotonic() + self.policy(item.provider).max_interval, item.id),
+                )
+
     async def _poll_account(self, provider: str, due: list[Tracked]) -> None:
         adapter = self.ctx.adapters[provider]
         asked = due
@@ -181,9 +202,7 @@ class Poller:
             statuses = await adapter.poll([t.remote_id for t in asked])
         except ProviderError as exc:
             log.warning("poll_failed", provider=provider, error=str(exc), jobs=len(due))
-            for item in due:
-                item.polls += 1
-                await self._reschedule(item)
+            await self._retry_later(due)
             return
         self.ctx.stats.polls += 1
         self.ctx.metrics.polls.labels(provider).inc()

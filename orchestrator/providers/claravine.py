@@ -25,16 +25,19 @@ from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 import structlog
 from pydantic import Field, model_validator
 
 from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
-from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed, Unavailable
-from orchestrator.http import HttpClient
+from orchestrator.errors import BadAnswer, ProviderError, Rejected, RemoteJobFailed, Unavailable
+from orchestrator.http import HttpClient, loads_json
 from orchestrator.ledger.store import utcnow
+from orchestrator.limits import AccountPace
 from orchestrator.outputs import AtomicFile
+from orchestrator.providers.answers import Answer, RemoteId, answer, parse_answer
 from orchestrator.providers.base import (
     Params,
     StagedAdapterBase,
@@ -49,6 +52,7 @@ from orchestrator.providers.sources import (
     load_source,
     read_source,
 )
+from orchestrator.redaction import redact
 
 if TYPE_CHECKING:
     pass
@@ -197,6 +201,81 @@ register_kind(
 )
 
 
+# --- answers (api-docs/claravine-api.txt) ------------------------------------------------------
+
+
+def _listed_under(key: str) -> Any:
+    """A before-validator: a bare array, or the array under `key`."""
+
+    def wrap(data: Any) -> Any:
+        return {key: data} if isinstance(data, list) else data
+
+    return wrap
+
+
+class ClaravineTemplate(Answer):
+    uuid: RemoteId
+    fields: list[str] | None = None
+
+
+class ClaravineTemplates(Answer):
+    """`GET /datasets`: `{"datasets": [...]}` (or the bare array)."""
+
+    datasets: list[ClaravineTemplate]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wrap(cls, data: Any) -> Any:
+        return _listed_under("datasets")(data)
+
+
+class ClaravineTransaction(Answer):
+    uuid: RemoteId
+    status: str = ""
+    transactionName: str | None = None
+    name: str | None = None
+
+
+class ClaravineTransactions(Answer):
+    """`GET /{dataset}/transactions`: `{"transactions": [...]}` (or the bare array)."""
+
+    transactions: list[ClaravineTransaction]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wrap(cls, data: Any) -> Any:
+        return _listed_under("transactions")(data)
+
+
+class ClaravineStatus(Answer):
+    """`GET /{dataset}/transactions/{uuid}/status/`."""
+
+    status: str
+    errors: list[Any] | None = None
+    message: str | None = None
+
+
+class ClaravinePosted(Answer):
+    """`POST /{dataset}/data`: the new transaction's uuid (`transactionUuid`, or `uuid`)."""
+
+    transactionUuid: RemoteId
+
+    @model_validator(mode="before")
+    @classmethod
+    def _uuid(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "transactionUuid" not in data and "uuid" in data:
+            return {**data, "transactionUuid": data["uuid"]}
+        return data
+
+
+class ClaravineTable(Answer):
+    """`GET /{dataset}/transaction/{uuid}/data/`: the rows of one transaction. Data under
+    another key is an error, not an empty table (a header-only file once passed as success)."""
+
+    header: list[str]
+    rows: list[list[Any]]
+
+
 def describe_failure(path: str, lines: list[int], part: Part, detail: str) -> str:
     first = part.first_row or 0
     count = part.row_count or 0
@@ -219,8 +298,8 @@ def _errors_text(body: dict[str, Any], lines: list[int], first: int) -> str:
         field = f"{err['field']}: " if err.get("field") else ""
         parts.append(f"{where}{field}{err.get('message', '')}")
     more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-    text = "; ".join(parts) + more
-    return text or str(body.get("message") or "Failed (no detail given)")
+    text = "; ".join(parts)[:2000] + more
+    return redact(text or str(body.get("message") or "Failed (no detail given)")[:2000])
 
 
 @register_provider("claravine", "https://api.claravine.com/v1")
@@ -239,11 +318,17 @@ class ClaravineAdapter(StagedAdapterBase):
             cfg.secret_header or DEFAULT_SECRET_HEADER: cfg.api_secret.get_secret_value(),
             "Accept": "application/json",
         }
-        self.http = HttpClient.for_provider(cfg, self.name, headers=headers)
+        pace = AccountPace()  # both clients share the account's rate window and pause
+        self.http = HttpClient.for_provider(cfg, self.name, headers=headers, pace=pace)
         # POSTs are not retried blindly: a lost answer is settled by looking the name up. A 429
         # created nothing, so that one is waited out and retried.
         self.post_http = HttpClient.for_provider(
-            cfg, self.name, headers=headers, retries=0, throttle_retries=THROTTLE_RETRIES
+            cfg,
+            self.name,
+            headers=headers,
+            retries=0,
+            throttle_retries=THROTTLE_RETRIES,
+            pace=pace,
         )
         self._templates: dict[str, list[str] | None] | None = None
 
@@ -261,15 +346,8 @@ class ClaravineAdapter(StagedAdapterBase):
 
     async def template_fields_all(self) -> None:
         if self._templates is None:
-            body = await self.http.json("GET", "/datasets")
-            items = body.get("datasets", body) if isinstance(body, dict) else body
-            self._templates = {}
-            for item in items if isinstance(items, list) else []:
-                if isinstance(item, dict) and item.get("uuid"):
-                    fields = item.get("fields")
-                    self._templates[str(item["uuid"])] = (
-                        [str(f) for f in fields] if isinstance(fields, list) else None
-                    )
+            listing = await answer(self.http, ClaravineTemplates, "GET", "/datasets")
+            self._templates = {t.uuid: t.fields for t in listing.datasets}
 
     # --- API calls ------------------------------------------------------------------------------
     async def template_fields(self, dataset: str) -> list[str] | None:
@@ -281,17 +359,18 @@ class ClaravineAdapter(StagedAdapterBase):
         return self._templates[dataset]
 
     async def transactions(self, dataset: str, start: date, end: date) -> list[dict[str, Any]]:
-        body = await self.http.json(
+        listing = await answer(
+            self.http,
+            ClaravineTransactions,
             "GET",
-            f"/{dataset}/transactions",
+            f"/{_q(dataset)}/transactions",
             params={"start-date": start.isoformat(), "end-date": end.isoformat()},
         )
-        items = body.get("transactions", body) if isinstance(body, dict) else body
-        return [t for t in items if isinstance(t, dict)] if isinstance(items, list) else []
+        return [t.as_dict() for t in listing.transactions]
 
     async def status(self, dataset: str, tx: str) -> dict[str, Any]:
-        body = await self.http.json("GET", f"/{dataset}/transactions/{tx}/status/")
-        return body if isinstance(body, dict) else {}
+        path = f"/{_q(dataset)}/transactions/{_q(tx)}/status/"
+        return (await answer(self.http, ClaravineStatus, "GET", path)).as_dict()
 
     # --- submissions ----------------------------------------------------------------------------
     async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
@@ -389,7 +468,10 @@ class ClaravineAdapter(StagedAdapterBase):
         body = {"transactionName": chunk.name, "fields": fields, "rows": rows}
         for attempt in range(1, UNANSWERED_TRIES + 1):
             try:
-                answer = await self.post_http.json("POST", f"/{dataset}/data", json=body)
+                posted = await answer(
+                    self.post_http, ClaravinePosted, "POST", f"/{_q(dataset)}/data", json=body
+                )
+                tx = posted.transactionUuid
                 break
             except Rejected:
                 raise
@@ -397,20 +479,13 @@ class ClaravineAdapter(StagedAdapterBase):
                 log.warning("claravine_post_unanswered", job_id=job.id, chunk=chunk.seq)
                 found = await self._find_sent(job, dataset, [chunk])
                 if chunk.name in found:
-                    answer = {"transactionUuid": found[chunk.name]}
+                    tx = found[chunk.name]
                     break
                 if attempt == UNANSWERED_TRIES:  # provably not sent: the next attempt sends it
                     raise Unavailable(
                         self.name, f"chunk {chunk.seq + 1}: not sent ({exc.message}); will retry"
                     ) from None
                 await asyncio.sleep(self.cfg.retry_base * 2**attempt)
-        tx = (
-            answer.get("transactionUuid") or answer.get("uuid")
-            if isinstance(answer, dict)
-            else None
-        )
-        if not tx:
-            raise Unavailable(self.name, f"chunk {chunk.seq + 1}: answer has no transaction uuid")
         sent = replace(chunk, state=PartState.RUNNING, remote_id=str(tx))
         await work.save(sent)
         return sent
@@ -478,11 +553,18 @@ class ClaravineAdapter(StagedAdapterBase):
             sink = AtomicFile(target).open()
             try:
                 async with self.http.open(
-                    "GET", f"/{dataset}/transaction/{part.remote_id}/data/"
+                    "GET", f"/{_q(dataset)}/transaction/{_q(part.remote_id)}/data/", download=True
                 ) as resp:
                     async for data in resp.content.iter_chunked(1 << 20):
                         await sink.write(data)
+                        if sink.bytes > self.http.max_answer_bytes:
+                            raise BadAnswer(
+                                self.name,
+                                "GET /{dataset}/transaction/{uuid}/data/: answer larger than "
+                                f"{self.http.max_answer_bytes} bytes",
+                            )
                 await sink.commit(work.committer)
+                await asyncio.to_thread(_check_table, self.name, target)
             except BaseException:
                 sink.abort()
                 raise
@@ -499,6 +581,33 @@ class ClaravineAdapter(StagedAdapterBase):
         return await asyncio.to_thread(_write_export, work, parts, fmt)
 
 
+def _q(value: Any) -> str:
+    """An id as one path segment: `../../etc/x` must not climb the API's paths."""
+    return quote(str(value), safe="")
+
+
+def _read_table(provider: str, path: Path) -> ClaravineTable:
+    try:
+        data = loads_json(path.read_bytes())
+    except ValueError:
+        raise BadAnswer(
+            provider, "GET /{dataset}/transaction/{uuid}/data/: response is not JSON"
+        ) from None
+    return parse_answer(
+        ClaravineTable, data, provider=provider, where="GET /{dataset}/transaction/{uuid}/data/"
+    )
+
+
+def _check_table(provider: str, path: Path) -> None:
+    """A transaction's data, checked before its part is marked DONE (a file of another shape
+    is removed, and the download is tried again by the job's next attempt)."""
+    try:
+        _read_table(provider, path)
+    except BadAnswer:
+        path.unlink(missing_ok=True)
+        raise
+
+
 def _intact(part: Part) -> bool:
     return bool(part.path) and Path(str(part.path)).exists()
 
@@ -508,9 +617,8 @@ def _write_export(work: Work, parts: list[Part], fmt: str) -> dict[str, Any]:
     order of appearance (a missing value is empty); each row once, transaction by transaction."""
     tables = []
     for part in parts:
-        body = json.loads(Path(str(part.path)).read_bytes())
-        header = [str(h) for h in body.get("header", [])]
-        tables.append((header, body.get("rows", [])))
+        parsed = _read_table(work.job.provider, Path(str(part.path)))
+        tables.append((parsed.header, parsed.rows))
     columns: list[str] = []
     for header, _ in tables:
         columns += [h for h in header if h not in columns]

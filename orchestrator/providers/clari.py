@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any, Literal
+from urllib.parse import quote
 from uuid import UUID
 
 from pydantic import Field, field_validator, model_validator
@@ -18,7 +19,8 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, RemoteState, RemoteStatus
 from orchestrator.errors import QuotaExceeded, Rejected
 from orchestrator.http import HttpClient
-from orchestrator.limits import ProviderLimits
+from orchestrator.limits import AccountPace, ProviderLimits
+from orchestrator.providers.answers import Answer, RemoteId, answer, parse_answer
 from orchestrator.providers.base import Params, Sink, Work, register_kind, register_provider
 from orchestrator.providers.clari_ingest import KIND as INGEST
 from orchestrator.providers.clari_ingest import ClariIngest
@@ -126,6 +128,47 @@ register_kind(ACTIVITY, ActivityParams, "Clari activity export (POST /export/act
 register_kind(AUDIT, AuditParams, "Clari audit events export (POST /export/audit/events)")
 
 
+# --- answers (api-docs: GET /admin/limits, POST /export/..., GET /export/jobs[/{id}]) -----------
+
+
+class ClariLimits(Answer):
+    concurrentLimit: int
+    monthlyQuota: int
+    availableConcurrentLimit: int
+    availableMonthlyQuota: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap(cls, data: Any) -> Any:
+        return (
+            data["jobs"] if isinstance(data, dict) and isinstance(data.get("jobs"), dict) else data
+        )
+
+
+class ClariSubmitted(Answer):
+    jobId: RemoteId
+
+
+class ClariJobInfo(Answer):
+    jobId: RemoteId
+    status: str
+    module: str | None = None
+    startTime: int | str | None = None
+    expiredTime: int | str | None = None
+
+
+class ClariJobList(Answer):
+    """`GET /export/jobs`: an array of jobs (also accepted: `{"jobs": [...]}`). Anything else is
+    an error, not "no jobs": recovery would read an empty listing as "nothing was created"."""
+
+    jobs: list[ClariJobInfo]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wrap(cls, data: Any) -> Any:
+        return {"jobs": data} if isinstance(data, list) else data
+
+
 def remote_status(item: dict[str, Any]) -> RemoteStatus:
     raw = str(item.get("status", "")).rstrip(",")
     return RemoteStatus(
@@ -143,13 +186,13 @@ def _int(v: Any) -> int | None:
         return None
 
 
-def parse_limits(body: Any) -> ProviderLimits:
-    data = body.get("jobs", body) if isinstance(body, dict) else {}
+def parse_limits(body: Any, provider: str = "clari") -> ProviderLimits:
+    data = parse_answer(ClariLimits, body, provider=provider, where="GET /admin/limits")
     return ProviderLimits(
-        concurrent_limit=int(data["concurrentLimit"]),
-        monthly_quota=int(data["monthlyQuota"]),
-        available_concurrent=int(data["availableConcurrentLimit"]),
-        available_quota=int(data["availableMonthlyQuota"]),
+        concurrent_limit=data.concurrentLimit,
+        monthly_quota=data.monthlyQuota,
+        available_concurrent=data.availableConcurrentLimit,
+        available_quota=data.availableMonthlyQuota,
     )
 
 
@@ -197,9 +240,10 @@ class ClariAdapter:
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "clari"
         headers = {"apikey": cfg.secret(), "Accept": "application/json"}
-        self.http = HttpClient.for_provider(cfg, self.name, headers=headers)
+        pace = AccountPace()  # one pause for the account's export and ingest calls
+        self.http = HttpClient.for_provider(cfg, self.name, headers=headers, pace=pace)
 
-        self.ingest = ClariIngest(cfg, self.name)
+        self.ingest = ClariIngest(cfg, self.name, pace=pace)
 
     async def close(self) -> None:
         await self.http.close()
@@ -212,7 +256,7 @@ class ClariAdapter:
         return await self.ingest.run(job, work)
 
     async def limits(self) -> ProviderLimits:
-        return parse_limits(await self.http.json("GET", "/admin/limits"))
+        return parse_limits(await self.http.json("GET", "/admin/limits"), self.name)
 
     async def check(self) -> dict[str, Any]:
         """Credentials verified with the cheapest calls (check-config --online)."""
@@ -230,7 +274,7 @@ class ClariAdapter:
     def _request(self, job: Job) -> tuple[str, dict[str, Any]]:
         body = {k: v for k, v in job.params.items() if v is not None}
         if job.kind == FORECAST:
-            forecast_id = body.pop("forecastId")
+            forecast_id = quote(str(body.pop("forecastId")), safe="")
             return f"/export/forecast/{forecast_id}", body
         if job.kind == ACTIVITY:
             return "/export/activity", body
@@ -241,33 +285,31 @@ class ClariAdapter:
     async def submit(self, job: Job) -> str:
         path, body = self._request(job)
         try:
-            answer = await self.http.json("POST", path, json=body)
+            submitted = await answer(self.http, ClariSubmitted, "POST", path, json=body)
         except Rejected as exc:
             if exc.status == 400 and exc.code in QUOTA_CODES:
                 raise QuotaExceeded(
                     self.name, exc.message, code=exc.code, status=exc.status
                 ) from None
             raise
-        job_id = answer.get("jobId") if isinstance(answer, dict) else None
-        if not job_id:
-            raise Rejected(self.name, f"POST {path}: answer has no jobId")
-        return str(job_id)
+        return submitted.jobId
 
     async def list_jobs(self) -> list[dict[str, Any]]:
-        body = await self.http.json("GET", "/export/jobs")
-        return [item for item in body if isinstance(item, dict)] if isinstance(body, list) else []
+        """Every export job of the token, each checked to carry a jobId and a status."""
+        listing = await answer(self.http, ClariJobList, "GET", "/export/jobs")
+        return [item.as_dict() for item in listing.jobs]
 
     async def poll(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
         wanted = {rid for rid in remote_ids if rid}
         if len(wanted) == 1:
             (rid,) = wanted
             try:
-                item = await self.http.json("GET", f"/export/jobs/{rid}")
+                one = await answer(self.http, ClariJobInfo, "GET", f"/export/jobs/{_q(rid)}")
             except Rejected as exc:
                 if exc.status in (400, 404):
                     return {rid: RemoteStatus(state=RemoteState.UNKNOWN, raw_status=exc.code or "")}
                 raise
-            return {rid: remote_status(item)}
+            return {rid: remote_status(one.as_dict())}
         out: dict[str, RemoteStatus] = {}
         for item in await self.list_jobs():
             rid = str(item.get("jobId", "")).rstrip(",")
@@ -280,7 +322,8 @@ class ClariAdapter:
         return out
 
     async def fetch(self, job: Job, sink: Sink) -> None:
-        async with self.http.open("GET", f"/export/jobs/{job.remote_id}/results") as resp:
+        path = f"/export/jobs/{_q(job.remote_id)}/results"
+        async with self.http.open("GET", path, download=True) as resp:
             async for chunk in resp.content.iter_chunked(1 << 20):
                 await sink.write(chunk)
 
@@ -288,7 +331,9 @@ class ClariAdapter:
         if not job.remote_id:
             return
         try:
-            await self.http.json("PATCH", f"/export/jobs/{job.remote_id}", json={"type": "CANCEL"})
+            await self.http.json(
+                "PATCH", f"/export/jobs/{_q(job.remote_id)}", json={"type": "CANCEL"}
+            )
         except Rejected as exc:
             if exc.code != "export_failed_to_cancel":
                 raise
@@ -300,3 +345,8 @@ class ClariAdapter:
         if job.kind == FORECAST and str(job.params.get("exportFormat", "JSON")).upper() == "CSV":
             return "csv"
         return "json"
+
+
+def _q(remote_id: str | None) -> str:
+    """A remote id as one path segment: `../../etc/x` must not climb the API's paths."""
+    return quote(str(remote_id or ""), safe="")

@@ -21,15 +21,18 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import aiohttp
 import structlog
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
-from orchestrator.errors import Rejected, RemoteJobFailed, Unavailable
+from orchestrator.errors import BadAnswer, Rejected, RemoteJobFailed
 from orchestrator.http import HttpClient
+from orchestrator.limits import AccountPace
+from orchestrator.providers.answers import Answer, RemoteId, answer, parse_answer
 from orchestrator.providers.base import Work, register_kind
 from orchestrator.providers.sources import (
     FileImportParams,
@@ -37,6 +40,7 @@ from orchestrator.providers.sources import (
     expand_sources,
     load_source,
 )
+from orchestrator.redaction import redact
 
 log = structlog.get_logger(__name__)
 KIND = "clari.ingest"
@@ -161,6 +165,32 @@ def _render(blocks: dict[str, list[str]]) -> bytes:
     return ("[" + ",".join(parts) + "]").encode()
 
 
+class IngestSubmitted(Answer):
+    jobId: RemoteId
+
+
+class IngestStatus(Answer):
+    """`GET /ingest/job/{jobId}`: `{"message": {"status": ..., "message": ...}}` (the job under
+    `message`), also accepted flat. `message` of the job: a text, or the list of errors."""
+
+    status: str
+    message: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("message"), dict):
+            return data["message"]
+        return data
+
+
+class IngestNotFound(Answer):
+    """The documented 404 of `GET /ingest/job/{jobId}`: `{"error": "Bulk ingestion job not
+    found. ..."}`. Only this answer, from the ingest API itself, shows the keys were accepted."""
+
+    error: str
+
+
 def ingest_base_url(cfg: ProviderConfig) -> str:
     if cfg.ingest_base_url:
         return cfg.ingest_base_url.rstrip("/")
@@ -171,7 +201,7 @@ def ingest_base_url(cfg: ProviderConfig) -> str:
 class ClariIngest:
     """The ingest half of a Clari account: its own base URL (v2) and the partner key."""
 
-    def __init__(self, cfg: ProviderConfig, name: str) -> None:
+    def __init__(self, cfg: ProviderConfig, name: str, *, pace: AccountPace | None = None) -> None:
         self.name = name
         self.cfg = cfg
         headers = {"apikey": cfg.secret(), "Accept": "application/json"}
@@ -184,20 +214,26 @@ class ClariIngest:
             base_url=ingest_base_url(cfg),
             retries=max(cfg.retries, 8),  # 429 TOO_MANY_REQUESTS is waited out, not failed
             requests_per_second=min(cfg.requests_per_second, 100.0),  # documented 100/s
+            pace=pace,
         )
 
     async def close(self) -> None:
         await self.http.close()
 
     async def check(self) -> str:
-        """apikey + partnerkey accepted? An unknown job id answers 404 only to a valid caller."""
+        """apikey + partnerkey accepted? An unknown job id answers the documented 404 (`{"error":
+        "Bulk ingestion job not found..."}`) only to a valid caller. Any other answer — another
+        404 (a proxy, another host), a 200 — proves nothing and is reported as such."""
+        where = "GET /ingest/job/{jobId}"
         try:
             await self.http.json("GET", "/ingest/job/orchestrator-credentials-check")
         except Rejected as exc:
             if exc.status == 404:
-                return "apikey and partnerkey accepted"
+                found = parse_answer(IngestNotFound, exc.body, provider=self.name, where=where)
+                if "not found" in found.error.lower() and "job" in found.error.lower():
+                    return "apikey and partnerkey accepted"
             raise
-        return "apikey and partnerkey accepted"
+        raise BadAnswer(self.name, f"{where}: an unknown job id was not answered 404")
 
     async def run(self, job: Job, work: Work) -> dict[str, Any]:
         if self.cfg.partner_key is None:
@@ -237,13 +273,16 @@ class ClariIngest:
         form.add_field(
             "FileData", data, filename=f"part-{part.seq + 1}.json", content_type="application/json"
         )
-        entity = job.params["entity"]
-        answer = await self.http.json(
-            "POST", f"/ingest/bulk/entity/{entity}", params=query, data=form
+        entity = quote(str(job.params["entity"]), safe="")
+        submitted = await answer(
+            self.http,
+            IngestSubmitted,
+            "POST",
+            f"/ingest/bulk/entity/{entity}",
+            params=query,
+            data=form,
         )
-        remote = str(answer.get("jobId") or "") if isinstance(answer, dict) else ""
-        if not remote:
-            raise Unavailable(self.name, "ingest answer has no jobId")
+        remote = submitted.jobId
         sent = replace(part, state=PartState.RUNNING, remote_id=remote)
         await work.save(sent)
         log.info("ingest_uploaded", job_id=job.id, part=part.seq, ingest_job=remote, last=last)
@@ -253,19 +292,22 @@ class ClariIngest:
         poll = self.cfg.poll
         delay = poll.initial
         while True:
+            path = f"/ingest/job/{quote(str(part.remote_id), safe='')}"
             try:
-                body = await self.http.json("GET", f"/ingest/job/{part.remote_id}")
+                body = await self.http.json("GET", path)
             except Rejected as exc:
                 if exc.status != 400 or not isinstance(exc.body, dict):
                     raise
                 body = exc.body  # VALIDATION_FAILED comes as a 400 with the job in its body
-            info = body.get("message", body) if isinstance(body, dict) else {}
-            status = str(info.get("status", "")).upper()
+            info = parse_answer(
+                IngestStatus, body, provider=self.name, where="GET /ingest/job/{jobId}"
+            )
+            status = info.status.upper()
             if status == "SUCCESS":
                 await work.save(replace(part, state=PartState.DONE, detail="SUCCESS"))
                 return
             if status in ("FAILED", "VALIDATION_FAILED", "VALIDATION_ERROR"):
-                detail = _errors_text(info.get("message"))
+                detail = _errors_text(info.message)
                 await work.save(replace(part, state=PartState.FAILED, detail=detail))
                 raise RemoteJobFailed(
                     self.name,
@@ -276,12 +318,13 @@ class ClariIngest:
 
 
 def _errors_text(message: Any) -> str:
+    """The job's error list as text, short and redacted (it is stored and shown)."""
     if isinstance(message, list):
         items = [
-            f"{e.get('errorCode', '')}: {e.get('errorSummary', '')}"
+            f"{str(e.get('errorCode', ''))[:100]}: {str(e.get('errorSummary', ''))[:300]}"
             for e in message
             if isinstance(e, dict)
         ]
         more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
-        return "; ".join(items[:10]) + more
-    return str(message or "no detail")
+        return redact("; ".join(items[:10]) + more)
+    return redact(str(message or "no detail")[:1000])

@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import quote
 from uuid import UUID
 
 import aiohttp
@@ -33,7 +34,9 @@ from orchestrator.errors import (
     Throttled,
 )
 from orchestrator.http import HttpClient
+from orchestrator.limits import AccountPace
 from orchestrator.outputs import AtomicFile
+from orchestrator.providers.answers import Answer, RemoteId, parse_answer
 from orchestrator.providers.base import (
     Params,
     StagedAdapterBase,
@@ -109,6 +112,75 @@ register_kind(
 )
 
 
+# --- answers (api-docs/claribi-api.txt) -----------------------------------------------------------
+A = TypeVar("A", bound=Answer)
+
+
+class _Org(Answer):
+    tier: str | None = None
+
+
+class _Key(Answer):
+    permissions: list[str] = []
+
+
+class ClariBIVerify(Answer):
+    """`GET /auth/verify/`."""
+
+    valid: bool
+    organization: _Org | None = None
+    api_key: _Key | None = None
+
+
+class _Credits(Answer):
+    remaining: int
+
+
+class ClariBIUsage(Answer):
+    """`GET /usage/`: what the credit check acts on is `credits.remaining`."""
+
+    credits: _Credits
+
+
+class ClariBIReport(Answer):
+    id: RemoteId
+    output_format: str | None = None
+    created_at: str | None = None
+    processing_credits_used: int | float | None = None
+
+
+class ClariBIReports(Answer):
+    """`GET /reports/`: one page, newest first."""
+
+    results: list[ClariBIReport]
+    next: str | None = None
+
+
+class ClariBIDashboard(Answer):
+    id: RemoteId
+    last_refresh: str | None = None
+
+
+class ClariBIDashboards(Answer):
+    results: list[ClariBIDashboard]
+
+
+class ClariBIGenerated(Answer):
+    """`POST /reports/generate/`."""
+
+    report_id: RemoteId
+    credits_consumed: int | float | None = None
+
+
+class ClariBIRefreshed(Answer):
+    """`POST /dashboards/{id}/refresh/`."""
+
+    job_id: RemoteId | None = None
+    dashboard_id: RemoteId | None = None
+    credits_consumed: int | float | None = None
+    last_refresh: str | None = None
+
+
 def _ts(value: Any) -> float | None:
     try:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
@@ -140,9 +212,18 @@ class ClariBIAdapter(StagedAdapterBase):
         self.name = cfg.name or "claribi"
         self.cfg = cfg
         headers = {"Authorization": f"Bearer {cfg.secret()}", "Accept": "application/json"}
-        self.http = HttpClient.for_provider(cfg, self.name, headers=headers)
+        pace = AccountPace()  # both clients share the account's rate window and pause
+        self.http = HttpClient.for_provider(cfg, self.name, headers=headers, pace=pace)
         # Credit-spending calls are never repeated by the HTTP layer: a lost answer is looked up.
-        self.spend = HttpClient.for_provider(cfg, self.name, headers=headers, retries=0)
+        # Generation is synchronous (30-60 s): its deadline is SYNC_TIMEOUT, not request_deadline.
+        self.spend = HttpClient.for_provider(
+            cfg,
+            self.name,
+            headers=headers,
+            retries=0,
+            pace=pace,
+            request_deadline=max(cfg.request_deadline, SYNC_TIMEOUT + cfg.timeout),
+        )
         self._tier: str | None = None
 
     async def close(self) -> None:
@@ -157,17 +238,20 @@ class ClariBIAdapter(StagedAdapterBase):
     # --- calls ----------------------------------------------------------------------------------
     async def _json(
         self,
+        model: type[A],
         method: str,
         path: str,
         permission: str,
         *,
         client: HttpClient | None = None,
+        where: str | None = None,
         **kw: Any,
-    ) -> Any:
+    ) -> A:
+        http = client or self.http
         try:
-            return await (client or self.http).json(method, path, **kw)
+            data = await http.json(method, path, **kw)
         except AuthFailed as exc:
-            if exc.status == 403:
+            if exc.status == 403 and permission:
                 raise Rejected(
                     self.name,
                     f"the API key lacks the permission {permission} ({exc.message})",
@@ -175,18 +259,20 @@ class ClariBIAdapter(StagedAdapterBase):
                     status=403,
                 ) from None
             raise
+        return parse_answer(
+            model, data, provider=self.name, where=where or http.endpoint(method, path)
+        )
 
-    async def verify(self) -> dict[str, Any]:
-        body = await self.http.json("GET", "/auth/verify/")
-        return body if isinstance(body, dict) else {}
+    async def verify(self) -> ClariBIVerify:
+        return await self._json(ClariBIVerify, "GET", "/auth/verify/", "")
 
     async def check(self) -> dict[str, Any]:
         info = await self.verify()
-        if not info.get("valid", False):
+        if not info.valid:
             raise AuthFailed(self.name, "GET /auth/verify/: the key is not valid", status=401)
         out: dict[str, Any] = {
-            "tier": (info.get("organization") or {}).get("tier"),
-            "permissions": (info.get("api_key") or {}).get("permissions", []),
+            "tier": info.organization.tier if info.organization else None,
+            "permissions": info.api_key.permissions if info.api_key else [],
         }
         try:
             out["credits"] = (await self.usage()).get("credits")
@@ -195,8 +281,7 @@ class ClariBIAdapter(StagedAdapterBase):
         return out
 
     async def usage(self) -> dict[str, Any]:
-        body = await self._json("GET", "/usage/", "usage:read")
-        return body if isinstance(body, dict) else {}
+        return (await self._json(ClariBIUsage, "GET", "/usage/", "usage:read")).as_dict()
 
     async def list_reports(self, since: float) -> list[dict[str, Any]]:
         """Reports newest first, pages read until they are older than `since`."""
@@ -204,12 +289,16 @@ class ClariBIAdapter(StagedAdapterBase):
         page = 1
         while True:
             body = await self._json(
-                "GET", "/reports/", "reports:read", params={"page": page, "page_size": 100}
+                ClariBIReports,
+                "GET",
+                "/reports/",
+                "reports:read",
+                params={"page": page, "page_size": 100},
             )
-            items = [r for r in body.get("results", []) if isinstance(r, dict)]
+            items = [r.as_dict() for r in body.results]
             out += items
             oldest = min((_ts(r.get("created_at")) or 0 for r in items), default=0)
-            if not body.get("next") or not items or oldest < since - SKEW:
+            if not body.next or not items or oldest < since - SKEW:
                 return out
             page += 1
 
@@ -254,7 +343,7 @@ class ClariBIAdapter(StagedAdapterBase):
         if self._tier is None:
             try:
                 info = await self.verify()
-                self._tier = str((info.get("organization") or {}).get("tier") or "trial")
+                self._tier = (info.organization.tier if info.organization else None) or "trial"
             except ProviderError as exc:
                 log.warning("claribi_tier_unknown", error=str(exc))
                 self._tier = "trial"  # the strictest, until the key can be verified
@@ -286,7 +375,9 @@ class ClariBIAdapter(StagedAdapterBase):
         await work.save(sending)
         p = job.params
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.cfg.timeout, sock_read=SYNC_TIMEOUT
+            total=SYNC_TIMEOUT + self.cfg.timeout,
+            sock_connect=self.cfg.timeout,
+            sock_read=SYNC_TIMEOUT,
         )
         if job.kind == REPORT:
             path, permission = "/reports/generate/", "reports:generate"
@@ -299,11 +390,15 @@ class ClariBIAdapter(StagedAdapterBase):
                 assert body is not None
                 body["report_parameters"] = p["report_parameters"]
         else:
-            path, permission = f"/dashboards/{p['dashboard_id']}/refresh/", "dashboards:refresh"
+            dashboard = quote(str(p["dashboard_id"]), safe="")
+            path, permission = f"/dashboards/{dashboard}/refresh/", "dashboards:refresh"
             body = None
+        model: type[ClariBIGenerated | ClariBIRefreshed] = (
+            ClariBIGenerated if job.kind == REPORT else ClariBIRefreshed
+        )
         try:
             answer = await self._json(
-                "POST", path, permission, client=self.spend, json=body, timeout=timeout
+                model, "POST", path, permission, client=self.spend, json=body, timeout=timeout
             )
         except Rejected as exc:
             await work.save(Part(job_id=job.id, seq=0, state=PartState.PENDING))
@@ -319,11 +414,11 @@ class ClariBIAdapter(StagedAdapterBase):
             if settled.remote_id is None:
                 raise
             return settled
-        if job.kind == REPORT:
-            remote = str(answer.get("report_id") or "")
+        if isinstance(answer, ClariBIGenerated):
+            remote = answer.report_id
         else:
-            remote = str(answer.get("job_id") or answer.get("dashboard_id") or "refreshed")
-        credits = answer.get("credits_consumed")
+            remote = answer.job_id or answer.dashboard_id or "refreshed"
+        credits = answer.credits_consumed
         done = Part(
             job_id=job.id,
             seq=0,
@@ -331,7 +426,11 @@ class ClariBIAdapter(StagedAdapterBase):
             name=sending.name,
             remote_id=remote,
             credits=int(credits) if isinstance(credits, int | float) else None,
-            detail=(f"last_refresh {answer.get('last_refresh')}" if job.kind == REFRESH else None),
+            detail=(
+                f"last_refresh {str(answer.last_refresh)[:40]}"
+                if isinstance(answer, ClariBIRefreshed)
+                else None
+            ),
         )
         await work.save(done)
         log.info("claribi_spent", job_id=job.id, remote_id=remote, credits=done.credits)
@@ -363,9 +462,9 @@ class ClariBIAdapter(StagedAdapterBase):
                 log.info("claribi_adopted", job_id=job.id, report_id=adopted.remote_id)
                 return adopted
         else:
-            body = await self._json("GET", "/dashboards/", "dashboards:read")
+            listing = await self._json(ClariBIDashboards, "GET", "/dashboards/", "dashboards:read")
             target = str(job.params["dashboard_id"])
-            for d in body.get("results", []):
+            for d in (item.as_dict() for item in listing.results):
                 last = _ts(d.get("last_refresh")) if isinstance(d, dict) else None
                 if (
                     isinstance(d, dict)
@@ -391,7 +490,8 @@ class ClariBIAdapter(StagedAdapterBase):
         final = work.result_path(self.result_extension(job))
         sink = AtomicFile(final).open()
         try:
-            async with self.http.open("GET", f"/reports/{part.remote_id}/download/") as resp:
+            path = f"/reports/{quote(str(part.remote_id), safe='')}/download/"
+            async with self.http.open("GET", path, download=True) as resp:
                 async for chunk in resp.content.iter_chunked(1 << 20):
                     await sink.write(chunk)
             await sink.commit(work.committer)

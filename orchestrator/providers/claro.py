@@ -18,15 +18,18 @@ import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
-from orchestrator.errors import ProviderError, Rejected, RemoteJobFailed, Unavailable
+from orchestrator.errors import BadAnswer, ProviderError, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient
+from orchestrator.limits import AccountPace
 from orchestrator.outputs import AtomicFile, _fsync_dir, stitch
+from orchestrator.providers.answers import Answer, RemoteId, answer
 from orchestrator.providers.base import (
     Params,
     StagedAdapterBase,
@@ -88,6 +91,49 @@ register_kind(
 )
 
 
+# --- answers (api-docs/claro-api.txt) ------------------------------------------------------------
+
+
+class _Unwrap(Answer):
+    """Claro wraps answers as `{"success": true, "data": ...}`; also accepted bare."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("data"), dict):
+            return data["data"]
+        return data
+
+
+class ClaroPagination(Answer):
+    total: int | None = None
+    totalPages: int = Field(default=1, ge=1)
+
+
+class ClaroDatasetItem(Answer):
+    id: RemoteId
+
+
+class ClaroDatasetPage(Answer):
+    """`GET /datasets`: `{"data": [...], "pagination": {...}}`."""
+
+    data: list[ClaroDatasetItem]
+    pagination: ClaroPagination = ClaroPagination()
+
+
+class ClaroDataset(_Unwrap):
+    """`GET /datasets/{id}`."""
+
+    status: str = "completed"
+    rowCount: int = Field(ge=0)
+
+
+class ClaroExport(_Unwrap):
+    """`POST /datasets/{id}/export`."""
+
+    downloadUrl: str = Field(min_length=1)
+
+
 def plan_parts(job_id: int, total_rows: int, per_part: int, skip: int = 0) -> list[Part]:
     """Parts covering rows [skip, skip + total): `per_part` rows each, the last one shorter. An
     empty range still gets one part (its header)."""
@@ -119,16 +165,24 @@ class ClaroAdapter(StagedAdapterBase):
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "claro"
         self.cfg = cfg
+        pace = AccountPace()
         self.http = HttpClient.for_provider(
             cfg,
             self.name,
             headers={"Authorization": f"Bearer {cfg.secret()}", "Accept": "application/json"},
             requests_per_minute=cfg.requests_per_minute or DEFAULT_RPM,
+            pace=pace,
         )
-        # Pre-signed download URLs get no Authorization header (they may point at another host),
-        # and do not count against the API's per-minute limit.
+        # Pre-signed download URLs get no credentials at all (they may point at another host;
+        # HttpClient refuses to send credentials to another origin, and plain http unless it is
+        # loopback), and do not count against the API's per-minute limit.
         self.downloads = HttpClient.for_provider(
-            cfg, self.name, headers={}, requests_per_minute=None
+            cfg,
+            self.name,
+            headers={},
+            requests_per_minute=None,
+            pace=pace,
+            rate_group="downloads",
         )
 
     async def close(self) -> None:
@@ -139,10 +193,11 @@ class ClaroAdapter(StagedAdapterBase):
         return str(job.params.get("format", "csv"))
 
     async def check(self) -> dict[str, Any]:
-        body = await self.http.json("GET", "/datasets", params={"page": 1, "limit": 1})
-        total = (body.get("pagination") or {}).get("total") if isinstance(body, dict) else None
+        page = await answer(
+            self.http, ClaroDatasetPage, "GET", "/datasets", params={"page": 1, "limit": 1}
+        )
         return {
-            "datasets": total,
+            "datasets": page.pagination.total,
             "requests_per_minute": self.cfg.requests_per_minute or DEFAULT_RPM,
         }
 
@@ -153,11 +208,10 @@ class ClaroAdapter(StagedAdapterBase):
         page = 1
         while True:
             query = {"page": page, "limit": 100, **{k: v for k, v in filt.items() if v}}
-            body = await self.http.json("GET", "/datasets", params=query)
-            items = body.get("data", []) if isinstance(body, dict) else []
-            out += [d for d in items if isinstance(d, dict)]
-            pages = int((body.get("pagination") or {}).get("totalPages", 1))
-            if page >= pages or not items:
+            body = await answer(self.http, ClaroDatasetPage, "GET", "/datasets", params=query)
+            items = body.data
+            out += [d.as_dict() for d in items]
+            if page >= body.pagination.totalPages or not items:
                 return out
             page += 1
 
@@ -173,13 +227,11 @@ class ClaroAdapter(StagedAdapterBase):
         """The dataset's details once it is no longer processing."""
         attempt = 0
         while True:
-            body = await self.http.json("GET", f"/datasets/{dataset_id}")
-            info = body.get("data", body) if isinstance(body, dict) else {}
-            status = str(info.get("status", "completed"))
-            if status == "failed":
+            info = await answer(self.http, ClaroDataset, "GET", f"/datasets/{_q(dataset_id)}")
+            if info.status == "failed":
                 raise Rejected(self.name, f"dataset {dataset_id} failed processing at Claro")
-            if status != "processing":
-                return dict(info)
+            if info.status != "processing":
+                return info.as_dict()
             attempt += 1
             await self._wait(work, attempt, f"dataset {dataset_id} still processing")
 
@@ -198,8 +250,12 @@ class ClaroAdapter(StagedAdapterBase):
         attempt = 0
         while True:
             try:
-                answer = await self.http.json(
-                    "POST", f"/datasets/{p['datasetId']}/export", json=body
+                export = await answer(
+                    self.http,
+                    ClaroExport,
+                    "POST",
+                    f"/datasets/{_q(p['datasetId'])}/export",
+                    json=body,
                 )
             except Rejected as exc:
                 if exc.code != "PROCESSING_IN_PROGRESS":
@@ -207,11 +263,9 @@ class ClaroAdapter(StagedAdapterBase):
                 attempt += 1
                 await self._wait(work, attempt, f"dataset {p['datasetId']} still processing")
                 continue
-            data = answer.get("data", answer) if isinstance(answer, dict) else {}
-            url = data.get("downloadUrl") if isinstance(data, dict) else None
-            if not url:
-                raise Unavailable(self.name, "export answer has no downloadUrl")
-            return str(url)
+            if not export.downloadUrl.startswith(("https://", "http://")):
+                raise BadAnswer(self.name, "POST /datasets/{id}/export: downloadUrl is not a URL")
+            return export.downloadUrl
 
     # --- the job ------------------------------------------------------------------------------
     async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
@@ -246,7 +300,7 @@ class ClaroAdapter(StagedAdapterBase):
             for dl_try in range(1, DOWNLOAD_TRIES + 1):
                 sink = AtomicFile(target).open()
                 try:
-                    async with self.downloads.open("GET", url, label=label) as resp:
+                    async with self.downloads.open("GET", url, label=label, download=True) as resp:
                         async for chunk in resp.content.iter_chunked(1 << 20):
                             await sink.write(chunk)
                     await sink.commit(work.committer)
@@ -302,6 +356,11 @@ class ClaroAdapter(StagedAdapterBase):
         for ds in datasets:
             await work.enqueue_child(str(ds["id"]), {**base, "datasetId": str(ds["id"])})
         log.info("claro_expanded", job_id=job.id, datasets=len(datasets))
+
+
+def _q(value: Any) -> str:
+    """An id as one path segment: `../../etc/x` must not climb the API's paths."""
+    return quote(str(value), safe="")
 
 
 def _intact(part: Part) -> bool:

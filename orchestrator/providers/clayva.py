@@ -31,6 +31,7 @@ from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import Rejected
 from orchestrator.http import HttpClient
 from orchestrator.outputs import AtomicFile
+from orchestrator.providers.answers import Answer, answer
 from orchestrator.providers.base import (
     StagedAdapterBase,
     Work,
@@ -65,6 +66,22 @@ register_kind(
     staged=True,
     expand=expand_sources,
 )
+
+
+class ClayvaWorkspaces(Answer):
+    """`GET /workspaces` (check-config --online)."""
+
+    data: list[Any]
+
+
+class _Accepted(Answer):
+    accepted: int | None = None
+
+
+class ClayvaBatchAccepted(Answer):
+    """`POST /events/batch`: `{"success": true, "data": {"accepted": n, ...}}`."""
+
+    data: _Accepted = _Accepted()
 
 
 def check_event(e: dict[str, Any]) -> str | None:
@@ -176,11 +193,8 @@ class ClayvaAdapter(StagedAdapterBase):
 
     async def check(self) -> dict[str, Any]:
         """GET /workspaces: the cheapest authenticated call (an admin API, 5-50/min)."""
-        async with self.http.open("GET", "/workspaces") as resp:
-            body = await resp.json(content_type=None)
-            limit = resp.headers.get("X-RateLimit-Limit")
-        data = body.get("data", []) if isinstance(body, dict) else []
-        return {"workspaces": len(data) if isinstance(data, list) else None, "rate_limit": limit}
+        listing = await answer(self.http, ClayvaWorkspaces, "GET", "/workspaces")
+        return {"workspaces": len(listing.data), "rate_limit": self.http.last_rate_limit}
 
     def result_extension(self, job: Job) -> str:
         return "rejects.txt"
@@ -254,18 +268,20 @@ class ClayvaAdapter(StagedAdapterBase):
         first = batch.first_row or 0
         where = f"lines {lines[first]}-{lines[first + len(events) - 1]}"
         try:
-            answer = await self.http.json("POST", "/events/batch", json={"events": events})
+            accepted = await answer(
+                self.http, ClayvaBatchAccepted, "POST", "/events/batch", json={"events": events}
+            )
         except Rejected as exc:
             await work.save(replace(batch, state=PartState.FAILED, detail=exc.message))
             raise Rejected(
                 self.name, f"{job.params.get('file')}: batch {batch.seq + 1} ({where}): {exc}"
             ) from None
-        data = answer.get("data", {}) if isinstance(answer, dict) else {}
+        count = accepted.data.accepted if accepted.data.accepted is not None else len(events)
         await work.save(
             replace(
                 batch,
                 state=PartState.DONE,
-                detail=f"accepted {data.get('accepted', len(events))} ({where})",
+                detail=f"accepted {count} ({where})",
             )
         )
 

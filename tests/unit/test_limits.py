@@ -97,17 +97,36 @@ def test_sliding_window_never_admits_more_than_rate_in_any_second() -> None:
         now[0] = max([t, *sent])  # callers queue: time moves on while one waits
         while (wait := lim.wait_time(now[0])) > 0:
             now[0] += wait
-        lim._sent.append(now[0])
+        lim._pending += 1
+        lim.release()  # answered at once
         sent.append(now[0])
     for s in sent:
         assert sum(1 for x in sent if s <= x < s + 1.0) <= 3
-    assert sent[3] == 1.1  # the fourth waits until the first leaves the (1.1 s) window
+    assert sent[3] == 1.02  # the fourth waits until the first leaves the (1.02 s) window
+
+
+def test_a_request_still_unanswered_holds_its_place_in_the_window() -> None:
+    """Under CPU load a request counted at acquire() can leave the machine much later; until it
+    is answered it occupies the window, and it is counted from its answer on. Stamped at
+    acquire() alone, a 1-second window at the server held 23 requests at 20/s."""
+    from orchestrator.limits import SlidingWindowLimiter
+
+    now = [0.0]
+    lim = SlidingWindowLimiter(2, clock=lambda: now[0])
+    assert lim.wait_time(0.0) == 0
+    lim._pending += 2  # two requests acquired at 0.0, not answered yet
+    now[0] = 5.0
+    assert lim.wait_time(5.0) == float("inf")  # no room until one is answered
+    lim.release()  # the first answered at 5.0 (the server saw it somewhere in 0.0..5.0)
+    assert lim.wait_time(5.5) == 5.0 + lim.period - 5.5
+    assert lim.wait_time(5.0 + lim.period) == 0
 
 
 async def test_sliding_window_acquire_keeps_the_window_and_the_order_of_arrival() -> None:
     """The lock-free fast path only serves a caller when nobody is queued: later arrivals never
     overtake a waiting one, and no window ever holds more than the rate."""
     import asyncio
+    import time
 
     from orchestrator.limits import SlidingWindowLimiter
 
@@ -118,7 +137,9 @@ async def test_sliding_window_acquire_keeps_the_window_and_the_order_of_arrival(
     async def caller(i: int) -> None:
         await lim.acquire()
         served.append(i)
-        stamps.append(lim._sent[-1])  # the time this caller's request was counted
+        stamps.append(time.monotonic())
+        await asyncio.sleep(0.001)  # the request's round trip
+        lim.release()
 
     first = [asyncio.create_task(caller(i)) for i in range(10)]
     await asyncio.sleep(0)  # the first four took the fast path; six are queued
@@ -126,4 +147,4 @@ async def test_sliding_window_acquire_keeps_the_window_and_the_order_of_arrival(
     await asyncio.gather(*first, *late)
     assert served == list(range(14))
     for s in stamps:
-        assert sum(1 for x in stamps if s <= x < s + lim.period) <= 4
+        assert sum(1 for x in stamps if s <= x < s + 0.05) <= 4
