@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo bench simulate chromium clean
+.PHONY: install test lint typecheck pytest freeze demo bench simulate chromium clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# The exact versions this run installed, in the log (a reviewer sees what was tested).
+freeze: $(STAMP)
+	@echo "--- pip freeze (what this run installed) ---"
+	@$(BIN)/pip freeze --exclude-editable
+	@echo "--- end of pip freeze ---"
+
+pytest: $(STAMP) freeze
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
