@@ -53,6 +53,7 @@ def forms(secret: str) -> set[str]:
         quote_plus(secret),
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
+        json.dumps(secret)[1:-1].replace("/", "\\/"),  # encoders that escape '/' too
         secret.replace("/", "\\/"),
     }
     found |= _base64_cores(secret.encode())
