@@ -264,7 +264,9 @@ class HttpClient:
             await self._session.close()
 
     def url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else self.base_url + path
+        """An absolute URL (any scheme: _check_target judges it) as it is; a path under base."""
+        parts = urlsplit(path)
+        return path if parts.scheme and parts.netloc else self.base_url + path
 
     def _where(self, method: str, path: str) -> str:
         return f"{method} {urlsplit(self.url(path)).path}"

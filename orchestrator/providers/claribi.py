@@ -28,6 +28,7 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import (
     AuthFailed,
+    BadAnswer,
     ProviderError,
     QuotaExceeded,
     Rejected,
@@ -62,6 +63,7 @@ GENERATION_LIMITS = {
     "enterprise": (500, 2000),
 }
 HOUR, DAY = 3600.0, 86400.0
+MAX_PAGES = 200  # of GET /reports/ (100 each) read back to a lost call: beyond it, not believed
 
 
 def generation_wait(sent: Sequence[float], now: float, per_hour: int, per_day: int) -> float:
@@ -300,6 +302,8 @@ class ClariBIAdapter(StagedAdapterBase):
             oldest = min((_ts(r.get("created_at")) or 0 for r in items), default=0)
             if not body.next or not items or oldest < since - SKEW:
                 return out
+            if page >= MAX_PAGES:  # a provider that never stops paging must not hang the job
+                raise BadAnswer(self.name, f"GET /reports/: more than {MAX_PAGES} pages")
             page += 1
 
     # --- credits --------------------------------------------------------------------------------

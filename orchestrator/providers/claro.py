@@ -49,6 +49,7 @@ MAX_ROWS = 100_000  # the API's rowCount limit per export request
 URL_TRIES = 4  # fresh download URLs per part before the attempt fails
 DOWNLOAD_TRIES = 3  # downloads per URL on transient errors
 DEFAULT_RPM = 100.0  # standard plans (vendor's API introduction page)
+MAX_PAGES = 1000  # of GET /datasets (100 each): beyond it, the answers are not believed
 
 
 class DatasetFilter(BaseModel):
@@ -213,6 +214,8 @@ class ClaroAdapter(StagedAdapterBase):
             out += [d.as_dict() for d in items]
             if page >= body.pagination.totalPages or not items:
                 return out
+            if page >= MAX_PAGES:  # a provider that never stops paging must not hang the job
+                raise BadAnswer(self.name, f"GET /datasets: more than {MAX_PAGES} pages")
             page += 1
 
     async def _wait(self, work: Work, attempt: int, why: str) -> None:
