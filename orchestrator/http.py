@@ -394,7 +394,10 @@ class HttpClient:
                         Unavailable, f"{where()}: body interrupted ({type(exc).__name__})"
                     ) from None
                 finally:
-                    resp.close() if not resp.content.at_eof() else resp.release()
+                    if resp.content.at_eof():
+                        resp.release()  # the connection goes back to the pool
+                    else:
+                        resp.close()  # a body left unread is not drained (it may be 1 GiB)
                 return
             if resp.status < 400:  # never followed: the credentials stay with their origin
                 resp.close()

@@ -64,3 +64,41 @@ async def test_a_job_is_tracked_even_when_its_history_cannot_be_read() -> None:
         await asyncio.sleep(0.01)
     assert 7 in poller.jobs
     assert [job_id for _, job_id in poller._heap] == [7]  # scheduled by age alone
+
+
+async def test_a_poll_that_raises_anything_is_logged_and_retried_not_fatal() -> None:
+    """`["not","an","object"]` from a status call once raised AttributeError out of the poll
+    loop and ended the daemon (and again on every restart). Whatever a poll raises, the loop
+    goes on and the account's due jobs are polled again later."""
+    poller = _poller()
+    polls = [0]
+
+    class Broken:
+        batch_poll = False
+
+        async def poll(self, remote_ids: list[str]) -> dict[str, Any]:
+            polls[0] += 1
+            raise AttributeError("'list' object has no attribute 'get'")
+
+    poller.ctx.adapters = {"clari": Broken()}
+    poller.ctx.stopping = asyncio.Event()
+    job = Job(
+        id=8,
+        pipeline="daily",
+        kind="clari.forecast_export",
+        provider="clari",
+        state=JobState.RUNNING,
+        remote_id="r8",
+        submitted_at=datetime.now(UTC),
+    )
+    await poller.track(job, now=True)
+    run = asyncio.create_task(poller.run())
+    for _ in range(200):
+        if polls[0] >= 1 and poller._heap:
+            break
+        await asyncio.sleep(0.01)
+    assert not run.done(), run.exception() if run.done() else None
+    assert polls[0] >= 1
+    assert [job_id for _, job_id in poller._heap] == [8]  # polled again later
+    poller.ctx.stopping.set()
+    await asyncio.wait_for(run, 5)
