@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 _debug_log = logging.getLogger(__name__)
 MAX_WAIT = 300.0  # never sleep longer than this on one server-provided hint
+RESET_MARGIN = 0.05  # seconds added to a server's reset: its clock and ours differ a little
 
 
 _REQUEST_PREFIX = uuid.uuid4().hex[:8]
@@ -330,7 +331,7 @@ class HttpClient:
             return
         reset = retry_after_seconds({"X-RateLimit-Reset": headers.get("X-RateLimit-Reset", "")})
         if reset is not None:
-            self.pace.pause(min(reset, MAX_WAIT))
+            self.pace.pause(min(reset, MAX_WAIT) + RESET_MARGIN)
 
     @contextlib.asynccontextmanager
     async def open(
@@ -436,7 +437,7 @@ class HttpClient:
             limit = self.throttle_retries if status == 429 else self.retries
             if status == 429:
                 delay = retry_delay(self.retry_policy, attempt, self._rng)
-                self.pace.pause(min(MAX_WAIT, hint if hint is not None else delay))
+                self.pace.pause(min(MAX_WAIT, hint if hint is not None else delay) + RESET_MARGIN)
             if attempt > limit:
                 raise last
             await self._sleep_before_retry(attempt, hint)

@@ -46,6 +46,7 @@ from orchestrator.providers.base import (
     register_kind,
     register_provider,
 )
+from orchestrator.redaction import redact
 
 if TYPE_CHECKING:
     pass
@@ -431,7 +432,7 @@ class ClariBIAdapter(StagedAdapterBase):
             remote_id=remote,
             credits=int(credits) if isinstance(credits, int | float) else None,
             detail=(
-                f"last_refresh {str(answer.last_refresh)[:40]}"
+                redact(f"last_refresh {str(answer.last_refresh)[:40]}")
                 if isinstance(answer, ClariBIRefreshed)
                 else None
             ),
