@@ -307,7 +307,8 @@ class ClaroAdapter(StagedAdapterBase):
                         async for chunk in resp.content.iter_chunked(1 << 20):
                             await sink.write(chunk)
                     await sink.commit(work.committer)
-                except Rejected as exc:  # expired or refused: this URL is done for
+                except (Rejected, BadAnswer) as exc:  # expired, refused, redirect, not https
+                    # (the URL itself is bad): this URL is done for, ask for a fresh one
                     sink.abort()
                     last = exc
                     log.warning("claro_url_refused", job_id=job.id, part=part.seq, try_=url_try)

@@ -133,3 +133,64 @@ async def test_ingest_keys_are_accepted_only_on_the_documented_not_found(
             assert isinstance(info.value, BadAnswer) or info.value.status == 404
         finally:
             await ingest.close()
+
+
+def claro_app(download_url: str) -> web.Application:
+    """A Claro whose export answers hand out `download_url`."""
+
+    async def dataset(_: web.Request) -> web.Response:
+        return web.json_response({"success": True, "data": {"status": "completed", "rowCount": 2}})
+
+    async def export(_: web.Request) -> web.Response:
+        return web.json_response({"success": True, "data": {"downloadUrl": download_url}})
+
+    app = web.Application()
+    app.router.add_get("/api/v2/datasets/ds1", dataset)
+    app.router.add_post("/api/v2/datasets/ds1/export", export)
+    return app
+
+
+def claro_config(tmp_path: Path, sim: SimulatorServer, base: str) -> Any:
+    pipeline = {
+        "name": "claro-x",
+        "kind": "claro.dataset_export",
+        "max_attempts": 1,
+        "params": {"datasetId": "ds1", "format": "csv"},
+    }
+    prov = {"base_url": base + "/api/v2"}
+    return load_config(
+        write_config(tmp_path, sim.base_url("clari"), [pipeline], providers={"claro": prov})
+    )
+
+
+async def test_download_urls_from_the_provider_get_no_credentials(
+    tmp_path: Path, sim: SimulatorServer, serve: Any
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def file(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(text="id,name\n1,a\n2,b\n", content_type="text/csv")
+
+    files = web.Application()
+    files.router.add_get("/f", file)
+    other = await serve(files)  # another origin (port) on loopback: plain http allowed
+    cfg = claro_config(tmp_path, sim, await serve(claro_app(other + "/f?signature=s3cr3t")))
+    await run_once(cfg)
+    (job,) = await all_jobs(cfg)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert seen and not any("authorization" in {k.lower() for k in h} for h in seen)
+    assert not any(API_KEY in v for h in seen for v in h.values())
+
+
+@pytest.mark.parametrize(
+    "url", ["http://files.example.invalid/f?sig=1", "ftp://files.example.invalid/f", "x"]
+)
+async def test_download_urls_must_be_https_unless_loopback(
+    tmp_path: Path, sim: SimulatorServer, serve: Any, url: str
+) -> None:
+    cfg = claro_config(tmp_path, sim, await serve(claro_app(url)))
+    await run_once(cfg)
+    (job,) = await all_jobs(cfg)
+    assert job.state == JobState.FAILED
+    assert job.error is not None and ("not https" in job.error or "not a URL" in job.error)
