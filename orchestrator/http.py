@@ -270,7 +270,10 @@ class HttpClient:
         return path if parts.scheme and parts.netloc else self.base_url + path
 
     def _where(self, method: str, path: str) -> str:
-        return f"{method} {urlsplit(self.url(path)).path}"
+        try:
+            return f"{method} {urlsplit(self.url(path)).path}"
+        except ValueError:  # brackets that do not close, and the like
+            return f"{method} (an unusable URL)"
 
     def endpoint(self, method: str, path: str) -> str:
         """`METHOD /path` for messages: never the query string, never another host."""
@@ -282,7 +285,10 @@ class HttpClient:
     def _check_target(self, url: str, where: str) -> None:
         """Credentials only to the configured origin; a URL from elsewhere (handed out by the
         provider) only over https unless loopback, and only by a client without credentials."""
-        target = origin(url)
+        try:
+            target = origin(url)
+        except ValueError:  # a port out of range, brackets that do not close
+            raise BadAnswer(self.provider, f"{where}: unusable URL") from None
         if target == self._origin:
             return
         if self.credentials:
@@ -307,7 +313,12 @@ class HttpClient:
                 await asyncio.sleep(wait)
             if self.minute_limiter is not None:
                 await self.minute_limiter.acquire()
-            await self.limiter.acquire()
+            try:
+                await self.limiter.acquire()
+            except BaseException:  # cancelled while waiting: give the minute's room back
+                if self.minute_limiter is not None:
+                    self.minute_limiter.release()
+                raise
             if self.pace.paused_for() <= 0:
                 return
             self._release_windows()  # counted, not sent: conservative, and rare
@@ -351,7 +362,10 @@ class HttpClient:
         def where() -> str:  # for messages: path only, never query or headers (built on demand)
             return f"{method} {label}" if label else self._where(method, path)
 
-        url = self.url(path)
+        try:
+            url = self.url(path)
+        except ValueError:  # brackets that do not close, and the like
+            raise self._fail(BadAnswer, f"{where()}: unusable URL") from None
         self._check_target(url, where())
         extra_headers = kw.pop("headers", None) or {}
         kw.pop("allow_redirects", None)
@@ -367,8 +381,15 @@ class HttpClient:
                 resp = await self.session.request(
                     method, url, headers=headers, allow_redirects=False, **kw
                 )
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self._release_windows()
+            except BaseException as exc:
+                self._release_windows()  # whatever happened, the window must not leak a place
+                if isinstance(exc, aiohttp.InvalidURL) or (
+                    isinstance(exc, ValueError | UnicodeError)
+                    and not isinstance(exc, aiohttp.ClientError)
+                ):  # a URL aiohttp cannot use (one handed out by the provider)
+                    raise self._fail(BadAnswer, f"{where()}: unusable URL") from None
+                if not isinstance(exc, aiohttp.ClientError | TimeoutError):
+                    raise
                 last = self._fail(Unavailable, f"{where()}: {type(exc).__name__}")
                 log.warning(
                     "http_retry",

@@ -168,6 +168,10 @@ async def test_download_urls_get_no_credentials_and_must_be_https_unless_loopbac
             await downloads.json("GET", "http://files.example.com/f?sig=1")
         with pytest.raises(BadAnswer, match="not https"):
             await downloads.json("GET", "ftp://files.example.com/f")
+        for bad in ("https://[::1/x", "https://files.example.com:99999/x", "https://h:abc/x"):
+            with pytest.raises(BadAnswer, match=r"unusable URL|not https"):
+                await downloads.json("GET", bad)
+        assert downloads.limiter._pending == 0  # no place in the window leaked
     finally:
         await downloads.close()
 
