@@ -202,6 +202,19 @@ async def test_answer_and_error_bodies_are_capped(serve: Any) -> None:
         await http.close()
 
 
+async def test_a_declared_length_over_the_cap_is_not_read_at_all(serve: Any) -> None:
+    async def big(_: web.Request) -> web.Response:
+        return web.Response(body=b"[" + b"1," * (1 << 20) + b"1]")  # Content-Length: 2 MiB
+
+    base, _ = await serve(big)
+    http = client(base, max_answer_bytes=1 << 20, retries=0)
+    try:
+        with pytest.raises(BadAnswer, match="larger than 1048576 bytes"):
+            await http.json("GET", "/x")
+    finally:
+        await http.close()
+
+
 async def test_a_trickling_answer_ends_at_the_request_deadline(serve: Any) -> None:
     async def trickle(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
