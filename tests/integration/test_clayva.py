@@ -133,7 +133,7 @@ def test_plain_http_refused_except_loopback(tmp_path: Path) -> None:
         [],
         providers={"clayva": {"base_url": "http://api.clayva.example/v1"}},
     )
-    with pytest.raises(ConfigError, match="Clayva accepts HTTPS only"):
+    with pytest.raises(ConfigError, match="base_url: plain http:// is allowed only for a loop"):
         load_config(path)
 
 

@@ -149,3 +149,27 @@ def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv(var, "k")
     cfg = load_config(Path(__file__).parents[2] / "config" / name)
     assert cfg.pipelines
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://api.clari.com/v4", True),
+        ("HTTPS://api.clari.com/v4", True),
+        ("http://127.0.0.1:1/v4", True),
+        ("http://127.8.0.1/v4", True),
+        ("http://[::1]:8/v4", True),
+        ("http://localhost/v4", True),
+        ("http://sim.localhost/v4", True),
+        ("http://api.clari.com/v4", False),
+        ("http://localhost.evil.example/v4", False),
+        ("http://10.0.0.1/v4", False),
+        ("http://[::ffff:10.0.0.1]/v4", False),
+        ("http://[::1/v4", False),
+        ("ftp://127.0.0.1/v4", False),
+    ],
+)
+def test_https_or_loopback(url: str, ok: bool) -> None:
+    from orchestrator.config import https_or_loopback
+
+    assert https_or_loopback(url) is ok

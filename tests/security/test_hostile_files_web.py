@@ -1,0 +1,109 @@
+"""Hostile files, config and the status server (issue 14, items 5-12): each bad input ends as
+exit 2 with `file:line: message` or a job error, never a traceback; nothing from outside is
+followed, written through, shown raw or served to a stranger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from orchestrator.cli import cli
+
+
+def check_config(config: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["check-config", "--config", str(config), *args])
+
+
+def assert_config_error(result: Result, config: Path, words: str) -> None:
+    """Exit 2, one `file:line: message` naming the problem, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    assert any(
+        line.startswith(f"{config}:") and words in line for line in result.output.splitlines()
+    ), result.output
+
+
+PROVIDER = """
+[providers.clari]
+base_url = "https://api.clari.com/v4"
+api_key = "k"
+"""
+
+
+# --- item 12: config that overflowed or recursed ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["day+999999999", "month_start+999999999999999", "week_start-99999999", "quarter+99999999999"],
+)
+def test_date_expression_out_of_range_is_a_config_error(tmp_path: Path, expr: str) -> None:
+    config = tmp_path / "o.toml"
+    config.write_text(
+        PROVIDER + '[[pipelines]]\nname = "f"\nkind = "clari.forecast_export"\n'
+        f'params = {{ forecastId = "{{{{ {expr} }}}}", timePeriod = "2026_Q4" }}\n'
+    )
+    assert_config_error(check_config(config), config, "out of range")
+
+
+def test_interval_too_long_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "o.toml"
+    config.write_text(
+        PROVIDER + '[[pipelines]]\nname = "f"\nkind = "clari.forecast_export"\n'
+        'schedule = "every 999999999999999999999d"\n'
+        'params = { forecastId = "x", timePeriod = "2026_Q4" }\n'
+    )
+    assert_config_error(check_config(config), config, "the interval is too long")
+
+
+@pytest.mark.parametrize(
+    "nest",
+    [
+        "params = { a = " + "[" * 100_000 + "]" * 100_000 + " }",
+        "params = " + "{ a = " * 50_000 + "1" + " }" * 50_000,
+        "params." + ".".join(["a"] * 5_000) + " = 1",
+    ],
+    ids=["arrays", "inline-tables", "dotted-keys"],
+)
+def test_toml_nested_100k_deep_is_a_config_error(tmp_path: Path, nest: str) -> None:
+    config = tmp_path / "o.toml"
+    config.write_text(
+        PROVIDER + f'[[pipelines]]\nname = "f"\nkind = "clari.forecast_export"\n{nest}\n'
+    )
+    assert_config_error(check_config(config), config, "nested more than 32 levels deep")
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (b'[ledger]\nurl = "\xff"\n', ":2: not UTF-8"),
+        (b"providers = 3\n", "providers: Input should be a valid dictionary"),
+        (b"pipelines = [1]\n", "pipeline '#1'"),
+    ],
+)
+def test_malformed_config_shapes_are_config_errors(tmp_path: Path, text: bytes, words: str) -> None:
+    config = tmp_path / "o.toml"
+    config.write_bytes(text)
+    assert_config_error(check_config(config), config, words)
+
+
+# --- item 6: HTTPS for every non-loopback provider URL -----------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["clari", "claro", "claravine", "claribi", "clayva"])
+@pytest.mark.parametrize("key", ["base_url", "ingest_base_url"])
+def test_plain_http_to_another_host_is_refused_naming_the_key(
+    tmp_path: Path, provider: str, key: str
+) -> None:
+    urls = {"base_url": "https://api.example.com/v1", key: "http://api.example.com/v1"}
+    config = tmp_path / "o.toml"
+    config.write_text(
+        f"[providers.{provider}]\n"
+        + "".join(f'{k} = "{v}"\n' for k, v in urls.items())
+        + 'api_key = "k"\napi_secret = "s"\n'
+    )
+    result = check_config(config)
+    assert_config_error(result, config, f"provider {provider!r}: {key}: plain http://")
+    assert f"{config}:{2 if key == 'base_url' else 3}:" in result.output
