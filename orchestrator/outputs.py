@@ -40,18 +40,33 @@ _START_WRITEBACK = getattr(os, "POSIX_FADV_DONTNEED", None) if sys.platform == "
 _writeback = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writeback")
 
 
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+# A new file, never an existing one and never through a symlink at the name: a link planted at
+# `.x.part` would otherwise have the export written into whatever file it points at.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+FILE_MODE = 0o666  # narrowed by the process umask ([daemon] umask, 077 unless configured)
 
 
-def _create(path: Path) -> int:
-    """A raw descriptor, not a Python file object: no buffer to flush, and none of the isatty,
-    seek and stat calls `open()` makes, for files written once. The directory is made only when
-    it is missing (not asked for on every file)."""
+def _open_new(path: Path) -> int:
     try:
-        return os.open(path, _CREATE, 0o666)
+        return os.open(path, _CREATE, FILE_MODE)
+    except FileExistsError:
+        # A temp file a crash left behind, or something planted there: unlink removes the name
+        # itself (a symlink, not its target); then the name is created afresh, exclusively. A
+        # directory at the name, or a second file appearing meanwhile, is an error for the job.
+        path.unlink()
+        return os.open(path, _CREATE, FILE_MODE)
+
+
+def create_new(path: Path) -> int:
+    """A raw descriptor of a new file at `path` (exclusive, symlinks not followed), not a Python
+    file object: no buffer to flush, and none of the isatty, seek and stat calls `open()` makes,
+    for files written once. The directory is made only when it is missing (not asked for on
+    every file)."""
+    try:
+        return _open_new(path)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, _CREATE, 0o666)
+        return _open_new(path)
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -125,7 +140,7 @@ class AtomicFile:
             self._syncing = _writeback.submit(os.fdatasync, self._fd)
 
     def _to_disk(self) -> None:
-        self._fd = _create(self.tmp)
+        self._fd = create_new(self.tmp)
         _write_all(self._fd, self._buf)
         self._unsynced = len(self._buf)
         self._buf = bytearray()
@@ -328,7 +343,7 @@ def stitch(parts: list[Path], final: Path, fmt: str) -> tuple[int, str, int | No
     newlines = 0
     last = b"\n"
 
-    with tmp.open("wb") as out:
+    with os.fdopen(create_new(tmp), "wb") as out:
 
         def emit(data: bytes) -> None:
             nonlocal written, newlines, last

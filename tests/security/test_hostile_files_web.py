@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from orchestrator.cli import cli
+from orchestrator.outputs import AtomicFile, part_path, stitch
 
 
 def check_config(config: Path, *args: str) -> Result:
@@ -107,3 +108,53 @@ def test_plain_http_to_another_host_is_refused_naming_the_key(
     result = check_config(config)
     assert_config_error(result, config, f"provider {provider!r}: {key}: plain http://")
     assert f"{config}:{2 if key == 'base_url' else 3}:" in result.output
+
+
+# --- item 7: result temp files are created exclusively, never through a symlink ---------------
+
+
+@pytest.mark.parametrize("size", [10, 1 << 20], ids=["in-memory", "spilled"])
+async def test_a_symlink_planted_at_the_temp_name_is_not_written_through(
+    tmp_path: Path, size: int
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    final = tmp_path / "results" / "p" / "x.csv"
+    final.parent.mkdir(parents=True)
+    tmp = part_path(final)
+    tmp.symlink_to(victim)
+    sink = AtomicFile(final).open()
+    await sink.write(b"a" * size)
+    await sink.commit()
+    assert victim.read_bytes() == b"precious"
+    assert final.read_bytes() == b"a" * size and not final.is_symlink()
+    assert not tmp.exists() and not tmp.is_symlink()
+
+
+def test_a_file_already_at_the_temp_name_is_replaced_not_written_into(tmp_path: Path) -> None:
+    """A stale temp from a crash is simply replaced; a hard link planted there (another name
+    of some other file) must not have that file truncated and overwritten."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    final = tmp_path / "x.csv"
+    part_path(final).hardlink_to(victim)
+    sink = AtomicFile(final, spill=0).open()
+    sink.write_sync(b"new\n")
+    sink.commit_sync()
+    assert final.read_bytes() == b"new\n"
+    assert victim.read_bytes() == b"precious"
+
+
+def test_stitching_parts_does_not_follow_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    parts = []
+    for i in range(2):
+        parts.append(tmp_path / f"part{i}.csv")
+        parts[-1].write_bytes(b"h\n" + f"{i}\n".encode())
+    final = tmp_path / "out" / "x.csv"
+    final.parent.mkdir()
+    part_path(final).symlink_to(victim)
+    stitch(parts, final, "csv")
+    assert victim.read_bytes() == b"precious"
+    assert final.read_bytes() == b"h\n0\n1\n"
