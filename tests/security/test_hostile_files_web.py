@@ -4,13 +4,27 @@ followed, written through, shown raw or served to a stranger."""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from structlog.testing import capture_logs
 
 from orchestrator.cli import cli
+from orchestrator.config import load_config
+from orchestrator.domain import JobState
 from orchestrator.outputs import AtomicFile, part_path, stitch
+from orchestrator.providers.claravine import parse_rows
+from orchestrator.providers.clari_ingest import parse_records
+from orchestrator.providers.clayva import parse_events
+from orchestrator.providers.sources import SourceError, load_source
+from orchestrator.simulator.server import SimulatorServer
+from tests.conftest import write_config
+from tests.integration.helpers import all_jobs, run_once
 
 
 def check_config(config: Path, *args: str) -> Result:
@@ -158,3 +172,106 @@ def test_stitching_parts_does_not_follow_a_planted_symlink(tmp_path: Path) -> No
     stitch(parts, final, "csv")
     assert victim.read_bytes() == b"precious"
     assert final.read_bytes() == b"h\n0\n1\n"
+
+
+# --- item 5: import sources: symlinks refused, file content never quoted -----------------------
+
+SECRET = "sk_live_9f8e7d6c5b4a39281706"
+
+
+def plant_inbox(tmp_path: Path) -> tuple[Path, Path]:
+    """An inbox with one good file, a symlink to a key file, and a symlinked directory leading
+    to the keys, as someone who may only drop files would set it up."""
+    keys = tmp_path / "credentials"
+    keys.mkdir()
+    (keys / "clayva_key").write_text(SECRET + "\n")
+    (keys / "clayva_key.jsonl").write_text(json.dumps({"event": "A", "userId": SECRET}) + "\n")
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    good = inbox / "good.jsonl"
+    good.write_text("".join(json.dumps({"event": "E", "userId": f"u{i}"}) + "\n" for i in range(3)))
+    (inbox / "drop.jsonl").symlink_to("../credentials/clayva_key.jsonl")
+    (inbox / "sub").symlink_to("../credentials", target_is_directory=True)
+    return inbox, good
+
+
+async def test_symlinked_sources_are_skipped_with_a_warning(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    inbox, good = plant_inbox(tmp_path)
+    pipelines = [
+        {"name": "ev", "kind": "clayva.events_import", "params": {"source": f"{inbox}/*.jsonl"}},
+        {"name": "deep", "kind": "clayva.events_import", "params": {"source": f"{inbox}/*/*"}},
+    ]
+    clayva = {"base_url": sim.base_url("clayva"), "requests_per_minute": 6000}
+    cfg = load_config(
+        write_config(tmp_path, sim.base_url("clari"), pipelines, providers={"clayva": clayva})
+    )
+    with capture_logs() as logs:
+        assert await run_once(cfg) == 0
+    (job,) = await all_jobs(cfg)
+    assert job.state == JobState.SUCCEEDED and job.params["file"] == str(good)
+    assert sim.sims.clayva.stats["events"] == 3
+    skipped = {e["path"]: e["reason"] for e in logs if e["event"] == "import_source_skipped"}
+    assert "a symlink" in skipped[f"{inbox}/drop.jsonl"]
+    assert "resolves outside" in skipped[f"{inbox}/sub/clayva_key"]
+    assert SECRET.encode() not in (tmp_path / "ledger.db").read_bytes()
+
+
+def test_a_source_swapped_for_a_symlink_after_the_scan_is_not_read(tmp_path: Path) -> None:
+    inbox, good = plant_inbox(tmp_path)
+    params = {"source": f"{inbox}/*.jsonl", "file": str(inbox / "drop.jsonl")}
+    with pytest.raises(SourceError, match="is a symlink") as info:
+        load_source(params, parse_events)
+    assert SECRET not in str(info.value)
+    outside = {"source": f"{inbox}/*/*", "file": str(inbox / "sub" / "clayva_key.jsonl")}
+    with pytest.raises(SourceError, match="resolves outside") as info:
+        load_source(outside, parse_events)
+    assert SECRET not in str(info.value)
+    fifo = inbox / "pipe.jsonl"
+    os.mkfifo(fifo)  # would block a plain open() for ever
+    with pytest.raises(SourceError, match="not a regular file"):
+        load_source({"source": f"{inbox}/*.jsonl", "file": str(fifo)}, parse_events)
+    assert load_source({"source": f"{inbox}/*.jsonl", "file": str(good)}, parse_events)
+
+
+def _problems(parse: Callable[[Path, str], Any], path: Path, text: str) -> str:
+    try:
+        result = parse(path, text)
+    except SourceError as exc:
+        return str(exc)
+    return "\n".join(result[2])  # Clayva: rejects
+
+
+@pytest.mark.parametrize(
+    ("parse", "name", "text", "where"),
+    [
+        (parse_events, "k.csv", f"{SECRET}\n", ":1: column 1 is not a known one"),
+        (parse_events, "k.jsonl", f'{{"event":"A","userId":"u","timestamp":"{SECRET}"}}', ":1:"),
+        (parse_rows, "k.csv", f"{SECRET},{SECRET}\na,b\n", ":1: header has repeated column"),
+        (parse_rows, "k.jsonl", f'{{"a":1}}\n{{"{SECRET}":1}}\n', ":2: keys differ"),
+        (
+            parse_records,
+            "k.json",
+            json.dumps([{"sourceEntity": SECRET, "records": [{"id": "1"}]}]),
+            "block 1 record 1",
+        ),
+        (
+            parse_records,
+            "k.jsonl",
+            "".join(
+                json.dumps({"sourceEntity": "E", "id": SECRET, "createdAt": T, "updatedAt": T})
+                + "\n"
+                for T in (1_700_000_000_000, 1_700_000_000_000)
+            ),
+            "k.jsonl:2: same sourceEntity and id as",
+        ),
+    ],
+    ids=["clayva-csv", "clayva-jsonl", "claravine-csv", "claravine-jsonl", "ingest", "ingest-ids"],
+)
+def test_import_errors_locate_the_problem_without_quoting_the_file(
+    tmp_path: Path, parse: Callable[[Path, str], Any], name: str, text: str, where: str
+) -> None:
+    message = _problems(parse, tmp_path / name, text)
+    assert where in message
+    assert SECRET not in message
