@@ -7,10 +7,13 @@ from __future__ import annotations
 import json as json_module
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
 import structlog
+
+from orchestrator.terminal import printable
 
 # Tracebacks as data in JSON lines, without local variables: structlog shows them by default,
 # and a frame that made a request holds its headers (the API key) in its locals.
@@ -30,6 +33,12 @@ def _dumps(event: dict[str, Any], **kw: Any) -> str:
         return json_module.dumps(event, **kw)
 
 
+def _printable_values(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    """On a terminal, text from outside in a log line (a provider's error) is shown, never
+    obeyed as escape sequences. (JSON lines escape control characters themselves.)"""
+    return {k: printable(v) if isinstance(v, str) else v for k, v in event.items()}
+
+
 def configure(*, json: bool | None = None, level: str = "INFO") -> None:
     """May be called again (tests do): the bound loggers are cached on first use, so their own
     chain is the same in every mode; what differs (renderer, tracebacks, level) lives in the
@@ -47,6 +56,7 @@ def configure(*, json: bool | None = None, level: str = "INFO") -> None:
         renderer = [_dict_tracebacks, structlog.processors.JSONRenderer(serializer=_dumps)]
     else:
         renderer = [
+            _printable_values,
             structlog.dev.ConsoleRenderer(
                 exception_formatter=structlog.dev.plain_traceback, colors=True
             )

@@ -4,19 +4,25 @@ followed, written through, shown raw or served to a stranger."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 
 from orchestrator.cli import cli
 from orchestrator.config import load_config
 from orchestrator.domain import JobState
+from orchestrator.ledger import migrate
+from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.outputs import AtomicFile, part_path, stitch
 from orchestrator.providers.claravine import parse_rows
 from orchestrator.providers.clari_ingest import parse_records
@@ -275,3 +281,131 @@ def test_import_errors_locate_the_problem_without_quoting_the_file(
     message = _problems(parse, tmp_path / name, text)
     assert where in message
     assert SECRET not in message
+
+
+# --- items 9 and 11: provider text on the terminal; check-config --online on a bad answer -------
+
+# Retitles the window, clears the screen, rings, hides a line behind a carriage return, and
+# (for rich) opens markup and a link.
+HOSTILE_TEXT = (
+    "\x1b]0;pwned\x07\x1b[2J\x1b[Hboom\r\x1b[31m[bold red]fake OK[/bold red] "
+    "[link=https://evil.example]click[/link]\x9b2J\u202egnp.exe"
+)
+
+
+def assert_shown_not_obeyed(text: str) -> None:
+    assert not set(text) & {"\x1b", "\x07", "\r", "\x9b", "\u202e"}, repr(text)
+    assert "[bold red]fake OK[/bold red]" in text  # shown as written, not rendered
+
+
+class FakeProvider:
+    """A provider on loopback that answers every request with one status and body."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.body = b"{}"
+
+    async def handle(self, _: web.Request) -> web.Response:
+        return web.Response(status=self.status, body=self.body, content_type="application/json")
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[FakeProvider, str]]:
+    provider = FakeProvider()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", provider.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield provider, f"http://127.0.0.1:{runner.addresses[0][1]}/v4"
+    finally:
+        await runner.cleanup()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, b'["not", "an", "object"]'),
+        (200, b"[" * 200_000 + b"]" * 200_000),
+        (200, b'{"concurrentLimit": {"deep": []}, "monthlyQuota": "many"}'),
+        (401, json.dumps({"code": "unauthorized", "message": HOSTILE_TEXT}).encode()),
+    ],
+    ids=["wrong-shape", "json-bomb", "wrong-types", "escapes-in-error"],
+)
+async def test_check_config_online_on_a_bad_answer_is_one_line_and_exit_2(
+    tmp_path: Path, fake: tuple[FakeProvider, str], status: int, body: bytes
+) -> None:
+    provider, url = fake
+    provider.status, provider.body = status, body
+    config = write_config(tmp_path, url, [], provider={"retries": 0})
+    out = await asyncio.to_thread(run_cli, "check-config", "--online", "--config", str(config))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    (line,) = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert line.startswith("  clari: FAILED: ")
+    if status == 401:
+        assert_shown_not_obeyed(line)
+
+
+async def plant_hostile_job(config: Path) -> None:
+    """A failed job and a running one whose error, reasons and remote id came from a provider."""
+    cfg = load_config(config)
+    ledger = Ledger(cfg.ledger.url)
+    try:
+        await migrate.upgrade(ledger)
+        for key in ("a", "b"):
+            job_id = await ledger.enqueue(
+                pipeline="f",
+                kind="clari.forecast_export",
+                provider="clari",
+                params={"forecastId": "x"},
+                idempotency_key=key,
+                fire_time=None,
+                max_attempts=1,
+            )
+            assert job_id is not None
+            await ledger.transition(job_id, JobState.PENDING, JobState.SUBMITTING)
+            if key == "a":
+                await ledger.transition(
+                    job_id,
+                    JobState.SUBMITTING,
+                    JobState.FAILED,
+                    reason=HOSTILE_TEXT,
+                    error=HOSTILE_TEXT,
+                    finished_at=utcnow(),
+                )
+            else:
+                await ledger.transition(
+                    job_id, JobState.SUBMITTING, JobState.RUNNING, remote_id=HOSTILE_TEXT
+                )
+    finally:
+        await ledger.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("jobs", "list"),
+        ("jobs", "show", "1"),
+        ("jobs", "show", "2"),
+        ("jobs", "watch", "--iterations", "1"),
+    ],
+    ids=" ".join,
+)
+async def test_provider_text_is_shown_not_obeyed(tmp_path: Path, command: tuple[str, ...]) -> None:
+    config = write_config(tmp_path, "http://127.0.0.1:1/v4", [])
+    await plant_hostile_job(config)
+    out = await asyncio.to_thread(run_cli, *command, "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert_shown_not_obeyed(out.stdout)
