@@ -59,7 +59,7 @@ def configure(*, json: bool | None = None, level: str = "INFO") -> None:
             _printable_values,
             structlog.dev.ConsoleRenderer(
                 exception_formatter=structlog.dev.plain_traceback, colors=True
-            )
+            ),
         ]
     structlog.configure(
         processors=[
