@@ -185,6 +185,25 @@ class WebConfig(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8787, ge=0, le=65535)  # 0: any free port (tests)
+    # Host names the server answers to besides its bind address ("*": any). Any other Host
+    # header is refused, so a web page cannot read the API through DNS rebinding.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # A file holding a token that / , /api/* and /metrics then require (Bearer, or as the
+    # password of Basic auth in a browser); /healthz and /readyz stay open.
+    token_file: Path | None = None
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for host in v:
+            if not host or any(c in host for c in "/: \t"):
+                raise ValueError(f"{host!r} is not a host name (no scheme, port or path)")
+        return [h.lower().rstrip(".") for h in v]
+
+    def token(self) -> str | None:
+        if self.token_file is None:
+            return None
+        return self.token_file.read_text(encoding="utf-8").strip()
 
 
 class Config(_Model):
@@ -470,6 +489,13 @@ def _check_semantics(
             prov.api_key_file = _credentials_dir_file(prov.api_key_file)
             if not prov.api_key_file.is_file():
                 report(("providers", name, "api_key_file"), f"{prov.api_key_file} is not readable")
+    if check_files and cfg.web.token_file is not None:
+        try:
+            if not cfg.web.token():
+                report(("web", "token_file"), f"{cfg.web.token_file} is empty")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not UTF-8"
+            report(("web", "token_file"), f"{cfg.web.token_file}: cannot read: {why}")
 
 
 def is_loopback(host: str | None) -> bool:

@@ -5,6 +5,8 @@ followed, written through, shown raw or served to a stranger."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -13,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from click.testing import CliRunner, Result
@@ -21,6 +24,7 @@ from structlog.testing import capture_logs
 from orchestrator.cli import cli
 from orchestrator.config import load_config
 from orchestrator.domain import JobState
+from orchestrator.engine.daemon import Daemon
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.outputs import AtomicFile, part_path, stitch
@@ -30,7 +34,7 @@ from orchestrator.providers.clayva import parse_events
 from orchestrator.providers.sources import SourceError, load_source
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import write_config
-from tests.integration.helpers import all_jobs, run_once
+from tests.integration.helpers import all_jobs, run_once, start
 
 
 def check_config(config: Path, *args: str) -> Result:
@@ -291,6 +295,8 @@ HOSTILE_TEXT = (
     "\x1b]0;pwned\x07\x1b[2J\x1b[Hboom\r\x1b[31m[bold red]fake OK[/bold red] "
     "[link=https://evil.example]click[/link]\x9b2J\u202egnp.exe"
 )
+HOSTILE_HTML = "<script>alert(1)</script>"
+HOSTILE_ID = "<img src=x onerror=alert(2)>"
 
 
 def assert_shown_not_obeyed(text: str) -> None:
@@ -382,12 +388,15 @@ async def plant_hostile_job(config: Path) -> None:
                     JobState.SUBMITTING,
                     JobState.FAILED,
                     reason=HOSTILE_TEXT,
-                    error=HOSTILE_TEXT,
+                    error=HOSTILE_TEXT + HOSTILE_HTML,
                     finished_at=utcnow(),
                 )
             else:
                 await ledger.transition(
-                    job_id, JobState.SUBMITTING, JobState.RUNNING, remote_id=HOSTILE_TEXT
+                    job_id,
+                    JobState.SUBMITTING,
+                    JobState.RUNNING,
+                    remote_id=HOSTILE_TEXT + HOSTILE_ID,
                 )
     finally:
         await ledger.close()
@@ -409,3 +418,94 @@ async def test_provider_text_is_shown_not_obeyed(tmp_path: Path, command: tuple[
     out = await asyncio.to_thread(run_cli, *command, "--config", str(config))
     assert out.returncode == 0, out.stderr
     assert_shown_not_obeyed(out.stdout)
+
+
+# --- item 10: the status server answers only to its own name, with the token, inertly ----------
+
+TOKEN = "status-token-Xk29fLq7Rw"
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(
+    tmp_path: Path, sim: SimulatorServer, web_conf: str = ""
+) -> AsyncIterator[tuple[Daemon, str]]:
+    config = write_config(tmp_path, sim.base_url("clari"), [])
+    config.write_text(
+        config.read_text().replace("[web]\nport = 0\n", f"[web]\nport = 0\n{web_conf}")
+    )
+    cfg = load_config(config)
+    await plant_hostile_job(config)
+    daemon = Daemon(cfg)
+    task = await start(daemon)
+    try:
+        yield daemon, f"http://127.0.0.1:{daemon.web.port}"
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(task, 15) == 0
+
+
+async def get(url: str, **headers: str) -> tuple[int, dict[str, str], str]:
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as r:
+        return r.status, dict(r.headers), await r.text()
+
+
+async def test_the_status_server_answers_only_to_its_own_names(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    async with running_daemon(tmp_path, sim, 'allowed_hosts = ["status.example.net"]\n') as (
+        daemon,
+        base,
+    ):
+        port = daemon.web.port
+        for path in ("/", "/api/jobs", "/metrics"):
+            for host in (
+                "rebound.attacker.example",
+                f"rebound.attacker.example:{port}",
+                "10.1.2.3",
+            ):
+                status, _, body = await get(base + path, Host=host)
+                assert status == 421 and "forecastId" not in body, (path, host)
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "status.example.net"):
+                assert (await get(base + path, Host=host))[0] == 200, (path, host)
+        for probe in ("/healthz", "/readyz"):  # probes come by any name
+            assert (await get(base + probe, Host="rebound.attacker.example"))[0] == 200
+
+
+async def test_the_page_and_api_need_the_token_and_the_probes_do_not(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    basic = "Basic " + base64.b64encode(f"anyone:{TOKEN}".encode()).decode()
+    with capture_logs() as logs:
+        async with running_daemon(tmp_path, sim, f'token_file = "{tmp_path}/token"\n') as (
+            _,
+            base,
+        ):
+            for path in ("/", "/api/jobs", "/metrics"):
+                status, headers, body = await get(base + path)
+                assert status == 401 and "forecastId" not in body
+                assert "Bearer" in headers["WWW-Authenticate"]
+                for wrong in ("Bearer nope", f"Bearer {TOKEN}x", f"Basic {TOKEN}", TOKEN):
+                    assert (await get(base + path, Authorization=wrong))[0] == 401, wrong
+                assert (await get(base + path, Authorization=f"Bearer {TOKEN}"))[0] == 200
+                assert (await get(base + path, Authorization=basic))[0] == 200
+            for probe in ("/healthz", "/readyz"):
+                assert (await get(base + probe))[0] == 200
+    assert TOKEN not in repr(logs)
+
+
+async def test_the_page_of_hostile_job_text_is_inert(tmp_path: Path, sim: SimulatorServer) -> None:
+    async with running_daemon(tmp_path, sim) as (_, base):
+        for path in ("/", "/api/jobs", "/healthz", "/nowhere"):
+            _, headers, _ = await get(base + path)
+            csp = headers["Content-Security-Policy"]
+            assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+            assert "script-src" not in csp
+            assert headers["X-Frame-Options"] == "DENY"
+            assert headers["X-Content-Type-Options"] == "nosniff"
+            assert headers["Referrer-Policy"] == "no-referrer"
+        status, _, page = await get(base + "/")
+        assert status == 200
+        assert "<script>" not in page and "<img" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # the error, shown as text
+        assert "&lt;img src=x onerror=alert(2)&gt;" in page  # the remote id

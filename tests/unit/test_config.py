@@ -173,3 +173,19 @@ def test_https_or_loopback(url: str, ok: bool) -> None:
     from orchestrator.config import https_or_loopback
 
     assert https_or_loopback(url) is ok
+
+
+def test_web_token_file_must_be_readable_and_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("\n")
+    for name, words in (("missing", "cannot read: No such file"), ("empty", "is empty")):
+        path = write(tmp_path, f'[web]\ntoken_file = "{tmp_path}/{name}"\n')
+        (problem,) = errors_of(path)
+        assert problem.startswith(f"{path}:2: web.token_file: ") and words in problem
+
+
+def test_web_allowed_hosts_are_names(tmp_path: Path) -> None:
+    path = write(tmp_path, '[web]\nallowed_hosts = ["https://status.example.net/"]\n')
+    (problem,) = errors_of(path)
+    assert "is not a host name" in problem
+    ok = write(tmp_path, '[web]\nallowed_hosts = ["Status.Example.NET."]\n')
+    assert load_config(ok).web.allowed_hosts == ["status.example.net"]
