@@ -16,6 +16,7 @@ from orchestrator.config import Config, load_config
 from orchestrator.domain import JobState
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.ledger.store import Ledger, job_to_dict, part_to_dict, utcnow
+from orchestrator.runtime import set_umask
 from orchestrator.terminal import cell, printable
 
 T = TypeVar("T")
@@ -27,12 +28,15 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _load(path: str | None) -> Config:
+    """The config, and the process umask it sets; or its problems and exit 2."""
     try:
-        return load_config(path)
+        cfg = load_config(path)
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(line, err=True)
         sys.exit(2)
+    set_umask(cfg.daemon.umask)
+    return cfg
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from orchestrator.errors import ConfigError
+from orchestrator.runtime import DEFAULT_UMASK
 from orchestrator.schedule import parse_schedule
 from orchestrator.templating import TemplateError, render
 
@@ -172,11 +173,22 @@ class DaemonConfig(_Model):
     retry_base: Duration = 30.0  # first wait before re-running a failed job; doubles each attempt
     retry_cap: Duration = 1800.0
     timezone: str = "UTC"
+    # The process umask, octal: files the daemon creates (ledger, results) 0600, directories
+    # 0700 unless set otherwise ("027": group may read).
+    umask: int = Field(default=DEFAULT_UMASK, ge=0, le=0o777)
 
     @field_validator("drain_timeout", "claim_interval", "retry_base", "retry_cap", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> float:
         return parse_duration(v)
+
+    @field_validator("umask", mode="before")
+    @classmethod
+    def _octal(cls, v: Any) -> int:
+        # A string: TOML's 077 is a syntax error and 77 would be decimal.
+        if not isinstance(v, str) or not re.fullmatch(r"0?[0-7]{3}", v.strip()):
+            raise ValueError(f'{v!r} is not an octal umask in quotes, like "077" or "027"')
+        return int(v, 8)
 
 
 class WebConfig(_Model):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from orchestrator.domain import Job
+from orchestrator.runtime import file_mode, make_dirs
 
 JSON_COUNT_LIMIT = 64 * 1024 * 1024  # count JSON records only up to this size (bounded memory)
 RECORD_KEYS = ("activities", "items", "rows", "data", "records")
@@ -43,18 +44,17 @@ _writeback = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writeback")
 # A new file, never an existing one and never through a symlink at the name: a link planted at
 # `.x.part` would otherwise have the export written into whatever file it points at.
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-FILE_MODE = 0o666  # narrowed by the process umask ([daemon] umask, 077 unless configured)
 
 
 def _open_new(path: Path) -> int:
     try:
-        return os.open(path, _CREATE, FILE_MODE)
+        return os.open(path, _CREATE, file_mode())
     except FileExistsError:
         # A temp file a crash left behind, or something planted there: unlink removes the name
         # itself (a symlink, not its target); then the name is created afresh, exclusively. A
         # directory at the name, or a second file appearing meanwhile, is an error for the job.
         path.unlink()
-        return os.open(path, _CREATE, FILE_MODE)
+        return os.open(path, _CREATE, file_mode())
 
 
 def create_new(path: Path) -> int:
@@ -65,7 +65,7 @@ def create_new(path: Path) -> int:
     try:
         return _open_new(path)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         return _open_new(path)
 
 
@@ -336,7 +336,7 @@ def stitch(parts: list[Path], final: Path, fmt: str) -> tuple[int, str, int | No
     """Join export parts, in order, into one file under `final` (atomically, durably): CSV keeps
     the first part's header only; JSON arrays are merged into one array. Returns (bytes, sha256,
     rows)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(final.parent)
     tmp = part_path(final)
     sha = hashlib.sha256()
     written = 0

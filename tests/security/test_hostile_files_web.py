@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +34,7 @@ from orchestrator.providers.clari_ingest import parse_records
 from orchestrator.providers.clayva import parse_events
 from orchestrator.providers.sources import SourceError, load_source
 from orchestrator.simulator.server import SimulatorServer
-from tests.conftest import write_config
+from tests.conftest import forecast, write_config
 from tests.integration.helpers import all_jobs, run_once, start
 
 
@@ -509,3 +510,57 @@ async def test_the_page_of_hostile_job_text_is_inert(tmp_path: Path, sim: Simula
         assert "<script>" not in page and "<img" not in page
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # the error, shown as text
         assert "&lt;img src=x onerror=alert(2)&gt;" in page  # the remote id
+
+
+# --- item 8: files the daemon makes are private unless configured otherwise ---------------------
+
+
+@pytest.mark.parametrize(
+    ("umask", "file", "directory"), [(None, 0o600, 0o700), ("027", 0o640, 0o750)]
+)
+async def test_a_real_run_creates_private_files_whatever_umask_it_inherits(
+    tmp_path: Path, sim: SimulatorServer, umask: str | None, file: int, directory: int
+) -> None:
+    daemon = {"umask": umask} if umask else {}
+    config = write_config(tmp_path, sim.base_url("clari"), [forecast("f")], daemon=daemon)
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "orchestrator", "run", "--once", "--config", str(config)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        umask=0o022,  # a usual login umask: files 0644
+    )
+    assert out.returncode == 0, out.stderr
+    (result,) = (tmp_path / "results").rglob("*.csv")
+    created = [tmp_path / "ledger.db", result]
+    created += tmp_path.glob("ledger.db-*")  # WAL and shared memory, if still there
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in created} == {
+        p.name: oct(file) for p in created
+    }
+    dirs = [tmp_path / "results", result.parent]
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in dirs} == {
+        p.name: oct(directory) for p in dirs
+    }
+
+
+async def test_results_and_ledger_get_explicit_modes_when_embedded(tmp_path: Path) -> None:
+    """A library caller (this test session) never set the umask: the modes are explicit."""
+    old = os.umask(0o022)
+    try:
+        sink = AtomicFile(tmp_path / "results" / "p" / "x.csv").open()
+        await sink.write(b"a\n")
+        await sink.commit()
+        ledger = Ledger(f"sqlite+aiosqlite:///{tmp_path}/state/ledger.db")
+        await migrate.upgrade(ledger)
+        await ledger.close()
+    finally:
+        os.umask(old)
+    mode = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.rglob("*")}
+    assert mode == {
+        "results": "0o700",
+        "p": "0o700",
+        "x.csv": "0o600",
+        "state": "0o700",
+        "ledger.db": "0o600",
+    } | {p.name: "0o600" for p in tmp_path.glob("state/ledger.db-*")}
