@@ -543,4 +543,5 @@ def validate_params(p: PipelineConfig, model: type[BaseModel], index: int, repor
         model.model_validate(rendered)
     except ValidationError as exc:
         for err in exc.errors():
-            report(("pipelines", index, "params", *err["loc"]), err["msg"])
+            msg = err["msg"].removeprefix("Value error, ")
+            report(("pipelines", index, "params", *err["loc"]), msg)

@@ -141,6 +141,8 @@ class FileImportParams(Params):
     def _glob(cls, v: str | PipelineSource) -> str | PipelineSource:
         if isinstance(v, str) and not v.strip():
             raise ValueError('source is empty: give a file glob or { pipeline = "name" }')
+        if isinstance(v, str) and any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("source has a control character (a NUL cannot be in a file name)")
         return v
 
 

@@ -564,3 +564,13 @@ async def test_results_and_ledger_get_explicit_modes_when_embedded(tmp_path: Pat
         "state": "0o700",
         "ledger.db": "0o600",
     } | {p.name: "0o600" for p in tmp_path.glob("state/ledger.db-*")}
+
+
+def test_a_glob_with_a_nul_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "o.toml"
+    config.write_text(
+        '[providers.clayva]\nbase_url = "https://x.example"\napi_key = "k"\n'
+        '[[pipelines]]\nname = "e"\nkind = "clayva.events_import"\n'
+        'params = { source = "/srv/in\\u0000box/*.csv" }\n'
+    )
+    assert_config_error(check_config(config), config, "source has a control character")
