@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
 
 from orchestrator import statuspage
 from orchestrator.config import is_loopback
@@ -135,8 +134,10 @@ class StatusServer:
         if self._token is not None and not token_matches(
             request.headers.get(hdrs.AUTHORIZATION), self._token
         ):
-            headers = CIMultiDict((hdrs.WWW_AUTHENTICATE, c) for c in _CHALLENGES)
-            return web.Response(status=401, text="401: token required\n", headers=headers)
+            denied = web.Response(status=401, text="401: token required\n")
+            for challenge in _CHALLENGES:  # one header each: browsers then offer Basic
+                denied.headers.add(hdrs.WWW_AUTHENTICATE, challenge)
+            return denied
         return await handler(request)
 
     async def start(self, host: str, port: int) -> None:
