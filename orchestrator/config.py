@@ -38,15 +38,22 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+MAX_DURATION = 366 * 86400.0  # longer is a typo, and infinity breaks timers (ceil(inf))
+
+
 def parse_duration(value: str | float | int) -> float:
-    """'90s', '15m', '1h30m', '250ms' or a number of seconds → seconds."""
+    """'90s', '15m', '1h30m', '250ms' or a number of seconds → seconds (at most a year)."""
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("must not be negative")
-        return float(value)
-    if not _DURATION.match(value):
-        raise ValueError(f"{value!r} is not a duration like '30s', '15m', '2h' or '1h30m'")
-    return sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(value))
+        seconds = float(value)
+    elif not _DURATION.match(value):
+        raise ValueError(f"{value[:40]!r} is not a duration like '30s', '15m', '2h' or '1h30m'")
+    else:
+        seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(value))
+    if not seconds <= MAX_DURATION:  # also NaN
+        raise ValueError("must be at most 366 days")
+    return seconds
 
 
 Duration = Annotated[float, Field(ge=0)]

@@ -85,6 +85,18 @@ def test_interval_too_long_is_a_config_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "duration",
+    ["inf", '"' + "9" * 400 + 'd"', '"400d"', "1e300"],
+    ids=["inf", "9e399d", "400d", "1e300"],
+)
+def test_endless_durations_are_config_errors(tmp_path: Path, duration: str) -> None:
+    """An infinite timeout passed validation and then broke aiohttp's timers (ceil(inf))."""
+    config = tmp_path / "o.toml"
+    config.write_text(PROVIDER + f"timeout = {duration}\n")
+    assert_config_error(check_config(config), config, "timeout: must be at most 366 days")
+
+
+@pytest.mark.parametrize(
     "nest",
     [
         "params = { a = " + "[" * 100_000 + "]" * 100_000 + " }",
