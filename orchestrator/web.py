@@ -148,6 +148,13 @@ class StatusServer:
         await web.TCPSite(self._runner, host, port).start()
         self.port = int(self._runner.addresses[0][1])
         log.info("status_server_started", url=f"http://{host}:{self.port}/")
+        if self._token is None and not is_loopback(host):
+            log.warning(
+                "status_server_without_token",
+                host=host,
+                hint="job params, paths and errors are readable by anyone who can reach it: "
+                "set [web] token_file, or bind to 127.0.0.1",
+            )
 
     async def stop(self) -> None:
         if self._runner is not None:

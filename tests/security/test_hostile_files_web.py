@@ -586,3 +586,25 @@ def test_a_glob_with_a_nul_is_a_config_error(tmp_path: Path) -> None:
         'params = { source = "/srv/in\\u0000box/*.csv" }\n'
     )
     assert_config_error(check_config(config), config, "source has a control character")
+
+
+async def test_a_status_server_reachable_from_the_network_without_a_token_is_warned_about(
+    tmp_path: Path,
+) -> None:
+    cfg = load_config(write_config(tmp_path, "http://127.0.0.1:1/v4", []))
+    daemon = Daemon(cfg)
+    (tmp_path / "token").write_text(TOKEN)
+    any_address = "0.0.0.0"  # noqa: S104 (an ephemeral port, for a moment)
+    for host, token_file, warned in (
+        ("127.0.0.1", None, False),
+        (any_address, None, True),
+        (any_address, tmp_path / "token", False),
+    ):
+        daemon.cfg.web.token_file = token_file
+        with capture_logs() as logs:
+            await daemon.web.start(host, 0)
+            await daemon.web.stop()
+        events = [e["event"] for e in logs]
+        assert ("status_server_without_token" in events) is warned, (host, token_file)
+        assert TOKEN not in repr(logs)
+    await daemon.ledger.close()
