@@ -44,6 +44,10 @@ class SourceFile:
         return {"path": str(self.path), "bytes": self.size, "sha256": self.sha256, "rows": rows}
 
 
+# A source file is read and parsed whole: a 64 MiB CSV peaked at 780 MiB of memory. Bigger files
+# are refused (the job fails, saying so) rather than taking the daemon down, and with it every
+# restart that would read the same file again.
+MAX_SOURCE_BYTES = 32 << 20
 _MAGIC = re.compile(r"[*?[]")
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
@@ -69,10 +73,11 @@ def _opened_path(fd: int, path: Path) -> Path:
         return path.resolve()
 
 
-def open_source(path: Path, within: Path | None = None) -> int:
-    """A descriptor of `path` if it is a regular file, not a symlink, and (given `within`) really
-    inside that directory; else a SourceError that names the file and nothing of its content.
-    The checks are made on the opened file, so swapping the name meanwhile does not get past."""
+def open_source(path: Path, within: Path | None = None, max_bytes: int | None = None) -> int:
+    """A descriptor of `path` if it is a regular file, not a symlink, (given `within`) really
+    inside that directory and (given `max_bytes`) no bigger; else a SourceError that names the
+    file and nothing of its content. The checks are made on the opened file, so swapping the
+    name meanwhile does not get past."""
     try:
         fd = os.open(path, _OPEN)
     except OSError as exc:
@@ -80,8 +85,11 @@ def open_source(path: Path, within: Path | None = None) -> int:
             raise SourceError(f"{path}: is a symlink; import sources must be files") from None
         raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise SourceError(f"{path}: not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise _too_big(path, max_bytes)
         if within is not None and not _opened_path(fd, path).is_relative_to(within):
             raise SourceError(f"{path}: resolves outside {within}; not read")
     except BaseException:
@@ -90,15 +98,26 @@ def open_source(path: Path, within: Path | None = None) -> int:
     return fd
 
 
-def read_source(path: Path, within: Path | None = None) -> SourceFile:
+def _too_big(path: Path, max_bytes: int) -> SourceError:
+    return SourceError(
+        f"{path}: larger than maxSourceBytes ({max_bytes:,} bytes): split it, or raise "
+        "maxSourceBytes in the pipeline's params (parsing takes about 12 times the file's size)"
+    )
+
+
+def read_source(
+    path: Path, within: Path | None = None, max_bytes: int = MAX_SOURCE_BYTES
+) -> SourceFile:
     """A source file read once: its text (UTF-8, BOM allowed), sha256 and size; or a
     SourceError naming the file and line."""
-    fd = open_source(path, within)
+    fd = open_source(path, within, max_bytes)
     try:
         with os.fdopen(fd, "rb") as f:
-            raw = f.read()
+            raw = f.read(max_bytes + 1)  # it may have grown since fstat
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > max_bytes:
+        raise _too_big(path, max_bytes)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -114,7 +133,8 @@ def load_source(params: dict[str, Any], parse: Callable[[Path, str], T]) -> tupl
         raise SourceError("no source file on this job")
     source = params.get("source")
     within = glob_base(source) if isinstance(source, str) else None
-    src = read_source(Path(str(params["file"])), within)
+    max_bytes = int(params.get("maxSourceBytes") or MAX_SOURCE_BYTES)
+    src = read_source(Path(str(params["file"])), within, max_bytes)
     if params.get("sha256") and src.sha256 != params["sha256"]:
         raise SourceError(
             f"{src.path}: changed since this job was queued; the next scan imports the new "
@@ -133,6 +153,7 @@ class FileImportParams(Params):
     into one job per new file) which file this job imports."""
 
     source: str | PipelineSource
+    maxSourceBytes: int = Field(default=MAX_SOURCE_BYTES, ge=1)  # ours: bigger files fail
     file: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 

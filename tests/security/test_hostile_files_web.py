@@ -608,3 +608,15 @@ async def test_a_status_server_reachable_from_the_network_without_a_token_is_war
         assert ("status_server_without_token" in events) is warned, (host, token_file)
         assert TOKEN not in repr(logs)
     await daemon.ledger.close()
+
+
+def test_a_source_bigger_than_max_source_bytes_fails_its_job_unread(tmp_path: Path) -> None:
+    """Parsed whole, a dropped multi-GiB file would take the daemon down on every restart."""
+    inbox, good = plant_inbox(tmp_path)
+    big = inbox / "big.jsonl"
+    big.write_text(good.read_text() * 200)
+    params = {"source": f"{inbox}/*.jsonl", "file": str(big), "maxSourceBytes": 4096}
+    with pytest.raises(SourceError, match=r"larger than maxSourceBytes \(4,096 bytes\)"):
+        load_source(params, parse_events)
+    assert load_source({**params, "file": str(good)}, parse_events)
+    assert load_source({**params, "maxSourceBytes": big.stat().st_size}, parse_events)
