@@ -214,6 +214,7 @@ def plant_inbox(tmp_path: Path) -> tuple[Path, Path]:
     good = inbox / "good.jsonl"
     good.write_text("".join(json.dumps({"event": "E", "userId": f"u{i}"}) + "\n" for i in range(3)))
     (inbox / "drop.jsonl").symlink_to("../credentials/clayva_key.jsonl")
+    (inbox / "drop.csv").symlink_to("../credentials/clayva_key")  # the reproduction
     (inbox / "sub").symlink_to("../credentials", target_is_directory=True)
     return inbox, good
 
@@ -225,6 +226,7 @@ async def test_symlinked_sources_are_skipped_with_a_warning(
     pipelines = [
         {"name": "ev", "kind": "clayva.events_import", "params": {"source": f"{inbox}/*.jsonl"}},
         {"name": "deep", "kind": "clayva.events_import", "params": {"source": f"{inbox}/*/*"}},
+        {"name": "csv", "kind": "clayva.events_import", "params": {"source": f"{inbox}/*.csv"}},
     ]
     clayva = {"base_url": sim.base_url("clayva"), "requests_per_minute": 6000}
     cfg = load_config(
@@ -237,6 +239,7 @@ async def test_symlinked_sources_are_skipped_with_a_warning(
     assert sim.sims.clayva.stats["events"] == 3
     skipped = {e["path"]: e["reason"] for e in logs if e["event"] == "import_source_skipped"}
     assert "a symlink" in skipped[f"{inbox}/drop.jsonl"]
+    assert "a symlink" in skipped[f"{inbox}/drop.csv"]
     assert "resolves outside" in skipped[f"{inbox}/sub/clayva_key"]
     assert SECRET.encode() not in (tmp_path / "ledger.db").read_bytes()
 
