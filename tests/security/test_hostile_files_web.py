@@ -12,16 +12,18 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 
+from orchestrator import web as web_module
 from orchestrator.cli import cli
 from orchestrator.config import load_config
 from orchestrator.domain import JobState
@@ -29,6 +31,7 @@ from orchestrator.engine.daemon import Daemon
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.outputs import AtomicFile, part_path, stitch
+from orchestrator.providers import sources
 from orchestrator.providers.claravine import parse_rows
 from orchestrator.providers.clari_ingest import parse_records
 from orchestrator.providers.clayva import parse_events
@@ -36,6 +39,17 @@ from orchestrator.providers.sources import SourceError, load_source
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import forecast, write_config
 from tests.integration.helpers import all_jobs, run_once, start
+
+
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[MutableMapping[str, Any]]]:
+    """What the modules under test log. Their module loggers may already be cached with the
+    processor list of an earlier logging.configure() (the CLI's, in another test), which
+    capture_logs cannot reach; fresh ones bind to the list it captures with."""
+    for module in (sources, web_module):
+        monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
+    with capture_logs() as entries:
+        yield entries
 
 
 def check_config(config: Path, *args: str) -> Result:
@@ -220,7 +234,7 @@ def plant_inbox(tmp_path: Path) -> tuple[Path, Path]:
 
 
 async def test_symlinked_sources_are_skipped_with_a_warning(
-    tmp_path: Path, sim: SimulatorServer
+    tmp_path: Path, sim: SimulatorServer, logs: list[MutableMapping[str, Any]]
 ) -> None:
     inbox, good = plant_inbox(tmp_path)
     pipelines = [
@@ -232,8 +246,7 @@ async def test_symlinked_sources_are_skipped_with_a_warning(
     cfg = load_config(
         write_config(tmp_path, sim.base_url("clari"), pipelines, providers={"clayva": clayva})
     )
-    with capture_logs() as logs:
-        assert await run_once(cfg) == 0
+    assert await run_once(cfg) == 0
     (job,) = await all_jobs(cfg)
     assert job.state == JobState.SUCCEEDED and job.params["file"] == str(good)
     assert sim.sims.clayva.stats["events"] == 3
@@ -404,7 +417,7 @@ async def plant_hostile_job(config: Path) -> None:
                     JobState.SUBMITTING,
                     JobState.FAILED,
                     reason=HOSTILE_TEXT,
-                    error=HOSTILE_TEXT + HOSTILE_HTML,
+                    error=HOSTILE_TEXT + HOSTILE_HTML + HOSTILE_ID,
                     finished_at=utcnow(),
                 )
             else:
@@ -488,25 +501,22 @@ async def test_the_status_server_answers_only_to_its_own_names(
 
 
 async def test_the_page_and_api_need_the_token_and_the_probes_do_not(
-    tmp_path: Path, sim: SimulatorServer
+    tmp_path: Path, sim: SimulatorServer, logs: list[MutableMapping[str, Any]]
 ) -> None:
     (tmp_path / "token").write_text(TOKEN + "\n")
     basic = "Basic " + base64.b64encode(f"anyone:{TOKEN}".encode()).decode()
-    with capture_logs() as logs:
-        async with running_daemon(tmp_path, sim, f'token_file = "{tmp_path}/token"\n') as (
-            _,
-            base,
-        ):
-            for path in ("/", "/api/jobs", "/metrics"):
-                status, headers, body = await get(base + path)
-                assert status == 401 and "forecastId" not in body
-                assert "Bearer" in headers["WWW-Authenticate"]
-                for wrong in ("Bearer nope", f"Bearer {TOKEN}x", f"Basic {TOKEN}", TOKEN):
-                    assert (await get(base + path, Authorization=wrong))[0] == 401, wrong
-                assert (await get(base + path, Authorization=f"Bearer {TOKEN}"))[0] == 200
-                assert (await get(base + path, Authorization=basic))[0] == 200
-            for probe in ("/healthz", "/readyz"):
-                assert (await get(base + probe))[0] == 200
+    async with running_daemon(tmp_path, sim, f'token_file = "{tmp_path}/token"\n') as (_, base):
+        for path in ("/", "/api/jobs", "/metrics"):
+            status, headers, body = await get(base + path)
+            assert status == 401 and "forecastId" not in body
+            assert "Bearer" in headers["WWW-Authenticate"]
+            for wrong in ("Bearer nope", f"Bearer {TOKEN}x", f"Basic {TOKEN}", TOKEN):
+                assert (await get(base + path, Authorization=wrong))[0] == 401, wrong
+            assert (await get(base + path, Authorization=f"Bearer {TOKEN}"))[0] == 200
+            assert (await get(base + path, Authorization=basic))[0] == 200
+        for probe in ("/healthz", "/readyz"):
+            assert (await get(base + probe))[0] == 200
+    assert any(e["event"] == "status_server_started" for e in logs)  # the capture works
     assert TOKEN not in repr(logs)
 
 
@@ -524,7 +534,7 @@ async def test_the_page_of_hostile_job_text_is_inert(tmp_path: Path, sim: Simula
         assert status == 200
         assert "<script>" not in page and "<img" not in page
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # the error, shown as text
-        assert "&lt;img src=x onerror=alert(2)&gt;" in page  # the remote id
+        assert "&lt;img src=x onerror=alert(2)&gt;" in page
 
 
 # --- item 8: files the daemon makes are private unless configured otherwise ---------------------
@@ -592,7 +602,7 @@ def test_a_glob_with_a_nul_is_a_config_error(tmp_path: Path) -> None:
 
 
 async def test_a_status_server_reachable_from_the_network_without_a_token_is_warned_about(
-    tmp_path: Path,
+    tmp_path: Path, logs: list[MutableMapping[str, Any]]
 ) -> None:
     cfg = load_config(write_config(tmp_path, "http://127.0.0.1:1/v4", []))
     daemon = Daemon(cfg)
@@ -604,10 +614,11 @@ async def test_a_status_server_reachable_from_the_network_without_a_token_is_war
         (any_address, tmp_path / "token", False),
     ):
         daemon.cfg.web.token_file = token_file
-        with capture_logs() as logs:
-            await daemon.web.start(host, 0)
-            await daemon.web.stop()
+        logs.clear()
+        await daemon.web.start(host, 0)
+        await daemon.web.stop()
         events = [e["event"] for e in logs]
+        assert "status_server_started" in events
         assert ("status_server_without_token" in events) is warned, (host, token_file)
         assert TOKEN not in repr(logs)
     await daemon.ledger.close()
