@@ -16,6 +16,8 @@ from orchestrator.config import Config, load_config
 from orchestrator.domain import JobState
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.ledger.store import Ledger, job_to_dict, part_to_dict, utcnow
+from orchestrator.runtime import set_umask
+from orchestrator.terminal import cell, printable
 
 T = TypeVar("T")
 STATES = [s.value for s in JobState]
@@ -26,12 +28,15 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _load(path: str | None) -> Config:
+    """The config, and the process umask it sets; or its problems and exit 2."""
     try:
-        return load_config(path)
+        cfg = load_config(path)
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(line, err=True)
         sys.exit(2)
+    set_umask(cfg.daemon.umask)
+    return cfg
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -114,10 +119,11 @@ def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
     for name, result in _run(check_providers(cfg)).items():
         if result["ok"]:
             info = ", ".join(f"{k}={v}" for k, v in result.items() if k != "ok")
-            click.echo(f"  {name}: ok ({info})")
+            click.echo(f"  {name}: ok ({printable(info, newlines=False)})")
         else:
             failed = True
-            click.echo(f"  {name}: FAILED: {result['error']}", err=True)
+            error = printable(result["error"], newlines=False)
+            click.echo(f"  {name}: FAILED: {error}", err=True)
     sys.exit(2 if failed else 0)
 
 
@@ -141,9 +147,17 @@ async def check_providers(cfg: Config) -> dict[str, dict[str, Any]]:
                 out[name] = {"ok": True, **await adapter.check()}
         except (OrchestratorError, TimeoutError) as exc:
             out[name] = {"ok": False, "error": str(exc) or f"no answer in {CHECK_TIMEOUT:g} s"}
+        except Exception as exc:  # an answer the adapter could not make sense of: report it
+            out[name] = {"ok": False, "error": unexpected_answer(name, exc)}
         finally:
             await adapter.close()
     return out
+
+
+def unexpected_answer(name: str, exc: Exception) -> str:
+    """One line for an answer an adapter failed on (a wrong shape, a JSON bomb): the type of
+    failure only, since the exception's text may quote the answer."""
+    return f"{name}: the provider's answer was not understood ({type(exc).__name__})"
 
 
 # --- jobs ---------------------------------------------------------------------------------------
@@ -189,16 +203,21 @@ def print_jobs_table(rows: list[dict[str, Any]], title: str | None = None) -> No
     table.add_column("path / error", overflow="fold")
     for j in rows:
         table.add_row(
-            str(j["id"]),
-            j["pipeline"],
-            j["kind"],
-            j["state"],
-            str(j["attempts"]),
-            "" if j["result_rows"] is None else str(j["result_rows"]),
-            "" if j["result_bytes"] is None else str(j["result_bytes"]),
-            _fmt_duration(j),
-            (f"parts {j['parts']['done']}/{j['parts']['total']} " if j.get("parts") else "")
-            + (j["result_path"] or j["error"] or ""),
+            *map(
+                cell,
+                (
+                    j["id"],
+                    j["pipeline"],
+                    j["kind"],
+                    j["state"],
+                    j["attempts"],
+                    j["result_rows"],
+                    j["result_bytes"],
+                    _fmt_duration(j),
+                    (f"parts {j['parts']['done']}/{j['parts']['total']} " if j.get("parts") else "")
+                    + (j["result_path"] or j["error"] or ""),
+                ),
+            )
         )
     console = Console()
     if not console.is_terminal:
@@ -291,12 +310,17 @@ async def _watch_table(lg: Ledger) -> Any:
         if in_flight and job.id in progress:
             where = "parts {}/{} done".format(*progress[job.id])
         table.add_row(
-            str(job.id),
-            job.pipeline,
-            job.state.value,
-            str(job.attempts),
-            age,
-            where if in_flight else (d["result_path"] or d["error"] or ""),
+            *map(
+                cell,
+                (
+                    job.id,
+                    job.pipeline,
+                    job.state.value,
+                    job.attempts,
+                    age,
+                    where if in_flight else (d["result_path"] or d["error"] or ""),
+                ),
+            )
         )
     return table
 
@@ -325,7 +349,7 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
         return
     for key, value in data.items():
         if key not in ("transitions", "parts"):
-            click.echo(f"{key:>16}: {value if value is not None else ''}")
+            click.echo(f"{key:>16}: {printable(value) if value is not None else ''}")
     if data["parts"]:
         click.echo("           parts:")
         for part in data["parts"]:
@@ -333,11 +357,12 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
             if part["first_row"] is not None and part["row_count"] is not None:
                 first = part["first_row"] + 1  # 1-based, as in error messages
                 rows = f"rows {first}-{first + part['row_count'] - 1}"
-            detail = part["detail"] or ""
+            detail = printable(part["detail"] or "")
             click.echo(f"  #{part['seq']:<4} {part['state']:<8} {rows:<20} {detail}")
     click.echo("     transitions:")
     for t in data["transitions"]:
-        click.echo(f"  {t['at']}  {t['from'] or '-':>10} -> {t['to']:<10} {t['reason'] or ''}")
+        reason = printable(t["reason"] or "")
+        click.echo(f"  {t['at']}  {t['from'] or '-':>10} -> {t['to']:<10} {reason}")
 
 
 @jobs.command("retry")
@@ -452,6 +477,7 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="quota (rolling 30 days)")
     for col in (
@@ -470,20 +496,25 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
     for name, r in report.items():
         left = r["credits_remaining"]
 
-        def cell(v: Any) -> str:
-            return "-" if v is None else str(v)
+        def value(v: Any) -> Text:
+            return cell("-" if v is None else v)
 
         table.add_row(
-            name,
-            cell(r["monthly_quota"]),
-            cell(r["used"]),
-            cell(r["reserved"]),
-            cell(r["available"]),
-            cell(r["projected_30d"]),
-            cell(r["concurrency_limit"]),
-            cell(r["in_flight"]),
-            cell(r["credits_used_30d"]),
-            f"{left} of {r['credits_limit']}" if left is not None else "-",
+            cell(name),
+            *map(
+                value,
+                (
+                    r["monthly_quota"],
+                    r["used"],
+                    r["reserved"],
+                    r["available"],
+                    r["projected_30d"],
+                    r["concurrency_limit"],
+                    r["in_flight"],
+                    r["credits_used_30d"],
+                    f"{left} of {r['credits_limit']}" if left is not None else None,
+                ),
+            ),
         )
     console = Console()
     if not console.is_terminal:

@@ -6,6 +6,7 @@ never as a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -25,6 +26,7 @@ from pydantic import (
 )
 
 from orchestrator.errors import ConfigError
+from orchestrator.runtime import DEFAULT_UMASK
 from orchestrator.schedule import parse_schedule
 from orchestrator.templating import TemplateError, render
 
@@ -36,15 +38,22 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+MAX_DURATION = 366 * 86400.0  # longer is a typo, and infinity breaks timers (ceil(inf))
+
+
 def parse_duration(value: str | float | int) -> float:
-    """'90s', '15m', '1h30m', '250ms' or a number of seconds → seconds."""
+    """'90s', '15m', '1h30m', '250ms' or a number of seconds → seconds (at most a year)."""
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("must not be negative")
-        return float(value)
-    if not _DURATION.match(value):
-        raise ValueError(f"{value!r} is not a duration like '30s', '15m', '2h' or '1h30m'")
-    return sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(value))
+        seconds = float(value)
+    elif not _DURATION.match(value):
+        raise ValueError(f"{value[:40]!r} is not a duration like '30s', '15m', '2h' or '1h30m'")
+    else:
+        seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(value))
+    if not seconds <= MAX_DURATION:  # also NaN
+        raise ValueError("must be at most 366 days")
+    return seconds
 
 
 Duration = Annotated[float, Field(ge=0)]
@@ -117,11 +126,18 @@ class ProviderConfig(_Model):
     def _dur(cls, v: Any) -> float:
         return parse_duration(v)
 
-    @field_validator("base_url")
+    @field_validator("base_url", "ingest_base_url")
     @classmethod
-    def _url(cls, v: str) -> str:
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError(f"{v!r} is not an http(s) URL")
+        if not https_or_loopback(v):
+            raise ValueError(
+                "plain http:// is allowed only for a loopback address (127.0.0.1, ::1, "
+                "localhost): use https:// (the API key would cross the network in clear)"
+            )
         return v.rstrip("/")
 
     @model_validator(mode="after")
@@ -180,11 +196,22 @@ class DaemonConfig(_Model):
     retry_base: Duration = 30.0  # first wait before re-running a failed job; doubles each attempt
     retry_cap: Duration = 1800.0
     timezone: str = "UTC"
+    # The process umask, octal: files the daemon creates (ledger, results) 0600, directories
+    # 0700 unless set otherwise ("027": group may read).
+    umask: int = Field(default=DEFAULT_UMASK, ge=0, le=0o777)
 
     @field_validator("drain_timeout", "claim_interval", "retry_base", "retry_cap", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> float:
         return parse_duration(v)
+
+    @field_validator("umask", mode="before")
+    @classmethod
+    def _octal(cls, v: Any) -> int:
+        # A string: TOML's 077 is a syntax error and 77 would be decimal.
+        if not isinstance(v, str) or not re.fullmatch(r"0?[0-7]{3}", v.strip()):
+            raise ValueError(f'{v!r} is not an octal umask in quotes, like "077" or "027"')
+        return int(v, 8)
 
 
 class WebConfig(_Model):
@@ -193,6 +220,25 @@ class WebConfig(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8787, ge=0, le=65535)  # 0: any free port (tests)
+    # Host names the server answers to besides its bind address ("*": any). Any other Host
+    # header is refused, so a web page cannot read the API through DNS rebinding.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # A file holding a token that / , /api/* and /metrics then require (Bearer, or as the
+    # password of Basic auth in a browser); /healthz and /readyz stay open.
+    token_file: Path | None = None
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for host in v:
+            if not host or any(c in host for c in "/: \t"):
+                raise ValueError(f"{host!r} is not a host name (no scheme, port or path)")
+        return [h.lower().rstrip(".") for h in v]
+
+    def token(self) -> str | None:
+        if self.token_file is None:
+            return None
+        return self.token_file.read_text(encoding="utf-8").strip()
 
 
 class Config(_Model):
@@ -301,7 +347,8 @@ class _Locator:
 def _describe(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
     if loc and loc[0] == "pipelines" and len(loc) > 1 and isinstance(loc[1], int):
         pipes = raw.get("pipelines") or []
-        name = pipes[loc[1]].get("name", f"#{loc[1] + 1}") if loc[1] < len(pipes) else "?"
+        entry = pipes[loc[1]] if isinstance(pipes, list) and loc[1] < len(pipes) else None
+        name = entry.get("name", f"#{loc[1] + 1}") if isinstance(entry, dict) else f"#{loc[1] + 1}"
         rest = ".".join(str(x) for x in loc[2:])
         return f"pipeline {name!r}" + (f": {rest}" if rest else "")
     if loc and loc[0] == "providers" and len(loc) > 1:
@@ -310,27 +357,121 @@ def _describe(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
     return ".".join(str(x) for x in loc) or "config"
 
 
+MAX_DEPTH = 32  # tables and arrays within each other; a real config needs about 5
+
+
+def _read_text(src: Path) -> str:
+    try:
+        raw = src.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{src}: cannot read config file: {exc.strerror}"]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"{src}:{line}: not UTF-8 (byte {raw[exc.start]:#04x})"]) from None
+
+
+def _parse_toml(src: Path, text: str) -> dict[str, Any]:
+    """The TOML document, or a ConfigError: a syntax error, or nesting deeper than MAX_DEPTH
+    (tomllib recurses once per level, so a deep enough file would exhaust the stack)."""
+    deep = _too_deep_line(text)
+    if deep is not None:
+        raise ConfigError([f"{src}:{deep}: nested more than {MAX_DEPTH} levels deep"])
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError([f"{src}:{m.group(1) if m else 1}: TOML syntax error: {exc}"]) from None
+    except RecursionError:  # nesting the scan below did not see (it ignores quoting rules)
+        raise ConfigError([f"{src}:1: nested too deeply"]) from None
+    if _depth(doc) > MAX_DEPTH:  # dotted keys (a.b.c… = 1) nest without any bracket
+        dots = next(
+            (i for i, ln in enumerate(text.splitlines(), 1) if ln.count(".") > MAX_DEPTH), 1
+        )
+        raise ConfigError([f"{src}:{dots}: nested more than {MAX_DEPTH} levels deep"])
+    return doc
+
+
+def _depth(value: Any) -> int:
+    """How deep tables and arrays nest in a parsed document (iterative: no recursion)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_DEPTH:
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _too_deep_line(text: str) -> int | None:
+    """The line where brackets and braces outside strings and comments first nest deeper than
+    MAX_DEPTH (or a key has more than MAX_DEPTH dots), or None. A cheap scan: good enough to
+    refuse a bomb before the parser sees it; the parser still judges everything else."""
+    depth = dots = 0
+    line = 1
+    quote = ""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+            dots = 0
+            if quote in ('"', "'"):
+                quote = ""  # single-line strings end at the line (the parser reports it)
+        elif quote:
+            if c == "\\" and quote in ('"', '"""'):
+                i += 1
+            elif text.startswith(quote, i):
+                i += len(quote) - 1
+                quote = ""
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            i += len(quote) - 1
+        elif c == ".":  # a dotted key a.b.c… nests a table per dot (and parses in n² time)
+            dots += 1
+            if dots > MAX_DEPTH:
+                return line
+        elif c in "[{":
+            depth += 1
+            dots = 0
+            if depth > MAX_DEPTH:
+                return line
+        elif c in "]}":
+            depth = max(0, depth - 1)
+            dots = 0
+        elif c in "=,":
+            dots = 0
+        i += 1
+    return None
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *, check_files: bool = True) -> Config:
     """Read, expand and validate the config file; raise ConfigError with every problem found."""
     from orchestrator.providers import KINDS  # registry import: providers import config types
 
     src = resolve_path(path)
-    try:
-        text = src.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{src}: cannot read config file: {exc.strerror}"]) from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError([f"{src}:{m.group(1) if m else 1}: TOML syntax error: {exc}"]) from None
+    text = _read_text(src)
+    raw = _parse_toml(src, text)
     locator = _Locator(text)
     problems: list[str] = []
 
     def report(loc: tuple[Any, ...], msg: str) -> None:
         problems.append(f"{src}:{locator.line(loc)}: {_describe(loc, raw)}: {msg}")
 
-    for name, prov in (raw.get("providers") or {}).items():
+    providers = raw.get("providers")
+    for name, prov in providers.items() if isinstance(providers, dict) else ():
         if isinstance(prov, dict):
             missing: list[str] = []
             prov.update(_expand_env(prov, missing))
@@ -344,7 +485,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, check_files: bool
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(err["loc"])
-            report(loc, err["msg"])
+            report(loc, err["msg"].removeprefix("Value error, "))
         raise ConfigError(problems) from None
     cfg.source = src
     _check_semantics(cfg, raw, KINDS, report, check_files=check_files)
@@ -379,20 +520,40 @@ def _check_semantics(
                 ("providers", name, "api_secret"),
                 "Claravine needs an API key and an API secret: set api_secret",
             )
-        if name.split("-", 1)[0] == "clayva" and not _https_or_loopback(prov.base_url):
-            report(
-                ("providers", name, "base_url"),
-                "Clayva accepts HTTPS only (plain http is allowed for a loopback simulator)",
-            )
         if check_files and prov.api_key_file is not None:
             prov.api_key_file = _credentials_dir_file(prov.api_key_file)
             if not prov.api_key_file.is_file():
                 report(("providers", name, "api_key_file"), f"{prov.api_key_file} is not readable")
+    if check_files and cfg.web.token_file is not None:
+        try:
+            if not cfg.web.token():
+                report(("web", "token_file"), f"{cfg.web.token_file} is empty")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not UTF-8"
+            report(("web", "token_file"), f"{cfg.web.token_file}: cannot read: {why}")
 
 
-def _https_or_loopback(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme == "https" or parts.hostname in ("127.0.0.1", "localhost", "::1")
+def is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or localhost: an address that never leaves the machine."""
+    if not host:
+        return False
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def https_or_loopback(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # a malformed [IPv6] part
+        return False
+    scheme = parts.scheme.lower()
+    return scheme == "https" or (scheme == "http" and is_loopback(host))
 
 
 def validate_params(p: PipelineConfig, model: type[BaseModel], index: int, report: Any) -> None:
@@ -405,4 +566,5 @@ def validate_params(p: PipelineConfig, model: type[BaseModel], index: int, repor
         model.model_validate(rendered)
     except ValidationError as exc:
         for err in exc.errors():
-            report(("pipelines", index, "params", *err["loc"]), err["msg"])
+            msg = err["msg"].removeprefix("Value error, ")
+            report(("pipelines", index, "params", *err["loc"]), msg)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json as json_module
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
 import structlog
 
 from orchestrator.redaction import redact
+from orchestrator.terminal import printable
 
 # Tracebacks as data in JSON lines, without local variables: structlog shows them by default,
 # and a frame that made a request holds its headers (the API key) in its locals.
@@ -41,6 +43,12 @@ class RedactingFormatter(structlog.stdlib.ProcessorFormatter):
         return redact(super().format(record))
 
 
+def _printable_values(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    """On a terminal, text from outside in a log line (a provider's error) is shown, never
+    obeyed as escape sequences. (JSON lines escape control characters themselves.)"""
+    return {k: printable(v) if isinstance(v, str) else v for k, v in event.items()}
+
+
 def configure(*, json: bool | None = None, level: str = "INFO") -> None:
     """May be called again (tests do): the bound loggers are cached on first use, so their own
     chain is the same in every mode; what differs (renderer, tracebacks, level) lives in the
@@ -58,9 +66,10 @@ def configure(*, json: bool | None = None, level: str = "INFO") -> None:
         renderer = [_dict_tracebacks, structlog.processors.JSONRenderer(serializer=_dumps)]
     else:
         renderer = [
+            _printable_values,
             structlog.dev.ConsoleRenderer(
                 exception_formatter=structlog.dev.plain_traceback, colors=True
-            )
+            ),
         ]
     structlog.configure(
         processors=[

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from orchestrator.domain import Job
+from orchestrator.runtime import file_mode, make_dirs
 
 JSON_COUNT_LIMIT = 64 * 1024 * 1024  # count JSON records only up to this size (bounded memory)
 RECORD_KEYS = ("activities", "items", "rows", "data", "records")
@@ -40,18 +41,32 @@ _START_WRITEBACK = getattr(os, "POSIX_FADV_DONTNEED", None) if sys.platform == "
 _writeback = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writeback")
 
 
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+# A new file, never an existing one and never through a symlink at the name: a link planted at
+# `.x.part` would otherwise have the export written into whatever file it points at.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def _create(path: Path) -> int:
-    """A raw descriptor, not a Python file object: no buffer to flush, and none of the isatty,
-    seek and stat calls `open()` makes, for files written once. The directory is made only when
-    it is missing (not asked for on every file)."""
+def _open_new(path: Path) -> int:
     try:
-        return os.open(path, _CREATE, 0o666)
+        return os.open(path, _CREATE, file_mode())
+    except FileExistsError:
+        # A temp file a crash left behind, or something planted there: unlink removes the name
+        # itself (a symlink, not its target); then the name is created afresh, exclusively. A
+        # directory at the name, or a second file appearing meanwhile, is an error for the job.
+        path.unlink()
+        return os.open(path, _CREATE, file_mode())
+
+
+def create_new(path: Path) -> int:
+    """A raw descriptor of a new file at `path` (exclusive, symlinks not followed), not a Python
+    file object: no buffer to flush, and none of the isatty, seek and stat calls `open()` makes,
+    for files written once. The directory is made only when it is missing (not asked for on
+    every file)."""
+    try:
+        return _open_new(path)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, _CREATE, 0o666)
+        make_dirs(path.parent)
+        return _open_new(path)
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -125,7 +140,7 @@ class AtomicFile:
             self._syncing = _writeback.submit(os.fdatasync, self._fd)
 
     def _to_disk(self) -> None:
-        self._fd = _create(self.tmp)
+        self._fd = create_new(self.tmp)
         _write_all(self._fd, self._buf)
         self._unsynced = len(self._buf)
         self._buf = bytearray()
@@ -321,14 +336,14 @@ def stitch(parts: list[Path], final: Path, fmt: str) -> tuple[int, str, int | No
     """Join export parts, in order, into one file under `final` (atomically, durably): CSV keeps
     the first part's header only; JSON arrays are merged into one array. Returns (bytes, sha256,
     rows)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(final.parent)
     tmp = part_path(final)
     sha = hashlib.sha256()
     written = 0
     newlines = 0
     last = b"\n"
 
-    with tmp.open("wb") as out:
+    with os.fdopen(create_new(tmp), "wb") as out:
 
         def emit(data: bytes) -> None:
             nonlocal written, newlines, last

@@ -29,7 +29,10 @@ def parse_schedule(spec: str, timezone: str = "UTC") -> Any:
             kw[key] = kw.get(key, 0) + int(n)
         if not any(kw.values()):
             raise ValueError(f"schedule {spec!r}: the interval must be longer than zero")
-        return IntervalTrigger(**kw, start_date=INTERVAL_ANCHOR, timezone=timezone)
+        try:
+            return IntervalTrigger(**kw, start_date=INTERVAL_ANCHOR, timezone=timezone)
+        except OverflowError:
+            raise ValueError(f"schedule {spec[:40]!r}: the interval is too long") from None
     fields = spec.split()
     if len(fields) != 5:
         raise ValueError(

@@ -34,6 +34,17 @@ def _shift_month(d: date, months: int) -> date:
 
 
 def _render_one(expr: str, fire: datetime) -> str:
+    try:
+        return _render_expr(expr, fire)
+    except TemplateError:
+        raise
+    except (OverflowError, ValueError):  # an offset past year 1 or 9999, or digits past int's
+        raise TemplateError(
+            f"date expression {{{{ {expr[:40]} }}}} is out of range (years 1-9999)"
+        ) from None
+
+
+def _render_expr(expr: str, fire: datetime) -> str:
     m = _EXPR.match(expr)
     if m is None:
         raise TemplateError(
@@ -48,6 +59,8 @@ def _render_one(expr: str, fire: datetime) -> str:
         return fire_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
     if base == "quarter":
         q_index = today.year * 4 + (today.month - 1) // 3 + n
+        if not date.min.year <= q_index // 4 <= date.max.year:
+            raise OverflowError(q_index)
         return f"{q_index // 4}_Q{q_index % 4 + 1}"
     if base == "day":
         d = today + timedelta(days=n)

@@ -1,17 +1,29 @@
 """The daemon's HTTP status server (aiohttp), bound to 127.0.0.1 by default:
 /healthz (alive), /readyz (ledger reachable and migrated, scheduler running), /metrics
-(Prometheus text), /api/jobs (the JSON of `jobs list --json`, paginated with limit/offset)."""
+(Prometheus text), /api/jobs (the JSON of `jobs list --json`, paginated with limit/offset).
+
+What it serves holds job params, file paths and provider errors, so beyond the probes it answers
+only requests addressed to it by name (the `Host` header: the bind address, or `[web]
+allowed_hosts`; a web page that rebinds its own DNS name to 127.0.0.1 gets 421), and, with
+`[web] token_file`, only requests that carry the token. Every answer forbids framing, sniffing,
+scripts and referrers."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
+import ipaddress
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from orchestrator import statuspage
+from orchestrator.config import is_loopback
 from orchestrator.domain import IN_FLIGHT, JobState
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import job_to_dict
@@ -21,6 +33,77 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 MAX_PAGE = 1000
+PROBES = frozenset({"/healthz", "/readyz"})  # open to any Host and without the token
+SECURITY_HEADERS = {
+    # The page is server-rendered with inline CSS and no script at all.
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+_WILDCARDS = ("", "0.0.0.0", "::")  # noqa: S104 (recognised, not bound)
+_CHALLENGES = ('Bearer realm="orchestrator"', 'Basic realm="orchestrator", charset="UTF-8"')
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _host_name(header: str) -> str:
+    """The host of a Host header, without port, brackets or trailing dot, lower case."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else ""
+    if header.count(":") == 1:
+        header = header.split(":", 1)[0]
+    return header.rstrip(".")
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def host_allowed(header: str | None, bind: str, allowed: Sequence[str] = ()) -> bool:
+    """Whether a request's Host header names this server: a name in `allowed` ("*": any);
+    bound to a wildcard, any IP address or localhost (a page's origin can never be an address
+    literal it did not load from); bound to loopback, a loopback address or localhost; else the
+    bind address itself."""
+    if "*" in allowed:
+        return True
+    if not header:
+        return False
+    host = _host_name(header)
+    if not host:
+        return False
+    if host in allowed:
+        return True
+    ip = _ip(host)
+    if bind in _WILDCARDS:
+        return ip is not None or host == "localhost"
+    if is_loopback(bind):
+        return is_loopback(host)
+    bind_ip = _ip(bind.strip("[]"))
+    return ip == bind_ip if bind_ip is not None else host == bind.lower().rstrip(".")
+
+
+def token_matches(authorization: str | None, token: str) -> bool:
+    """`Bearer <token>`, or Basic auth with the token as password (what a browser can send).
+    Compared in constant time."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.encode(), token.encode())
 
 
 class StatusServer:
@@ -28,9 +111,12 @@ class StatusServer:
         self.daemon = daemon
         self.port = 0
         self._runner: web.AppRunner | None = None
+        self._bind = daemon.cfg.web.host
+        self._token: str | None = None
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._guard])
+        app.on_response_prepare.append(_security_headers)
         app.router.add_get("/", self.index)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -38,12 +124,37 @@ class StatusServer:
         app.router.add_get("/api/jobs", self.api_jobs)
         return app
 
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PROBES:
+            return await handler(request)
+        allowed = self.daemon.cfg.web.allowed_hosts
+        if not host_allowed(request.headers.get(hdrs.HOST), self._bind, allowed):
+            return web.Response(status=421, text="421: this server is not known by that name\n")
+        if self._token is not None and not token_matches(
+            request.headers.get(hdrs.AUTHORIZATION), self._token
+        ):
+            denied = web.Response(status=401, text="401: token required\n")
+            for challenge in _CHALLENGES:  # one header each: browsers then offer Basic
+                denied.headers.add(hdrs.WWW_AUTHENTICATE, challenge)
+            return denied
+        return await handler(request)
+
     async def start(self, host: str, port: int) -> None:
+        self._bind = host
+        self._token = self.daemon.cfg.web.token()
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         self.port = int(self._runner.addresses[0][1])
         log.info("status_server_started", url=f"http://{host}:{self.port}/")
+        if self._token is None and not is_loopback(host):
+            log.warning(
+                "status_server_without_token",
+                host=host,
+                hint="job params, paths and errors are readable by anyone who can reach it: "
+                "set [web] token_file, or bind to 127.0.0.1",
+            )
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -117,7 +228,6 @@ class StatusServer:
             body=d.ctx.metrics.render(),
             content_type="text/plain",
             charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
         )
 
     async def api_jobs(self, request: web.Request) -> web.Response:
@@ -137,3 +247,7 @@ class StatusServer:
             content_type="application/json",
             headers=headers,
         )
+
+
+async def _security_headers(_: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)

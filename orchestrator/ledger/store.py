@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,7 @@ from orchestrator.ledger.models import (
     ResultRow,
     TransitionRow,
 )
+from orchestrator.runtime import file_mode, make_dirs
 
 log = structlog.get_logger(__name__)
 
@@ -283,6 +285,16 @@ def _sqlite_setup(engine: Engine, begin: str, *, wal: bool) -> None:
         conn.exec_driver_sql(begin)
 
 
+def _create_private(db: Path) -> None:
+    """The SQLite file made with an explicit mode (0600 unless [daemon] umask says otherwise)
+    before SQLite makes it 0644 less the umask; its -wal and -shm files copy the mode."""
+    if db.exists():
+        return
+    make_dirs(db.parent)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, file_mode()))
+
+
 class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -325,7 +337,7 @@ class Ledger:
             return create_async_engine(self.url, pool_pre_ping=True)
         db = make_url(self.url).database
         if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(db))
         engine = create_async_engine(self.url, pool_size=4, max_overflow=4)
         _sqlite_setup(engine.sync_engine, "BEGIN IMMEDIATE" if write else "BEGIN", wal=write)
         return engine

@@ -106,9 +106,7 @@ def _read_csv(path: Path, text: str) -> tuple[list[str], list[list[str]], list[i
         if header is None or not any(h.strip() for h in header):
             raise SourceError(f"{path}:1: no header row")
         header = [h.strip() for h in header]
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        if dupes or "" in header:
-            what = f"repeated column {dupes[0]!r}" if dupes else "an empty column name"
+        if (what := header_problem(header)) is not None:
             raise SourceError(f"{path}:1: header has {what}")
         rows, lines = [], []
         start = reader.line_num + 1
@@ -143,18 +141,31 @@ def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[list[str]], list
         if header is None:
             header = list(obj)
         elif set(obj) != set(header):
-            extra = sorted(set(obj) - set(header))
-            missing = sorted(set(header) - set(obj))
+            extra = len(set(obj) - set(header))
+            missing = len(set(header) - set(obj))
             raise SourceError(
                 f"{path}:{n}: keys differ from line 1"
-                + (f"; extra {extra}" if extra else "")
-                + (f"; missing {missing}" if missing else "")
+                + (f"; {extra} more" if extra else "")
+                + (f"; {missing} missing" if missing else "")
             )
         rows.append(["" if obj[k] is None else str(obj[k]) for k in header])
         lines.append(n)
     if header is None:
         raise SourceError(f"{path}: no records")
     return header, rows, lines
+
+
+def header_problem(header: list[str]) -> str | None:
+    """What is wrong with a CSV header, naming columns by position only: a file that was never
+    meant as a header (a key file, say) must not have its first line quoted in the error."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        if not name:
+            return f"an empty column name (column {i})"
+        if name in first:
+            return f"repeated column (columns {first[name]} and {i})"
+        first[name] = i
+    return None
 
 
 def chunk_hash(fields: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -388,11 +399,11 @@ class ClaravineAdapter(StagedAdapterBase):
         path = src.path
         known = await self.template_fields(dataset)
         if known is not None:
-            unknown = [f for f in fields if f not in known]
+            unknown = [i for i, f in enumerate(fields, start=1) if f not in known]
             if unknown:
                 raise Rejected(
                     self.name,
-                    f"{path}:1: column {unknown[0]!r} is not a field of template {dataset} "
+                    f"{path}:1: column {unknown[0]} is not a field of template {dataset} "
                     f"(fields: {', '.join(known)})",
                 )
         parts = await work.parts()

@@ -99,19 +99,20 @@ def parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any], str]
                 problems.append(f"{path}: block {b + 1}: records is missing")
                 continue
             for r, rec in enumerate(records):
-                where = f"{path}: {block['sourceEntity']} record {r + 1}"
+                where = f"{path}: block {b + 1} record {r + 1}"
                 if not isinstance(rec, dict):
                     problems.append(f"{where}: not an object")
                     continue
                 out.append((str(block["sourceEntity"]), rec, where))
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], str] = {}
     for entity, rec, where in out:
+        key = (entity, str(rec.get("id")))
         if (why := check_record(rec)) is not None:
             problems.append(f"{where}: {why}")
-        elif (entity, str(rec["id"])) in seen:
-            problems.append(f"{where}: id {rec['id']!r} appears twice in {entity}")
+        elif key in seen:  # said by place, not value: the file may hold anything
+            problems.append(f"{where}: same sourceEntity and id as {seen[key]}")
         else:
-            seen.add((entity, str(rec["id"])))
+            seen[key] = where
     if problems:
         shown = "\n".join(problems[:MAX_ERRORS_SHOWN])
         more = len(problems) - MAX_ERRORS_SHOWN
@@ -132,7 +133,7 @@ def check_record(rec: dict[str, Any]) -> str | None:
         if not isinstance(v, int) or isinstance(v, bool):
             return f"{key} must be a number of milliseconds since the epoch"
         if v < 10**11:  # before 1973 in ms: almost surely seconds
-            return f"{key} {v} looks like seconds; Clari wants milliseconds"
+            return f"{key} looks like seconds; Clari wants milliseconds"
     if rec["updatedAt"] < rec["createdAt"]:
         return "updatedAt is before createdAt"
     return None

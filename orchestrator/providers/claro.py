@@ -28,7 +28,7 @@ from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import BadAnswer, ProviderError, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient
 from orchestrator.limits import AccountPace
-from orchestrator.outputs import AtomicFile, _fsync_dir, stitch
+from orchestrator.outputs import AtomicFile, _fsync_dir, create_new, stitch
 from orchestrator.providers.answers import Answer, RemoteId, answer
 from orchestrator.providers.base import (
     Params,
@@ -390,7 +390,7 @@ def _publish_xlsx_parts(parts: list[Path], final: Path) -> tuple[Path, int, str]
     manifest = final.with_name(final.stem + ".manifest.json")
     data = json.dumps({"format": "xlsx", "parts": listing}, indent=2).encode()
     tmp = manifest.with_name(f".{manifest.name}.part")
-    with tmp.open("wb") as f:
+    with os.fdopen(create_new(tmp), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -97,9 +97,9 @@ def check_event(e: dict[str, Any]) -> str | None:
         try:
             datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            return f"timestamp {text!r} is not ISO 8601 (like 2026-11-21T10:30:00Z)"
+            return "timestamp is not ISO 8601 (like 2026-11-21T10:30:00Z)"
         if "T" not in text:
-            return f"timestamp {text!r} has no time (like 2026-11-21T10:30:00Z)"
+            return "timestamp has no time (like 2026-11-21T10:30:00Z)"
     for key in ("properties", "context"):
         if e.get(key) is not None and not isinstance(e[key], dict):
             return f"{key} must be a JSON object"
@@ -142,9 +142,9 @@ def _csv_events(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[str]
         if not header:
             raise SourceError(f"{path}:1: no header row")
         header = [h.strip() for h in header]
-        unknown = [h for h in header if h not in CSV_COLUMNS]
-        if unknown or "event" not in header:
-            what = f"unknown column {unknown[0]!r}" if unknown else "no 'event' column"
+        unknown = [i for i, h in enumerate(header, start=1) if h not in CSV_COLUMNS]
+        if unknown or "event" not in header:  # named by position: the line may be anything
+            what = f"column {unknown[0]} is not a known one" if unknown else "no 'event' column"
             raise SourceError(f"{path}:1: {what} (columns: {', '.join(CSV_COLUMNS)})")
         out: list[tuple[int, Any]] = []
         rejects: list[str] = []

@@ -56,6 +56,8 @@ def test_unit_promises() -> None:
         "LoadCredential=",
         "WatchdogSec=",
         "TimeoutStopSec=60s",
+        "MemoryMax=1G",
+        "TasksMax=128",
     ):
         assert line in text
 
@@ -71,6 +73,7 @@ def test_dockerfile_promises() -> None:
     assert "ADD " not in text  # COPY only: nothing fetched at build time
     compose = (ROOT / "deploy" / "compose.yaml").read_text()
     assert "init: true" in compose and "stop_grace_period: 60s" in compose
+    assert "mem_limit: 1g" in compose and "pids_limit: 128" in compose
 
 
 def test_entrypoint_and_healthcheck_commands(tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ async def test_bad_records_fail_before_anything_is_sent(
     assert await run_once(cfg) == 1
     (job,) = await all_jobs(cfg)
     assert f"{src}:2: updatedAt is before createdAt" in (job.error or "")
-    assert f"{src}:3: createdAt 1700000 looks like seconds" in (job.error or "")
+    assert f"{src}:3: createdAt looks like seconds" in (job.error or "")
     assert ing(sim).stats["uploads"] == 0
 
 

@@ -96,7 +96,7 @@ async def test_invalid_events_are_reported_and_nothing_is_sent(
     assert "4 invalid events, nothing sent" in error
     assert f"{src}:2: event name is empty" in error
     assert f"{src}:3: userId or anonymousId is required" in error
-    assert f"{src}:4: timestamp 'noon' is not ISO 8601" in error
+    assert f"{src}:4: timestamp is not ISO 8601" in error and "noon" not in error
     assert f"{src}:5: not JSON" in error
     assert cl(sim).stats["events"] == 0
 
@@ -133,7 +133,7 @@ def test_plain_http_refused_except_loopback(tmp_path: Path) -> None:
         [],
         providers={"clayva": {"base_url": "http://api.clayva.example/v1"}},
     )
-    with pytest.raises(ConfigError, match="Clayva accepts HTTPS only"):
+    with pytest.raises(ConfigError, match="base_url: plain http:// is allowed only for a loop"):
         load_config(path)
 
 

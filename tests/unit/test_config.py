@@ -149,3 +149,43 @@ def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv(var, "k")
     cfg = load_config(Path(__file__).parents[2] / "config" / name)
     assert cfg.pipelines
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://api.clari.com/v4", True),
+        ("HTTPS://api.clari.com/v4", True),
+        ("http://127.0.0.1:1/v4", True),
+        ("http://127.8.0.1/v4", True),
+        ("http://[::1]:8/v4", True),
+        ("http://localhost/v4", True),
+        ("http://sim.localhost/v4", True),
+        ("http://api.clari.com/v4", False),
+        ("http://localhost.evil.example/v4", False),
+        ("http://10.0.0.1/v4", False),
+        ("http://[::ffff:10.0.0.1]/v4", False),
+        ("http://[::1/v4", False),
+        ("ftp://127.0.0.1/v4", False),
+    ],
+)
+def test_https_or_loopback(url: str, ok: bool) -> None:
+    from orchestrator.config import https_or_loopback
+
+    assert https_or_loopback(url) is ok
+
+
+def test_web_token_file_must_be_readable_and_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("\n")
+    for name, words in (("missing", "cannot read: No such file"), ("empty", "is empty")):
+        path = write(tmp_path, f'[web]\ntoken_file = "{tmp_path}/{name}"\n')
+        (problem,) = errors_of(path)
+        assert problem.startswith(f"{path}:2: web.token_file: ") and words in problem
+
+
+def test_web_allowed_hosts_are_names(tmp_path: Path) -> None:
+    path = write(tmp_path, '[web]\nallowed_hosts = ["https://status.example.net/"]\n')
+    (problem,) = errors_of(path)
+    assert "is not a host name" in problem
+    ok = write(tmp_path, '[web]\nallowed_hosts = ["Status.Example.NET."]\n')
+    assert load_config(ok).web.allowed_hosts == ["status.example.net"]
