@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo bench simulate chromium clean
+.PHONY: install test lint typecheck pytest demo bench simulate image chromium clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ demo: $(STAMP)
 
 simulate: $(STAMP)
 	$(BIN)/orchestrator simulate --port 8765
+
+# Build deploy/Dockerfile and run the image through its checks (starts a Docker engine if none
+# runs, builds the base image offline once); exit 77 when no engine can run here.
+image: $(STAMP)
+	PYTHON=$(BIN)/python deploy/test-image.sh
 
 # Debian's Chromium for the status-page test (skipped where it is missing). Needs root.
 chromium:
