@@ -94,7 +94,10 @@ def _driver_problem(url: str) -> str | None:
     try:
         ledger = Ledger(url)
     except ImportError as exc:
-        return f"the database driver is not installed ({exc}): {POSTGRES_EXTRA}"
+        hint = (
+            "" if "+" in url.split("://", 1)[0] else " and name the driver: postgresql+asyncpg://"
+        )
+        return f"the database driver is not installed ({exc}): {POSTGRES_EXTRA}{hint}"
     except NoSuchModuleError as exc:
         return f"unknown database driver: {exc}"
     except InvalidRequestError as exc:  # a synchronous driver for the async engine
