@@ -17,7 +17,12 @@ if docker image inspect "$BASE" >/dev/null 2>&1; then
     echo "base image $BASE: present"
     exit 0
 fi
-if timeout 60 docker pull -q "$BASE" >/dev/null 2>&1; then
+# Ask the registry first (a second): an offline `docker pull` only gives up after its own retries.
+registry_answers() {
+    command -v curl >/dev/null || return 0  # cannot tell: let the pull find out
+    curl -s -m 10 -o /dev/null https://registry-1.docker.io/v2/  # any HTTP answer (401) will do
+}
+if registry_answers && timeout 600 docker pull -q "$BASE" >/dev/null 2>&1; then
     echo "base image $BASE: pulled"
     exit 0
 fi
