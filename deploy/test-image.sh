@@ -124,18 +124,18 @@ docker volume create "$volume" >/dev/null
 
 run_args=(--network host --read-only --tmpfs /tmp --cap-drop ALL
     --security-opt no-new-privileges
-    -v "$volume:/var/lib/orchestrator"
-    -v "$work/orchestrator.toml:/etc/orchestrator/orchestrator.toml:ro")
+    -v "$volume:/var/lib/orchestrator")
+config=(-v "$work/orchestrator.toml:/etc/orchestrator/orchestrator.toml:ro")
 secret=(-v "$work/secrets/clari:/run/secrets/clari:ro")
-in_container() { docker run --rm "${run_args[@]}" "${secret[@]}" "$IMAGE" "$@"; }
+in_container() { docker run --rm "${run_args[@]}" "${config[@]}" "${secret[@]}" "$IMAGE" "$@"; }
 
 # --- the checks -------------------------------------------------------------------------------
 uid=$(docker run --rm --entrypoint id "$IMAGE" -u)
 [ "$uid" = 10001 ] || fail "the image runs as UID $uid, not 10001"
 say "ok: runs as UID 10001"
 
-out=$(docker run --rm "${run_args[@]}" -v "$work/root-secrets/clari:/run/secrets/clari:ro" \
-    "$IMAGE" check-config 2>&1) && fail "check-config passed with an unreadable secret: $out"
+out=$(docker run --rm "${run_args[@]}" "${config[@]}" \
+    -v "$work/root-secrets/clari:/run/secrets/clari:ro" "$IMAGE" check-config 2>&1) && fail "check-config passed with an unreadable secret: $out"
 grep -q "api_key_file: cannot read /run/secrets/clari: Permission denied" <<<"$out" \
     || fail "check-config on an unreadable secret said: $out"
 grep -q Traceback <<<"$out" && fail "check-config printed a traceback: $out"
@@ -144,7 +144,19 @@ say "ok: a root-only secret is refused in one line: ${out##*/orchestrator.toml:}
 out=$(in_container check-config 2>&1) || fail "check-config: $out"
 say "ok: check-config: $out"
 
-docker run -d --name "$tag-daemon" "${run_args[@]}" "${secret[@]}" \
+# As UID 10001 on a read-only root: an output directory it cannot create is named, before `run`.
+sed 's#^dir = .*#dir = "/opt/results"#' "$work/orchestrator.toml" >"$work/unwritable.toml"
+chmod 0644 "$work/unwritable.toml"
+for command in check-config run; do
+    out=$(docker run --rm "${run_args[@]}" "${secret[@]}" \
+        -v "$work/unwritable.toml:/etc/orchestrator/orchestrator.toml:ro" "$IMAGE" $command 2>&1) \
+        && fail "$command passed with an unwritable output dir: $out"
+    grep -q "output.dir: /opt/results cannot be created: /opt is not writable by uid 10001" <<<"$out" \
+        || fail "$command on an unwritable output dir said: $out"
+done
+say "ok: an output dir UID 10001 cannot create stops check-config and run: ${out##*output.dir: }"
+
+docker run -d --name "$tag-daemon" "${run_args[@]}" "${config[@]}" "${secret[@]}" \
     --health-interval 1s --health-start-period 30s --stop-timeout "$GRACE" "$IMAGE" run >/dev/null
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$tag-daemon")" = healthy ]; }
 wait_for 60 "HEALTHCHECK healthy" healthy

@@ -128,9 +128,7 @@ def _unwritable_dir(path: Path) -> str | None:
     if not parent.is_dir():
         return f"{path} cannot be created: {parent} is not a directory"
     if not os.access(parent, os.W_OK | os.X_OK):
-        return (
-            f"{path} cannot be created: {parent} is not writable by this user (uid {os.getuid()})"
-        )
+        return f"{path} cannot be created: {parent} is not writable by uid {os.getuid()}"
     return None
 
 
