@@ -112,6 +112,11 @@ def test_every_command_from_another_directory(venv: Path, tmp_path: Path, simula
     assert job["state"] == "SUCCEEDED"
     assert str(job["result_path"]).startswith(f"{conf_dir}/results/f/")
     assert json.loads(ok("quota", "--offline", "--json"))["clari"]["used"] == 1
+    assert "enqueued" in ok("trigger", "f")
+    assert [j["state"] for j in json.loads(ok("jobs", "list", "--json"))] == [
+        "PENDING",
+        "SUCCEEDED",
+    ]
     assert list(elsewhere.iterdir()) == []
 
     # The alembic CLI on the shipped alembic.ini works too.
