@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest freeze demo bench simulate chromium clean
+.PHONY: install test lint typecheck pytest freeze demo bench simulate image chromium clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -48,9 +48,14 @@ demo: $(STAMP)
 simulate: $(STAMP)
 	$(BIN)/orchestrator simulate --port 8765
 
+# Build deploy/Dockerfile and run the image through its checks (starts a Docker engine if none
+# runs, builds the base image offline once); exit 77 when no engine can run here.
+image: $(STAMP)
+	PYTHON=$(BIN)/python deploy/test-image.sh
+
 # Debian's Chromium for the status-page test (skipped where it is missing). Needs root.
 chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) config/.demo .pytest_cache .mypy_cache .ruff_cache

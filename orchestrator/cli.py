@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -27,16 +29,22 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def _load(path: str | None) -> Config:
-    """The config, and the process umask it sets; or its problems and exit 2."""
+def _load(path: str | None, *, secrets: bool = True) -> Config:
+    """The config (and the process umask it sets), or exit 2 with its problems.
+    `secrets=False` for commands that never talk to a provider: they work from an admin shell
+    without the daemon's keys."""
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, secrets=secrets)
     except ConfigError as exc:
-        for line in exc.problems:
-            click.echo(line, err=True)
-        sys.exit(2)
+        _fail(exc.problems)
     set_umask(cfg.daemon.umask)
     return cfg
+
+
+def _fail(problems: list[str]) -> NoReturn:
+    for line in problems:
+        click.echo(line, err=True)
+    sys.exit(2)
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,13 +79,20 @@ def cli() -> None:
 def run(config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool) -> None:
     """Run the daemon."""
     cfg = _load(config_path)
+    from orchestrator.preflight import check_environment
+
+    if problems := [str(f) for f in check_environment(cfg, port=False) if not f.warning]:
+        _fail(problems)
     _logging(verbose)
     from orchestrator.engine.daemon import Daemon
 
     daemon = Daemon(
         cfg, once=once, exit_when_idle=exit_when_idle, install_signals=True, tune_gc=True
     )
-    code = _run(daemon.run())
+    try:
+        code = _run(daemon.run())
+    except ConfigError as exc:  # the environment refused at start (a busy port, the ledger)
+        _fail(exc.problems)
     sys.exit(code)
 
 
@@ -90,26 +105,37 @@ def run(config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool
     help="Also verify each provider's credentials with its cheapest call; show limits/credits.",
 )
 def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
-    """Validate the config file; exit 2 with file:line: message on errors."""
+    """Validate the config file and what `run` needs around it (directories, database driver,
+    secret files, the status port); exit 2 with file:line: message on errors."""
+    from orchestrator.preflight import check_environment
+
     if as_json:
         try:
             cfg = load_config(config_path)
         except ConfigError as exc:
             click.echo(json.dumps({"ok": False, "problems": exc.problems}, indent=2))
             sys.exit(2)
+        found = check_environment(cfg)
         summary: dict[str, Any] = {
-            "ok": True,
+            "ok": not any(not f.warning for f in found),
             "file": str(cfg.source),
             "providers": sorted(cfg.providers),
             "pipelines": [p.name for p in cfg.pipelines],
+            "problems": [str(f) for f in found if not f.warning],
+            "warnings": [str(f) for f in found if f.warning],
         }
         if online:
             checks = _run(check_providers(cfg))
             summary["online"] = checks
-            summary["ok"] = all(c["ok"] for c in checks.values())
+            summary["ok"] = summary["ok"] and all(c["ok"] for c in checks.values())
         click.echo(json.dumps(summary, indent=2))
         sys.exit(0 if summary["ok"] else 2)
     cfg = _load(config_path)
+    found = check_environment(cfg)
+    for finding in found:
+        click.echo(str(finding), err=True)
+    if any(not f.warning for f in found):
+        sys.exit(2)
     click.echo(
         f"{cfg.source}: ok ({len(cfg.providers)} provider(s), {len(cfg.pipelines)} pipeline(s))"
     )
@@ -168,7 +194,22 @@ def jobs() -> None:
     """Inspect and steer jobs in the ledger."""
 
 
-def _with_ledger(cfg: Config, fn: Callable[[Ledger], Coroutine[Any, Any, T]]) -> T:
+def _with_ledger(
+    cfg: Config, fn: Callable[[Ledger], Coroutine[Any, Any, T]], *, create: bool = True
+) -> T:
+    """Run `fn` on the (migrated) ledger. `create=False` for commands that only look: a SQLite
+    ledger that does not exist is reported (the path is probably wrong), not made empty."""
+    from orchestrator.preflight import sqlite_path
+
+    path = sqlite_path(cfg.ledger.url)
+    if not create and path is not None and not path.exists():
+        _fail(
+            [
+                f"{cfg.where('ledger', 'url')}: ledger.url: no ledger at {path} "
+                "(`orchestrator run` or `orchestrator db upgrade` creates it)"
+            ]
+        )
+
     async def go() -> T:
         from orchestrator.ledger import migrate
 
@@ -235,7 +276,7 @@ def jobs_list(
     config_path: str | None, state: tuple[str, ...], pipeline: str | None, limit: int, as_json: bool
 ) -> None:
     """List jobs, newest first."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, secrets=False)
     states = [JobState(s.upper()) for s in state] or None
 
     async def fetch(lg: Ledger) -> list[dict[str, Any]]:
@@ -248,7 +289,7 @@ def jobs_list(
                 row["parts"] = {"done": done, "total": total}
         return rows
 
-    rows = _with_ledger(cfg, fetch)
+    rows = _with_ledger(cfg, fetch, create=False)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -263,7 +304,7 @@ def jobs_list(
 @click.option("--iterations", type=int, default=0, help="Stop after N refreshes (0: until Ctrl-C).")
 def jobs_watch(config_path: str | None, interval: float, iterations: int) -> None:
     """A live view of jobs in flight and the latest finished ones."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, secrets=False)
     from rich.console import Console
     from rich.live import Live
 
@@ -279,7 +320,7 @@ def jobs_watch(config_path: str | None, interval: float, iterations: int) -> Non
                 await asyncio.sleep(interval)
 
     try:
-        _with_ledger(cfg, watch)
+        _with_ledger(cfg, watch, create=False)
     except KeyboardInterrupt:
         pass
 
@@ -331,7 +372,7 @@ async def _watch_table(lg: Ledger) -> Any:
 @click.option("--json", "as_json", is_flag=True)
 def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
     """One job with its transitions."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, secrets=False)
 
     async def get(lg: Ledger) -> dict[str, Any] | None:
         job = await lg.get(job_id)
@@ -340,7 +381,7 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
         parts = [part_to_dict(p) for p in await lg.parts(job_id)]
         return {**job_to_dict(job), "parts": parts, "transitions": await lg.transitions(job_id)}
 
-    data = _with_ledger(cfg, get)
+    data = _with_ledger(cfg, get, create=False)
     if data is None:
         click.echo(f"no job {job_id}", err=True)
         sys.exit(2)
@@ -371,7 +412,7 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def jobs_retry(config_path: str | None, job_id: int, as_json: bool) -> None:
     """Run a FAILED or CANCELLED job again, as a new job with the same params."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, secrets=False)
 
     async def retry(lg: Ledger) -> int | str:
         job = await lg.get(job_id)
@@ -393,7 +434,7 @@ def jobs_retry(config_path: str | None, job_id: int, as_json: bool) -> None:
         )
         return new if new is not None else f"job {job_id} was already retried"
 
-    result = _with_ledger(cfg, retry)
+    result = _with_ledger(cfg, retry, create=False)
     if isinstance(result, str):
         click.echo(result, err=True)
         sys.exit(2)
@@ -409,7 +450,7 @@ def jobs_retry(config_path: str | None, job_id: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def jobs_cancel(config_path: str | None, job_id: int, as_json: bool) -> None:
     """Cancel a job; a running remote job is cancelled at the provider by the daemon."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, secrets=False)
 
     async def cancel(lg: Ledger) -> JobState | None:
         try:
@@ -417,7 +458,7 @@ def jobs_cancel(config_path: str | None, job_id: int, as_json: bool) -> None:
         except KeyError:
             return None
 
-    state = _with_ledger(cfg, cancel)
+    state = _with_ledger(cfg, cancel, create=False)
     if state is None:
         click.echo(f"no job {job_id}", err=True)
         sys.exit(2)
@@ -440,7 +481,7 @@ def jobs_cancel(config_path: str | None, job_id: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def trigger(config_path: str | None, pipeline: str, as_json: bool) -> None:
     """Enqueue one run of PIPELINE now."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, secrets=False)
     try:
         p = cfg.pipeline(pipeline)
     except KeyError:
@@ -468,10 +509,10 @@ def trigger(config_path: str | None, pipeline: str, as_json: bool) -> None:
 @click.option("--offline", is_flag=True, help="Do not ask the providers for their limits.")
 def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
     """Per provider account: limits, used, reserved, projected use of the schedules."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, secrets=not offline)
     from orchestrator.quota import quota_report
 
-    report = _with_ledger(cfg, lambda lg: quota_report(cfg, lg, online=not offline))
+    report = _with_ledger(cfg, lambda lg: quota_report(cfg, lg, online=not offline), create=False)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -530,7 +571,7 @@ def healthcheck(config_path: str | None, timeout: float) -> None:
     import urllib.error
     import urllib.request
 
-    cfg = _load(config_path)
+    cfg = _load(config_path, secrets=False)
     host = "127.0.0.1" if cfg.web.host in ("0.0.0.0", "::", "") else cfg.web.host  # noqa: S104
     url = f"http://{host}:{cfg.web.port}/healthz"
     try:
@@ -552,7 +593,7 @@ def db() -> None:
 @config_option
 def db_upgrade(config_path: str | None) -> None:
     """Apply migrations (also done by `run` at start)."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, secrets=False)
 
     async def noop(_: Ledger) -> None:
         return None
@@ -592,7 +633,12 @@ def simulate(
         clari.monthly_quota = monthly_quota
 
     async def serve() -> None:
-        server = await SimulatorServer(Simulators.create(clari=clari), host=host, port=port).start()
+        sims = SimulatorServer(Simulators.create(clari=clari), host=host, port=port)
+        try:
+            server = await sims.start()
+        except OSError as exc:
+            why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+            _fail([f"simulate --host {host} --port {port}: cannot listen there: {why}"])
         for name, prefix in PREFIXES.items():
             click.echo(f"{name}: http://{host}:{server.port}{prefix}")
         click.echo(f"clari ingest: http://{host}:{server.port}{INGEST_PREFIX}")
@@ -608,13 +654,27 @@ def simulate(
 
 
 @cli.command()
-@config_option
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    help="A demo config (make demo: config/demo.toml); default: the one shipped in the package.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    default=None,
+    help="Where the shipped demo config, inbox, ledger and results go (default: a new temp dir).",
+)
 @click.option("--keep", is_flag=True, help="Keep the previous demo ledger and results.")
-def demo(config_path: str | None, keep: bool) -> None:
-    """Simulator + daemon on config/demo.toml: run every pipeline once and print a summary."""
-    from orchestrator.demo import run_demo
+def demo(config_path: str | None, directory: str | None, keep: bool) -> None:
+    """Simulator + daemon on the demo config: run every pipeline once and print a summary."""
+    from orchestrator.demo import run_demo, unpack_demo
 
-    sys.exit(run_demo(config_path or "config/demo.toml", keep=keep))
+    if config_path is None:
+        config_path = str(unpack_demo(directory))
+        click.echo(f"demo config, inbox, ledger and results: {Path(config_path).parent}")
+    sys.exit(run_demo(config_path, keep=keep))
 
 
 def main() -> None:

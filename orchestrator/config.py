@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -88,7 +89,9 @@ class ProviderConfig(_Model):
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
     api_secret: SecretStr | None = None
+    api_secret_file: Path | None = None
     partner_key: SecretStr | None = None
+    partner_key_file: Path | None = None
     concurrency: int | None = Field(default=None, ge=1)
     monthly_quota: int | None = Field(default=None, ge=0)
     quota_reserve: int = Field(default=0, ge=0)
@@ -142,8 +145,9 @@ class ProviderConfig(_Model):
 
     @model_validator(mode="after")
     def _key_source(self) -> ProviderConfig:
-        if self.api_key is not None and self.api_key_file is not None:
-            raise ValueError("set api_key or api_key_file, not both")
+        for key in SECRET_KEYS:
+            if getattr(self, key) is not None and getattr(self, f"{key}_file") is not None:
+                raise ValueError(f"set {key} or {key}_file, not both")
         if self.api_key is None and self.api_key_file is None:
             raise ValueError("api_key (or api_key_file) is required")
         return self
@@ -152,12 +156,19 @@ class ProviderConfig(_Model):
         if self.api_key is not None:
             return self.api_key.get_secret_value()
         assert self.api_key_file is not None
-        return self.api_key_file.read_text(encoding="utf-8").strip()
+        return read_secret_file(self.api_key_file)
 
     def secrets(self) -> list[str]:
         out = [self.secret()]
         out += [s.get_secret_value() for s in (self.api_secret, self.partner_key) if s is not None]
         return [s for s in out if s]
+
+
+SECRET_KEYS = ("api_key", "api_secret", "partner_key")  # each may come from a `<key>_file`
+
+
+def read_secret_file(path: Path) -> str:
+    return path.read_text(encoding="utf-8").strip()
 
 
 class PipelineConfig(_Model):
@@ -249,6 +260,12 @@ class Config(_Model):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     pipelines: list[PipelineConfig] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)
+    _locator: _Locator | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path:
+        """Where relative paths of the file point from: the config file's directory."""
+        return (self.source or Path(DEFAULT_PATH)).resolve().parent
 
     def pipeline(self, name: str) -> PipelineConfig:
         for p in self.pipelines:
@@ -258,6 +275,11 @@ class Config(_Model):
 
     def secrets(self) -> list[str]:
         return [s for p in self.providers.values() for s in p.secrets()]
+
+    def where(self, *loc: str | int) -> str:
+        """`file:line` of a key, e.g. where("web", "port"), for messages about its value."""
+        line = self._locator.line(loc) if self._locator is not None else 1
+        return f"{self.source}:{line}"
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -285,12 +307,48 @@ def _expand_env(value: Any, missing: list[str]) -> Any:
     return value
 
 
-def _credentials_dir_file(path: Path) -> Path:
-    """A relative api_key_file is looked up in systemd's $CREDENTIALS_DIRECTORY when set."""
+def _secret_file(path: Path, base: Path) -> Path:
+    """A relative `*_file` secret is looked up in systemd's $CREDENTIALS_DIRECTORY when set
+    (LoadCredential=), else beside the config file."""
+    path = path.expanduser()
+    if path.is_absolute():
+        return path
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds and not path.is_absolute():
-        return Path(creds) / path
-    return path
+    return Path(creds) / path if creds else base / path
+
+
+_SQLITE_URL = re.compile(r"^(sqlite(?:\+\w+)?:///)([^?]*)(\?.*)?$")
+
+
+def _sqlite_url(url: str, base: Path) -> str:
+    """`sqlite+aiosqlite:///state/ledger.db` (three slashes: relative) → the file beside the
+    config; four slashes, `:memory:` and other databases are left as they are."""
+    m = _SQLITE_URL.match(url)
+    if not m or not m.group(2) or m.group(2) == ":memory:" or m.group(2).startswith("/"):
+        return url
+    return f"{m.group(1)}{base / Path(m.group(2)).expanduser()}{m.group(3) or ''}"
+
+
+def _resolve_paths(cfg: Config, kinds: dict[str, Any]) -> None:
+    """Every relative path in the file points from the file's own directory, not from wherever
+    the command happens to run (a systemd unit, a container, an admin shell)."""
+    from orchestrator.providers.sources import FileImportParams
+
+    base = cfg.base_dir
+    cfg.ledger.url = _sqlite_url(cfg.ledger.url, base)
+    cfg.output.dir = base / cfg.output.dir.expanduser()
+    if cfg.web.token_file is not None:
+        cfg.web.token_file = base / cfg.web.token_file.expanduser()
+    for prov in cfg.providers.values():
+        for key in SECRET_KEYS:
+            if (path := getattr(prov, f"{key}_file")) is not None:
+                setattr(prov, f"{key}_file", _secret_file(path, base))
+    for p in cfg.pipelines:
+        model = getattr(kinds.get(p.kind), "params_model", None)
+        source = p.params.get("source")
+        if isinstance(model, type) and issubclass(model, FileImportParams):
+            if isinstance(source, str) and source.strip():
+                p.params["source"] = str(base / os.path.expanduser(source))
 
 
 class _Locator:
@@ -457,8 +515,13 @@ def _too_deep_line(text: str) -> int | None:
     return None
 
 
-def load_config(path: str | os.PathLike[str] | None = None, *, check_files: bool = True) -> Config:
-    """Read, expand and validate the config file; raise ConfigError with every problem found."""
+def load_config(path: str | os.PathLike[str] | None = None, *, secrets: bool = True) -> Config:
+    """Read, expand and validate the config file; raise ConfigError with every problem found.
+
+    `secrets=False` is for commands that never talk to a provider (jobs, quota --offline,
+    db upgrade, healthcheck): an unset ${VAR} in a secret key or an unreadable `*_file` is then
+    not their problem (an admin shell has neither the daemon's environment nor systemd's
+    $CREDENTIALS_DIRECTORY)."""
     from orchestrator.providers import KINDS  # registry import: providers import config types
 
     src = resolve_path(path)
@@ -473,12 +536,13 @@ def load_config(path: str | os.PathLike[str] | None = None, *, check_files: bool
     providers = raw.get("providers")
     for name, prov in providers.items() if isinstance(providers, dict) else ():
         if isinstance(prov, dict):
-            missing: list[str] = []
-            prov.update(_expand_env(prov, missing))
-            for var in missing:
-                report(
-                    ("providers", name, "api_key"), f"environment variable ${{{var}}} is not set"
-                )
+            for key, value in list(prov.items()):
+                missing: list[str] = []
+                prov[key] = _expand_env(value, missing)
+                if key in SECRET_KEYS and not secrets:
+                    continue
+                for var in missing:
+                    report(("providers", name, key), f"environment variable ${{{var}}} is not set")
             prov["name"] = name
     try:
         cfg = Config.model_validate(raw)
@@ -488,15 +552,37 @@ def load_config(path: str | os.PathLike[str] | None = None, *, check_files: bool
             report(loc, err["msg"].removeprefix("Value error, "))
         raise ConfigError(problems) from None
     cfg.source = src
-    _check_semantics(cfg, raw, KINDS, report, check_files=check_files)
+    cfg._locator = locator
+    _resolve_paths(cfg, KINDS)
+    _check_semantics(cfg, raw, KINDS, report)
+    if secrets:
+        _load_secrets(cfg, report)
+        _check_token(cfg, report)
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
-def _check_semantics(
-    cfg: Config, raw: dict[str, Any], kinds: dict[str, Any], report: Any, *, check_files: bool
-) -> None:
+def _load_secrets(cfg: Config, report: Any) -> None:
+    """Open every secret file, as the daemon will (as its user, with its permissions)."""
+    for name, prov in cfg.providers.items():
+        for key in SECRET_KEYS:
+            path = getattr(prov, f"{key}_file")
+            if path is None:
+                continue
+            try:
+                value = read_secret_file(path)
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                report(("providers", name, f"{key}_file"), f"cannot read {path}: {why}")
+                continue
+            if not value:
+                report(("providers", name, f"{key}_file"), f"{path} is empty")
+                continue
+            setattr(prov, key, SecretStr(value))
+
+
+def _check_semantics(cfg: Config, raw: dict[str, Any], kinds: dict[str, Any], report: Any) -> None:
     seen: set[str] = set()
     for i, p in enumerate(cfg.pipelines):
         if p.name in seen:
@@ -515,22 +601,23 @@ def _check_semantics(
             )
         validate_params(p, kinds[p.kind].params_model, i, report)
     for name, prov in cfg.providers.items():
-        if name.split("-", 1)[0] == "claravine" and prov.api_secret is None:
+        secret_set = prov.api_secret is not None or prov.api_secret_file is not None
+        if name.split("-", 1)[0] == "claravine" and not secret_set:
             report(
                 ("providers", name, "api_secret"),
-                "Claravine needs an API key and an API secret: set api_secret",
+                "Claravine needs an API key and an API secret: set api_secret (or api_secret_file)",
             )
-        if check_files and prov.api_key_file is not None:
-            prov.api_key_file = _credentials_dir_file(prov.api_key_file)
-            if not prov.api_key_file.is_file():
-                report(("providers", name, "api_key_file"), f"{prov.api_key_file} is not readable")
-    if check_files and cfg.web.token_file is not None:
-        try:
-            if not cfg.web.token():
-                report(("web", "token_file"), f"{cfg.web.token_file} is empty")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or "not UTF-8"
-            report(("web", "token_file"), f"{cfg.web.token_file}: cannot read: {why}")
+
+
+def _check_token(cfg: Config, report: Any) -> None:
+    if cfg.web.token_file is None:
+        return
+    try:
+        if not cfg.web.token():
+            report(("web", "token_file"), f"{cfg.web.token_file} is empty")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8"
+        report(("web", "token_file"), f"{cfg.web.token_file}: cannot read: {why}")
 
 
 def is_loopback(host: str | None) -> bool:

@@ -1,10 +1,17 @@
-"""`orchestrator demo` / `make demo`: the simulator and the daemon on config/demo.toml, every
-pipeline run once, live progress, then a summary table."""
+"""`orchestrator demo` / `make demo`: the simulator and the daemon on the demo config, every
+pipeline run once, live progress, then a summary table.
+
+`make demo` runs config/demo.toml of the checkout; an installed package runs its own copy
+(package `orchestrator.examples`), unpacked with its inbox into a directory it names. The demo's
+ledger and results go under `.demo/` beside the config file."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import tempfile
+from importlib.abc import Traversable
+from importlib.resources import files
 from pathlib import Path
 
 from orchestrator.config import Config, load_config
@@ -73,6 +80,29 @@ async def _demo(cfg: Config) -> int:
         await server.stop()
 
 
+DEMO_FILES = ("demo.toml", "demo-inbox")
+
+
+def unpack_demo(directory: str | Path | None = None) -> Path:
+    """Copy the packaged demo config and its inbox into `directory` (a new temporary directory
+    when None); return the config file's path."""
+    target = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="orchestrator-demo-"))
+    target.mkdir(parents=True, exist_ok=True)
+    shipped = files("orchestrator.examples")
+    for name in DEMO_FILES:
+        _copy(shipped / name, target / name)
+    return target / "demo.toml"
+
+
+def _copy(src: Traversable, dst: Path) -> None:
+    if src.is_dir():
+        dst.mkdir(exist_ok=True)
+        for child in src.iterdir():
+            _copy(child, dst / child.name)
+    elif src.name != "__init__.py":
+        dst.write_bytes(src.read_bytes())
+
+
 def run_demo(config_path: str, *, keep: bool = False) -> int:
     try:
         cfg = load_config(config_path)
@@ -81,9 +111,10 @@ def run_demo(config_path: str, *, keep: bool = False) -> int:
             print(line)
         return 2
     if not keep:
-        for path in (cfg.output.dir, Path(".demo")):
-            shutil.rmtree(path, ignore_errors=True)
-        db = cfg.ledger.url.split("///", 1)[-1]
-        for suffix in ("", "-wal", "-shm"):
-            Path(db + suffix).unlink(missing_ok=True)
+        from orchestrator.preflight import sqlite_path
+
+        shutil.rmtree(cfg.output.dir, ignore_errors=True)
+        if (db := sqlite_path(cfg.ledger.url)) is not None:
+            for suffix in ("", "-wal", "-shm"):
+                db.with_name(db.name + suffix).unlink(missing_ok=True)
     return asyncio.run(_demo(cfg))

@@ -25,7 +25,7 @@ def projected_runs(cfg: Config, provider: str) -> int:
 
 
 async def quota_report(cfg: Config, ledger: Ledger, *, online: bool = True) -> dict[str, Any]:
-    ctx = Context.build(cfg, ledger)
+    ctx = Context.build(cfg, ledger, connect=online)
     out: dict[str, Any] = {}
     try:
         for name, budget in ctx.budgets.items():

@@ -72,7 +72,9 @@ class Context:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    def build(cls, cfg: Config, ledger: Ledger) -> Context:
+    def build(cls, cfg: Config, ledger: Ledger, *, connect: bool = True) -> Context:
+        """`connect=False`: budgets only, no adapters (no secrets, no sessions), for reports
+        from the ledger alone."""
         adapters: dict[str, ProviderAdapter] = {}
         budgets: dict[str, AccountBudget] = {}
         for name, prov in cfg.providers.items():
@@ -80,11 +82,11 @@ class Context:
             if factory is None:
                 log.warning("provider_not_supported", provider=name)
                 continue
-            adapters[name] = factory(prov)
+            if connect:
+                adapters[name] = factory(prov)
             budgets[name] = AccountBudget(
                 caps=Caps(
-                    concurrency=prov.concurrency
-                    or getattr(adapters[name], "default_concurrency", None),
+                    concurrency=prov.concurrency or getattr(factory, "default_concurrency", None),
                     monthly_quota=prov.monthly_quota,
                     reserve=prov.quota_reserve,
                 )

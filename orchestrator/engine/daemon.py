@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 import time
 from dataclasses import replace
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from orchestrator.config import Config
 from orchestrator.domain import Job, JobState, RemoteState, RemoteStatus
@@ -20,7 +22,7 @@ from orchestrator.engine.fetcher import Fetcher
 from orchestrator.engine.poller import Poller
 from orchestrator.engine.recovery import reconcile_submitting, recover
 from orchestrator.engine.worker import Worker
-from orchestrator.errors import ProviderError
+from orchestrator.errors import ConfigError, ProviderError
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.runtime import tune_gc
@@ -85,10 +87,7 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal)
         try:
-            if self.cfg.web.enabled and not self.exit_when_idle:
-                # Up before migrating, so /readyz can say "not yet" instead of nothing.
-                await self.web.start(self.cfg.web.host, self.cfg.web.port)
-            await migrate.upgrade(self.ledger)
+            await self._start_environment()
             await self.ledger.start()
             for provider in self.ctx.budgets:
                 await self.ctx.refresh_budget(provider)
@@ -115,8 +114,31 @@ class Daemon:
             if self.install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+        if self._signals:  # a stop asked for (systemctl stop, docker stop) went as planned
+            return 0
         failed = self.ctx.stats.finished.get(JobState.FAILED.value, 0)
         return 1 if failed else 0
+
+    async def _start_environment(self) -> None:
+        """The status port and the ledger: what the machine may refuse. A refusal is one line
+        naming the config key (ConfigError), not a traceback."""
+        web = self.cfg.web
+        if web.enabled and not self.exit_when_idle:
+            # Up before migrating, so /readyz can say "not yet" instead of nothing.
+            try:
+                await self.web.start(web.host, web.port)
+            except OSError as exc:
+                why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+                where = self.cfg.where("web", "port")
+                raise ConfigError(
+                    [f"{where}: web.port: cannot listen on {web.host}:{web.port}: {why}"]
+                ) from None
+        try:
+            await migrate.upgrade(self.ledger)
+        except (OSError, DBAPIError) as exc:
+            where = self.cfg.where("ledger", "url")
+            cause = getattr(exc, "orig", None) or exc
+            raise ConfigError([f"{where}: ledger.url: cannot open the ledger: {cause}"]) from None
 
     def _status_line(self) -> str:
         return (

@@ -52,7 +52,7 @@ class Fetcher:
         adapter = ctx.adapters[job.provider]
         ext = adapter.result_extension(job)
         final = result_path(ctx.cfg.output.dir, job, ext)
-        error: ProviderError | None = None
+        error: ProviderError | str | None = None
         for attempt in range(1, FETCH_TRIES + 1):
             sink = AtomicFile(final).open()
             try:
@@ -71,6 +71,12 @@ class Fetcher:
             except asyncio.CancelledError:
                 sink.abort()
                 raise
+            except OSError as exc:  # storing it: the output dir is a file, unwritable, full
+                sink.abort()
+                error = f"result not stored: {exc}"
+                log.warning("fetch_store_failed", job_id=job.id, error=error, attempt=attempt)
+                await asyncio.sleep(ctx.retry_at(attempt).total_seconds() / 10)
+                continue
             except Exception as exc:  # a bug must not strand the job in FETCHING
                 sink.abort()
                 log.exception("fetch_crashed", job_id=job.id)
@@ -92,26 +98,29 @@ class Fetcher:
             )
             ctx.finished(job, JobState.SUCCEEDED, **result)
             return
-        # Still FETCHING: the remote result is intact, so try again later rather than resubmit.
-        log.warning("fetch_deferred", job_id=job.id, error=str(error))
-        self.active.discard(job.id)
-        self.start(job, delay=ctx.retry_at(FETCH_TRIES).total_seconds())
+        # Every try failed: this counts as a failed attempt (run again while attempts remain,
+        # else FAILED with the last error), so a fault that persists ends the job instead of
+        # keeping it in FETCHING for ever.
+        log.warning("fetch_failed", job_id=job.id, error=str(error), tries=FETCH_TRIES)
+        await self._give_up(job, str(error), reason="fetch failed")
 
-    async def _give_up(self, job: Job, exc: ProviderError) -> None:
+    async def _give_up(
+        self, job: Job, exc: ProviderError | str, *, reason: str = "result unavailable"
+    ) -> None:
         ctx = self.ctx
         if job.attempts < job.max_attempts:
             await ctx.ledger.transition(
                 job,
                 JobState.FETCHING,
                 JobState.RETRY_WAIT,
-                reason="result unavailable",
+                reason=reason,
                 error=str(exc),
                 next_attempt_at=utcnow() + ctx.retry_at(job.attempts),
             )
             ctx.retried(job)
             return
         await ctx.ledger.transition(
-            job, JobState.FETCHING, JobState.FAILED, reason="result unavailable", error=str(exc)
+            job, JobState.FETCHING, JobState.FAILED, reason=reason, error=str(exc)
         )
         ctx.finished(replace(job), JobState.FAILED)
 

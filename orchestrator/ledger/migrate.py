@@ -8,6 +8,7 @@ revision files' headers and `alembic_version` directly.
 from __future__ import annotations
 
 import re
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from orchestrator.ledger.store import Ledger
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+# `migrations/` of the repository, installed as the package `orchestrator_migrations` (editable
+# installs map it to the checkout): found the same way from a wheel, a container or a checkout.
+MIGRATIONS: Path = import_module("orchestrator_migrations").DIRECTORY
 _REV = re.compile(r"^revision(?::\s*str)?\s*=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
 _DOWN = re.compile(r"^down_revision(?::[^=]+)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
 

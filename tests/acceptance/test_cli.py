@@ -62,6 +62,8 @@ def test_cli_contract(tmp_path: Path, simulator: str) -> None:
         "file": str(config),
         "providers": ["clari"],
         "pipelines": ["weekly"],
+        "problems": [],
+        "warnings": [],
     }
     assert cli("trigger", "nope", "--config", str(config)).returncode == 2
 

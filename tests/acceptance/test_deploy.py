@@ -1,6 +1,6 @@
 """Deployment files: the systemd unit verified and rated by systemd-analyze, the container's
 entrypoint and healthcheck commands run for real, the Dockerfile checked for what we promise.
-(No Docker engine runs on our machines, so the image itself is not built here.)"""
+(The image itself is built and run by deploy/test-image.sh: `make image`, and .ci/run.)"""
 
 from __future__ import annotations
 
@@ -53,13 +53,23 @@ def test_unit_promises() -> None:
         "Type=notify",
         "DynamicUser=yes",
         "StateDirectory=orchestrator",
-        "LoadCredential=",
         "WatchdogSec=",
         "TimeoutStopSec=60s",
         "MemoryMax=1G",
         "TasksMax=128",
     ):
         assert line in text
+    # Every provider's credential, each under the name the config's *_file refers to.
+    credentials = set(re.findall(r"^LoadCredential=([\w-]+):", text, re.MULTILINE))
+    assert credentials == {
+        "clari",
+        "clari-partner",
+        "claro",
+        "claravine",
+        "claravine-secret",
+        "claribi",
+        "clayva",
+    }
 
 
 def test_dockerfile_promises() -> None:
@@ -71,9 +81,27 @@ def test_dockerfile_promises() -> None:
     assert 'CMD ["orchestrator", "healthcheck"]' in text
     assert 'VOLUME ["/var/lib/orchestrator"]' in text
     assert "ADD " not in text  # COPY only: nothing fetched at build time
+    assert not re.search(r"^# *syntax=", text, re.MULTILINE)  # its frontend comes from Docker Hub
+    assert "pip install -e" not in text and "--editable" not in text  # installs the wheel
     compose = (ROOT / "deploy" / "compose.yaml").read_text()
     assert "init: true" in compose and "stop_grace_period: 60s" in compose
     assert "mem_limit: 1g" in compose and "pids_limit: 128" in compose
+    # The config as a long-form bind: a missing file fails `up` instead of becoming a directory.
+    assert re.search(r"type: bind\s.*\n\s+source: ./orchestrator.toml", compose)
+
+
+def test_secrets_and_local_config_stay_out_of_git_and_the_build_context() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".git", ".venv", "deploy/secrets", "deploy/orchestrator.toml"):
+        assert entry in ignored
+    git = subprocess.run(
+        ["git", "check-ignore", "deploy/secrets/clari", "deploy/orchestrator.toml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert git.stdout.split() == ["deploy/secrets/clari", "deploy/orchestrator.toml"]
 
 
 def test_entrypoint_and_healthcheck_commands(tmp_path: Path) -> None:
