@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from orchestrator.config import Config, load_config
 from orchestrator.simulator.claravine import ClaravineSimConfig
@@ -21,6 +22,11 @@ API_KEY = "sim-key-Zq8XtP3vLw"
 API_SECRET = "sim-secret-Hy7RkD2mQa"
 CLARIBI_KEY = "claribi_sim-Wq4nVb8Lr2"
 PARTNER_KEY = "sim-partner-Kp3sZ9xTe1"
+
+# Property tests judge results, not speed: on a 2-core machine running the whole suite (or CI
+# beside other work) an example can take longer than hypothesis's 200 ms default deadline.
+settings.register_profile("orchestrator", deadline=None, print_blob=True)
+settings.load_profile("orchestrator")
 
 
 def free_port() -> int:
