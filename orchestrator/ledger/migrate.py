@@ -11,8 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy import Connection, inspect, text
 
 from orchestrator.ledger.store import Ledger
 
@@ -45,10 +44,11 @@ def alembic_config() -> Any:
 
 
 def _current(conn: Connection) -> str | None:
-    try:
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except (OperationalError, ProgrammingError):
+    # Look before selecting: on PostgreSQL a failed SELECT aborts the transaction the migration
+    # then runs in (InFailedSqlTransaction).
+    if not inspect(conn).has_table("alembic_version"):
         return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _upgrade(conn: Connection) -> None:
