@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import os
 import socket
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator.config import Config, load_config
+from orchestrator.ledger import testing as pg_testing
 from orchestrator.simulator.claravine import ClaravineSimConfig
 from orchestrator.simulator.clari import ClariSimConfig
 from orchestrator.simulator.clari_ingest import IngestSimConfig
@@ -27,6 +29,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """A PostgreSQL server's admin conninfo; the test is skipped if none answers (a failure
+    instead when $ORCHESTRATOR_REQUIRE_POSTGRES is set, as .ci/run sets it)."""
+    try:
+        return pg_testing.admin_conninfo()
+    except pg_testing.NoServer as exc:
+        if os.environ.get("ORCHESTRATOR_REQUIRE_POSTGRES"):
+            pytest.fail(str(exc))
+        pytest.skip(f"PostgreSQL tests skipped: {exc}")
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A database of this test module's own (created empty, dropped after the module)."""
+    with pg_testing.scratch_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture

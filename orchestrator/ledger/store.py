@@ -283,14 +283,70 @@ def _sqlite_setup(engine: Engine, begin: str, *, wal: bool) -> None:
         conn.exec_driver_sql(begin)
 
 
+def ledger_url(url: str) -> str:
+    """The URL the ledger connects with. SQLite: `sqlite+aiosqlite://`. PostgreSQL: an async
+    driver, `postgresql+asyncpg://` or `postgresql+psycopg://` (one of them suffices); a bare
+    `postgresql://` means asyncpg, and a sync-only driver is refused here, not at first use."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return url
+    driver = parsed.get_driver_name()
+    if "+" not in parsed.drivername:
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif driver not in ("asyncpg", "psycopg"):
+        raise ValueError(
+            f"ledger url: driver {driver!r} is not asynchronous; "
+            "use postgresql+asyncpg://… or postgresql+psycopg://…"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+class _SqliteWrites:
+    """SQLite's write path: a synchronous engine driven from one dedicated thread, so a whole
+    batch of operations costs one thread hop (aiosqlite hops once per statement)."""
+
+    def __init__(self, url: str) -> None:
+        sync_url = make_url(url).set(drivername="sqlite+pysqlite")
+        self.engine = create_engine(sync_url, pool_size=1, max_overflow=0)
+        _sqlite_setup(self.engine, "BEGIN IMMEDIATE", wal=True)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        def go() -> T:
+            with self.engine.begin() as conn:
+                return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, go)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.dispose)
+        self._thread.shutdown(wait=False)
+
+
+class _AsyncWrites:
+    """PostgreSQL's write path: the URL's own async driver, one connection, `fn` run on it
+    through SQLAlchemy's greenlet bridge (no thread, no second driver). The lock keeps the
+    writer and migrations one transaction at a time, as SQLite's single thread does."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+        self._lock = asyncio.Lock()
+
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        async with self._lock, self.engine.begin() as conn:
+            return await conn.run_sync(fn)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
 class Ledger:
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
-        # Writes: a synchronous engine driven from one dedicated thread, so a whole batch of
-        # operations costs one thread hop (aiosqlite hops once per statement). Reads: async.
-        self.write_engine = self._sync_engine()
-        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+        self.url = ledger_url(url)
+        self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            self._ensure_sqlite_dir()
+        self._writes = _SqliteWrites(self.url) if self.is_sqlite else _AsyncWrites(self.url)
         self.read_engine = self._engine(write=False)
         self._pending: list[_Op] = []  # in order; the writer takes up to MAX_BATCH at a time
         self._pending_wake = asyncio.Event()
@@ -300,32 +356,18 @@ class Ledger:
         self.on_commit: Callable[[float], None] | None = None  # commit latency observer
 
     # --- engines ----------------------------------------------------------------------------
-    def _sync_engine(self) -> Engine:
-        url = make_url(self.url)
-        sync_driver = {"aiosqlite": "pysqlite", "asyncpg": "psycopg"}.get(url.get_driver_name())
-        if sync_driver is not None:
-            url = url.set(drivername=f"{url.get_backend_name()}+{sync_driver}")
-        if not self.is_sqlite:
-            return create_engine(url, pool_pre_ping=True, pool_size=1)
-        engine = create_engine(url, pool_size=1, max_overflow=0)
-        _sqlite_setup(engine, "BEGIN IMMEDIATE", wal=True)
-        return engine
+    def _ensure_sqlite_dir(self) -> None:
+        db = make_url(self.url).database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
 
     async def run_write(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn` in one write transaction on the writer thread."""
-
-        def go() -> T:
-            with self.write_engine.begin() as conn:
-                return fn(conn)
-
-        return await asyncio.get_running_loop().run_in_executor(self._write_thread, go)
+        """Run `fn` in one write transaction, on the writer's connection."""
+        return await self._writes.run(fn)
 
     def _engine(self, *, write: bool) -> AsyncEngine:
         if not self.is_sqlite:
             return create_async_engine(self.url, pool_pre_ping=True)
-        db = make_url(self.url).database
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(self.url, pool_size=4, max_overflow=4)
         _sqlite_setup(engine.sync_engine, "BEGIN IMMEDIATE" if write else "BEGIN", wal=write)
         return engine
@@ -341,10 +383,7 @@ class Ledger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
-        await asyncio.get_running_loop().run_in_executor(
-            self._write_thread, self.write_engine.dispose
-        )
-        self._write_thread.shutdown(wait=False)
+        await self._writes.close()
         await self.read_engine.dispose()
 
     async def flush(self) -> None:
@@ -477,15 +516,19 @@ class Ledger:
                     (job_id, _db("at", now), reason),
                 )
                 return job_id
-            exists = conn.execute(
-                select(jobs_t.c.id).where(jobs_t.c.idempotency_key == idempotency_key)
-            ).first()
-            if exists is not None:
-                return None
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            # ON CONFLICT, not look-then-insert: two processes enqueueing the same run at once
+            # must not both see the key free (and the loser must not fail its whole batch).
             naive = {k: (_naive(v) if k in _DATETIME_FIELDS else v) for k, v in row.items()}
             new_id = conn.execute(
-                insert(jobs_t).values(**naive).returning(jobs_t.c.id)
-            ).scalar_one()
+                pg_insert(jobs_t)
+                .values(**naive)
+                .on_conflict_do_nothing(index_elements=[jobs_t.c.idempotency_key])
+                .returning(jobs_t.c.id)
+            ).scalar()
+            if new_id is None:
+                return None
             conn.execute(
                 insert(transitions_t).values(
                     job_id=new_id,
@@ -541,9 +584,13 @@ class Ledger:
                 if last is not None:
                     conn.execute(update(quota_t).where(quota_t.c.id == last).values(refunded=True))
             if result is not None:
-                conn.execute(delete(results_t).where(results_t.c.job_id == job_id))
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                row = {**result, "created_at": _naive(now)}
                 conn.execute(
-                    insert(results_t).values(job_id=job_id, created_at=_naive(now), **result)
+                    pg_insert(results_t)
+                    .values(job_id=job_id, **row)
+                    .on_conflict_do_update(index_elements=[results_t.c.job_id], set_=row)
                 )
 
         await self._submit(apply)
@@ -827,11 +874,12 @@ class Ledger:
     def _to_stop_select(self, now: datetime) -> Any:
         # Two arms, each answered from its partial index (ix_jobs_cancel_requested,
         # ix_jobs_deadline); `= true()` renders `= 1` as the index condition is written. One
-        # query with an OR would walk every RUNNING job instead.
+        # query with an OR would walk every RUNNING job instead. The arms select ids only:
+        # the UNION removes a job found by both, and PostgreSQL cannot compare JSON `params`.
         running = jobs_t.c.state == JobState.RUNNING.value
-        cancelled = self._job_select().where(running, jobs_t.c.cancel_requested == true())
-        overdue = self._job_select().where(running, jobs_t.c.deadline_at <= _naive(now))
-        return union(cancelled, overdue)
+        cancelled = select(jobs_t.c.id).where(running, jobs_t.c.cancel_requested == true())
+        overdue = select(jobs_t.c.id).where(running, jobs_t.c.deadline_at <= _naive(now))
+        return self._job_select().where(jobs_t.c.id.in_(union(cancelled, overdue)))
 
     async def running_to_stop(self, now: datetime) -> list[Job]:
         """RUNNING jobs a user asked to cancel, or past their deadline."""
