@@ -94,6 +94,7 @@ def write_config(
     daemon: dict[str, Any] | None = None,
     api_key: str = API_KEY,
     providers: dict[str, dict[str, Any]] | None = None,
+    ledger_url: str | None = None,
 ) -> Path:
     prov = {
         "base_url": base_url,
@@ -105,7 +106,7 @@ def write_config(
     dmn = {"retry_base": "0.1s", "retry_cap": "1s", "claim_interval": "0.1s", **(daemon or {})}
     lines = [
         "[ledger]",
-        f'url = "sqlite+aiosqlite:///{tmp_path}/ledger.db"',
+        f'url = "{ledger_url or f"sqlite+aiosqlite:///{tmp_path}/ledger.db"}"',
         "[output]",
         f'dir = "{tmp_path}/results"',
         "[web]",
