@@ -23,12 +23,17 @@ from typing import Any, TypeVar
 import structlog
 from sqlalchemy import (
     Connection,
+    DateTime,
     Engine,
+    String,
     Table,
+    Text,
+    bindparam,
     case,
     create_engine,
     delete,
     event,
+    false,
     func,
     insert,
     select,
@@ -190,61 +195,121 @@ def _transition_sync(
     reason: str | None,
     values: dict[str, Any],
     now: datetime,
+    quota: str | None = None,
 ) -> None:
+    """Move one job src → dst on the writer's connection, with its transition row (and, if
+    `quota` names a provider, one unit of its rolling quota). StaleState before any write if
+    the stored state is not `src`."""
     check_transition(job_id, src, dst)
     if dst in TERMINAL:
         values = {"finished_at": now, **values}
     unknown = set(values) - _JOB_COLUMNS
     if unknown:
         raise ValueError(f"not job columns: {sorted(unknown)}")
+    if conn.dialect.name != "sqlite":
+        _transition_one_statement(conn, job_id, src, dst, reason, values, now, quota)
+        return
     keys = sorted(values)
     stamp = _db("at", now)
-    if conn.dialect.name == "sqlite":
-        cur = _cursor(conn)
-        sets = ", ".join(["state = ?", "updated_at = ?", *(f"{k} = ?" for k in keys)])
-        cur.execute(
-            f"UPDATE jobs SET {sets} WHERE id = ? AND state = ?",  # noqa: S608 (column names checked)
-            [dst.value, stamp, *(_db(k, values[k]) for k in keys), job_id, src.value],
-        )
-        if cur.rowcount != 1:
-            raise StaleState(job_id, src)
-        cur.execute(
-            "INSERT INTO transitions (job_id, from_state, to_state, at, reason) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (job_id, src.value, dst.value, stamp, reason),
-        )
-        return
-    vals = {k: (_naive(v) if k in _DATETIME_FIELDS else v) for k, v in values.items()}
-    res = conn.execute(
-        update(jobs_t)
-        .where(jobs_t.c.id == job_id, jobs_t.c.state == src.value)
-        .values(state=dst.value, updated_at=_naive(now), **vals)
+    cur = _cursor(conn)
+    sets = ", ".join(["state = ?", "updated_at = ?", *(f"{k} = ?" for k in keys)])
+    cur.execute(
+        f"UPDATE jobs SET {sets} WHERE id = ? AND state = ?",  # noqa: S608 (column names checked)
+        [dst.value, stamp, *(_db(k, values[k]) for k in keys), job_id, src.value],
     )
-    if res.rowcount != 1:
+    if cur.rowcount != 1:
         raise StaleState(job_id, src)
-    conn.execute(
-        insert(transitions_t).values(
-            job_id=job_id, from_state=src.value, to_state=dst.value, at=_naive(now), reason=reason
-        )
+    cur.execute(
+        "INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)",
+        (job_id, src.value, dst.value, stamp, reason),
     )
+    if quota is not None:
+        cur.execute(
+            "INSERT INTO quota_usage (provider, job_id, at, refunded) VALUES (?, ?, ?, 0)",
+            (quota, job_id, stamp),
+        )
+
+
+def _transition_one_statement(
+    conn: Connection,
+    job_id: int,
+    src: JobState,
+    dst: JobState,
+    reason: str | None,
+    values: dict[str, Any],
+    now: datetime,
+    quota: str | None,
+) -> None:
+    """PostgreSQL: the update, its transition row and the quota unit as one statement (data-
+    modifying CTEs), so a transition costs one round trip to the server, not three. Rows are
+    inserted only if the guarded update matched, so nothing is written for a stale state."""
+    keys = tuple(sorted(values))
+    params: dict[str, Any] = {
+        "job_id": job_id,
+        "src": src.value,
+        "dst": dst.value,
+        "at": _naive(now),
+        "reason": reason,
+        "quota": quota,
+        **{f"v_{k}": (_naive(v) if k in _DATETIME_FIELDS else v) for k, v in values.items()},
+    }
+    # The returned row, not rowcount: psycopg reports no count for INSERT … SELECT with CTEs.
+    if conn.execute(_transition_statement(keys, quota is not None), params).first() is None:
+        raise StaleState(job_id, src)
+
+
+_TRANSITION_STATEMENTS: dict[tuple[tuple[str, ...], bool], Any] = {}
+
+
+def _transition_statement(keys: tuple[str, ...], with_quota: bool) -> Any:
+    """The transition statement for one set of updated columns, built once: building and
+    hashing a fresh CTE statement per transition cost ~1 ms of CPU, the statement itself ~0.2."""
+    cached = _TRANSITION_STATEMENTS.get((keys, with_quota))
+    if cached is not None:
+        return cached
+    at = bindparam("at", type_=DateTime())
+    moved = (
+        update(jobs_t)
+        .where(jobs_t.c.id == bindparam("job_id"), jobs_t.c.state == bindparam("src"))
+        .values(
+            state=bindparam("dst", type_=String()),
+            updated_at=at,
+            **{k: bindparam(f"v_{k}", type_=jobs_t.c[k].type) for k in keys},
+        )
+        .returning(jobs_t.c.id)
+        .cte("moved")
+    )
+    stmt = insert(transitions_t).from_select(
+        ["job_id", "from_state", "to_state", "at", "reason"],
+        select(
+            moved.c.id,
+            bindparam("src", type_=String()),
+            bindparam("dst", type_=String()),
+            at,
+            bindparam("reason", type_=Text()),
+        ),
+    )
+    if with_quota:
+        unit = insert(quota_t).from_select(
+            ["provider", "job_id", "at", "refunded"],
+            select(bindparam("quota", type_=String()), moved.c.id, at, false()),
+        )
+        stmt = stmt.add_cte(unit.cte("unit"))
+    stmt = stmt.returning(transitions_t.c.id)
+    _TRANSITION_STATEMENTS[(keys, with_quota)] = stmt
+    return stmt
 
 
 def _extras_sqlite(
     conn: Connection,
     job_id: int,
     now: datetime,
-    quota: str | None,
     refund: bool,
     result: dict[str, Any] | None,
 ) -> None:
-    """The rows that ride along with a transition (quota unit, refund, result), raw SQLite."""
+    """The rows that ride along with a transition (refund, result), raw SQLite."""
     cur = _cursor(conn)
     stamp = _db("at", now)
-    if quota is not None:
-        cur.execute(
-            "INSERT INTO quota_usage (provider, job_id, at, refunded) VALUES (?, ?, ?, 0)",
-            (quota, job_id, stamp),
-        )
     if refund:
         cur.execute(
             "UPDATE quota_usage SET refunded = 1 WHERE id = (SELECT max(id) FROM quota_usage "
@@ -565,24 +630,17 @@ class Ledger:
         now = utcnow()
 
         def apply(conn: Connection) -> None:
-            _transition_sync(conn, job_id, src, dst, reason, values, now)
+            _transition_sync(conn, job_id, src, dst, reason, values, now, quota)
             if conn.dialect.name == "sqlite":
-                _extras_sqlite(conn, job_id, now, quota, refund_quota, result)
+                _extras_sqlite(conn, job_id, now, refund_quota, result)
                 return
-            if quota is not None:
-                conn.execute(
-                    insert(quota_t).values(
-                        provider=quota, job_id=job_id, at=_naive(now), refunded=False
-                    )
-                )
             if refund_quota:
-                last = conn.execute(
-                    select(func.max(quota_t.c.id)).where(
-                        quota_t.c.job_id == job_id, quota_t.c.refunded.is_(False)
-                    )
-                ).scalar()
-                if last is not None:
-                    conn.execute(update(quota_t).where(quota_t.c.id == last).values(refunded=True))
+                latest = (
+                    select(func.max(quota_t.c.id))
+                    .where(quota_t.c.job_id == job_id, quota_t.c.refunded.is_(False))
+                    .scalar_subquery()
+                )
+                conn.execute(update(quota_t).where(quota_t.c.id == latest).values(refunded=True))
             if result is not None:
                 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
