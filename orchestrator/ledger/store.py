@@ -36,6 +36,7 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    null,
     select,
     true,
     union,
@@ -297,6 +298,44 @@ def _transition_statement(keys: tuple[str, ...], with_quota: bool) -> Any:
         stmt = stmt.add_cte(unit.cte("unit"))
     stmt = stmt.returning(transitions_t.c.id)
     _TRANSITION_STATEMENTS[(keys, with_quota)] = stmt
+    return stmt
+
+
+_ENQUEUE_STATEMENTS: dict[tuple[str, ...], Any] = {}
+
+
+def _enqueue_statement(columns: tuple[str, ...]) -> Any:
+    """PostgreSQL: insert a job unless its idempotency key is taken, with its first transition
+    row, in one statement built once. ON CONFLICT, not look-then-insert: two processes
+    enqueueing the same run at once must not both see the key free, nor the loser fail its
+    whole batch. Returns the new job's id, or no row when the key was taken."""
+    cached = _ENQUEUE_STATEMENTS.get(columns)
+    if cached is not None:
+        return cached
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    new = (
+        pg_insert(jobs_t)
+        .values({c: bindparam(c, type_=jobs_t.c[c].type) for c in columns})
+        .on_conflict_do_nothing(index_elements=[jobs_t.c.idempotency_key])
+        .returning(jobs_t.c.id)
+        .cte("new")
+    )
+    stmt = (
+        insert(transitions_t)
+        .from_select(
+            ["job_id", "from_state", "to_state", "at", "reason"],
+            select(
+                new.c.id,
+                null(),
+                bindparam("state", type_=String()),
+                bindparam("at", type_=DateTime()),
+                bindparam("reason", type_=Text()),
+            ),
+        )
+        .returning(transitions_t.c.job_id)
+    )
+    _ENQUEUE_STATEMENTS[columns] = stmt
     return stmt
 
 
@@ -581,29 +620,11 @@ class Ledger:
                     (job_id, _db("at", now), reason),
                 )
                 return job_id
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            # ON CONFLICT, not look-then-insert: two processes enqueueing the same run at once
-            # must not both see the key free (and the loser must not fail its whole batch).
-            naive = {k: (_naive(v) if k in _DATETIME_FIELDS else v) for k, v in row.items()}
+            params = {k: (_naive(v) if k in _DATETIME_FIELDS else v) for k, v in row.items()}
             new_id = conn.execute(
-                pg_insert(jobs_t)
-                .values(**naive)
-                .on_conflict_do_nothing(index_elements=[jobs_t.c.idempotency_key])
-                .returning(jobs_t.c.id)
+                _enqueue_statement(tuple(row)), {**params, "at": _naive(now), "reason": reason}
             ).scalar()
-            if new_id is None:
-                return None
-            conn.execute(
-                insert(transitions_t).values(
-                    job_id=new_id,
-                    from_state=None,
-                    to_state="PENDING",
-                    at=_naive(now),
-                    reason=reason,
-                )
-            )
-            return int(new_id)
+            return None if new_id is None else int(new_id)
 
         result: int | None = await self._submit(apply)
         return result
