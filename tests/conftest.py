@@ -51,6 +51,25 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The ledger `make_config` writes: SQLite in tmp_path, unless a test asks for PostgreSQL
+    with `@BOTH_LEDGERS` (then a database of the test's own, dropped after it)."""
+    dialect = getattr(request, "param", "sqlite")
+    if dialect == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
+        return
+    server: str = request.getfixturevalue("postgres_server")
+    with pg_testing.scratch_database(server) as url:
+        yield url.replace("postgresql://", f"{dialect}://", 1)
+
+
+# Runs a test that uses `make_config` once on SQLite and once on PostgreSQL.
+BOTH_LEDGERS = pytest.mark.parametrize(
+    "ledger_url", ["sqlite", "postgresql+asyncpg"], indirect=True
+)
+
+
+@pytest.fixture
 async def sim() -> AsyncIterator[SimulatorServer]:
     clari = ClariSimConfig(api_key=API_KEY, duration=0.2, queue_delay=0.05)
     claro = ClaroSimConfig(api_key=API_KEY)
@@ -137,8 +156,9 @@ def forecast(name: str, **params: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, sim: SimulatorServer) -> Callable[..., Config]:
+def make_config(tmp_path: Path, sim: SimulatorServer, ledger_url: str) -> Callable[..., Config]:
     def make(pipelines: list[dict[str, Any]], **kw: Any) -> Config:
+        kw.setdefault("ledger_url", ledger_url)
         return load_config(write_config(tmp_path, sim.base_url("clari"), pipelines, **kw))
 
     return make
