@@ -52,6 +52,10 @@ def _current(conn: Connection) -> str | None:
 
 
 def _upgrade(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        # One upgrade at a time, as BEGIN IMMEDIATE makes it on SQLite: a process started
+        # alongside waits here, then finds the schema current (the key is arbitrary, fixed).
+        conn.execute(text("SELECT pg_advisory_xact_lock(7301184016)"))
     if _current(conn) == head_revision():
         return
     from alembic import command
