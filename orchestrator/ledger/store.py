@@ -369,10 +369,12 @@ def _sqlite_setup(engine: Engine, begin: str, *, wal: bool) -> None:
         # We issue BEGIN ourselves (below), so the driver must not.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        # First: switching a new file to WAL waits for a lock that another process's first
+        # migration (alembic imported under it: seconds) may hold past sqlite3's default 5 s.
+        cur.execute("PRAGMA busy_timeout=15000")
         if wal:  # persistent in the file; only the writer needs to set it
             cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=15000")
         cur.execute("PRAGMA foreign_keys=ON")
         if not wal:
             # Readers: a 512 KiB page cache each instead of 2 MiB (up to 8 pooled connections);
