@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -76,29 +74,3 @@ def test_run_once_on_postgresql_finishes_every_kind_of_job(
     psycopg_url = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
     config2 = write_config(other, simulator, pipelines, providers=providers, ledger_url=psycopg_url)
     assert jobs_json(config2) == jobs_json(config)
-
-
-@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
-def test_commands_started_together_on_a_new_ledger_all_migrate_it(
-    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
-) -> None:
-    """`run` and `jobs list` (every command migrates first) started at once on a new ledger:
-    one creates the schema, the others wait for it and find it current."""
-    url = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
-    if dialect == "postgresql":
-        url = request.getfixturevalue("postgres_url").replace(
-            "postgresql://", "postgresql+asyncpg://", 1
-        )
-    config = write_config(tmp_path, "http://127.0.0.1:9/clari/v4", [], ledger_url=url)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "db", "upgrade", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(3)
-    ]
-    outcomes = [(p.communicate(timeout=60)[1], p.returncode) for p in procs]
-    assert [rc for _, rc in outcomes] == [0] * 3, "\n".join(err[-1500:] for err, _ in outcomes)
-    assert jobs_json(config) == []

@@ -316,3 +316,26 @@ async def test_every_query_answers_the_same_on_every_dialect(ledger: Ledger) -> 
     assert await ledger.part_send_times("claro", now.timestamp() - 60) == [sent_ms / 1000]
     assert await ledger.recent_credits("q") == [4]
     assert await ledger.ping()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql+asyncpg", "postgresql+psycopg"])
+async def test_an_upgrade_waits_for_one_in_progress_on_postgresql(
+    postgres_server: str, dialect: str
+) -> None:
+    """Two commands started together on a new ledger (every command migrates first): the
+    second waits for the first's schema, then finds it current, instead of creating the same
+    tables and failing on the duplicate when the first commits."""
+    with pg_testing.scratch_database(postgres_server) as base:
+        url = base.replace("postgresql://", f"{dialect}://", 1)
+        first, second = Ledger(url), Ledger(url)
+        try:
+            async with first._writes.engine.begin() as conn:  # type: ignore[union-attr]
+                await conn.run_sync(migrate._upgrade)  # created, not yet committed
+                waiting = asyncio.create_task(migrate.upgrade(second))
+                await asyncio.sleep(0.5)
+                assert not waiting.done()
+            await asyncio.wait_for(waiting, 10)
+            assert await migrate.is_current(second)
+        finally:
+            await first.close()
+            await second.close()
