@@ -339,3 +339,31 @@ async def test_an_upgrade_waits_for_one_in_progress_on_postgresql(
         finally:
             await first.close()
             await second.close()
+
+
+async def test_aware_times_in_any_zone_compare_as_utc_in_queries(ledger: Ledger) -> None:
+    """A query written with an aware datetime (here UTC+02:00) must mean the same instant on
+    every database: asyncpg refuses aware values for `timestamp` columns, SQLite would compare
+    the local wall time."""
+    from datetime import timezone
+
+    from sqlalchemy import select
+
+    from orchestrator.ledger.store import jobs_t
+
+    fired = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+    job = await ledger.enqueue(
+        pipeline="p",
+        kind="clari.forecast_export",
+        provider="clari",
+        params={},
+        idempotency_key="tz",
+        fire_time=fired,
+        max_attempts=1,
+    )
+    same_instant = fired.astimezone(timezone(timedelta(hours=2)))
+    async with ledger.read_engine.connect() as conn:
+        found = (
+            await conn.execute(select(jobs_t.c.id).where(jobs_t.c.fire_time == same_instant))
+        ).scalars()
+        assert list(found) == [job]
