@@ -4,6 +4,10 @@ Writes go through one writer task that commits whatever operations are ready as 
 await their own operation's durability, but many operations share one transaction and one
 thread hop (DESIGN.md "Performance shape": ~10,000 transitions/s instead of ~500/s). Reads use
 their own engine and never hold the write lock.
+
+Two dialects, one contract: below the writer, SQLite runs each group on one thread through the
+sqlite3 cursor (`_SqliteWrites`, the raw fast path); PostgreSQL runs it on the URL's own async
+driver (`_AsyncWrites`), each operation one prebuilt statement. Queries are Core and portable.
 """
 
 from __future__ import annotations
@@ -313,6 +317,8 @@ def _enqueue_statement(columns: tuple[str, ...]) -> Any:
     if cached is not None:
         return cached
     from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    # Binds are named after the job's columns; the transition row reuses `state` (PENDING).
 
     new = (
         pg_insert(jobs_t)
