@@ -50,8 +50,8 @@ def _sqlite_url(tmp: str) -> str:
 async def _grouped_on(url: str, n: int) -> float:
     lg, ids = await _ledger(url, n)
     if not lg.is_sqlite:
-        # Statistics, as autovacuum would have them within a minute: without them the planner
-        # guessed ix_jobs_state_provider for `id = ? AND state = ?` and walked every PENDING row.
+        # Statistics, as autovacuum would have them within a minute, so the figure does not
+        # depend on whether its first ANALYZE of the fresh tables has run yet.
         await lg.run_write(lambda conn: conn.exec_driver_sql("ANALYZE"))
     sem = asyncio.Semaphore(CONCURRENCY)
 
