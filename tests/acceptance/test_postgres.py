@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,43 @@ def test_run_once_on_postgresql_finishes_every_kind_of_job(
     psycopg_url = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
     config2 = write_config(other, simulator, pipelines, providers=providers, ledger_url=psycopg_url)
     assert jobs_json(config2) == jobs_json(config)
+
+
+_ONE_DRIVER = """
+import asyncio, sys
+sys.modules[sys.argv[2]] = None  # this driver is not installed: importing it fails
+from orchestrator.domain import JobState
+from orchestrator.ledger import migrate
+from orchestrator.ledger.store import Ledger
+
+async def main() -> None:
+    lg = Ledger(sys.argv[1])
+    await migrate.upgrade(lg)
+    job = await lg.enqueue(pipeline="p", kind="clari.forecast_export", provider="clari",
+                           params={}, idempotency_key=sys.argv[2], fire_time=None, max_attempts=1)
+    await lg.transition(job, JobState.PENDING, JobState.SUBMITTING, quota="clari")
+    assert (await lg.get(job)).state == JobState.SUBMITTING
+    await lg.close()
+    assert sys.argv[2] not in [m for m, mod in sys.modules.items() if mod is not None]
+    print("ok")
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("scheme", "absent"),
+    [("postgresql+asyncpg", "psycopg"), ("postgresql+psycopg", "asyncpg")],
+)
+def test_one_driver_suffices_for_its_url(postgres_url: str, scheme: str, absent: str) -> None:
+    """`postgresql+asyncpg://` works without psycopg and `postgresql+psycopg://` without
+    asyncpg: migrations, enqueue, a grouped transition, a read."""
+    url = postgres_url.replace("postgresql://", f"{scheme}://", 1)
+    proc = subprocess.run(
+        [sys.executable, "-c", _ONE_DRIVER, url, absent],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
