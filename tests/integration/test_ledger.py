@@ -317,6 +317,16 @@ async def test_every_query_answers_the_same_on_every_dialect(ledger: Ledger) -> 
     assert await ledger.recent_credits("q") == [4]
     assert await ledger.ping()
 
+    live = await _running(ledger, "live", deadline_at=now - timedelta(seconds=1))
+    assert [j.id for j in await ledger.in_flight()] == [live]
+    assert [[j.id for j in chunk] async for chunk in ledger.iter_in_flight(chunk=1)] == [[live]]
+    assert await ledger.in_flight_count("clari") == 1
+    assert await ledger.in_flight_count("clari", exclude_kinds=["clari.forecast_export"]) == 0
+    assert [j.id for j in await ledger.running_to_stop(now)] == [live]
+    assert await ledger.request_cancel(sched) == JobState.CANCELLED
+    with pytest.raises(KeyError):
+        await ledger.request_cancel(10_000)
+
 
 @pytest.mark.parametrize("dialect", ["postgresql+asyncpg", "postgresql+psycopg"])
 async def test_an_upgrade_waits_for_one_in_progress_on_postgresql(
