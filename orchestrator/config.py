@@ -67,6 +67,27 @@ class _Model(BaseModel):
 class LedgerConfig(_Model):
     url: str = "sqlite+aiosqlite:///./orchestrator.db"
 
+    @field_validator("url")
+    @classmethod
+    def _async_postgres_driver(cls, v: str) -> str:
+        """A PostgreSQL URL names an async driver that is installed (README "PostgreSQL
+        ledger"); checked here so a bad one is a config error, not a traceback at start."""
+        backend, _, driver = v.split("://", 1)[0].partition("+")
+        if backend != "postgresql":
+            return v
+        if driver not in ("", "asyncpg", "psycopg"):
+            raise ValueError(
+                f"driver {driver!r} is not asynchronous; "
+                "use postgresql+asyncpg://… or postgresql+psycopg://…"
+            )
+        from importlib.util import find_spec
+
+        if find_spec(driver or "asyncpg") is None:
+            raise ValueError(
+                f"{driver or 'asyncpg'} is not installed: pip install 'orchestrator[postgres]'"
+            )
+        return v
+
 
 class OutputConfig(_Model):
     dir: Path = Path("./results")

@@ -88,11 +88,14 @@ def _driver_problem(url: str) -> str | None:
     """Build the ledger's engines as the daemon will (nothing connects): a missing module or a
     synchronous driver shows up here."""
     from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
+    from sqlalchemy.ext.asyncio import create_async_engine
 
-    from orchestrator.ledger.store import Ledger
+    from orchestrator.ledger.store import ledger_url
 
-    try:
-        ledger = Ledger(url)
+    try:  # an engine, never a connection: checking must not create the ledger
+        engine = create_async_engine(ledger_url(url))
+    except ValueError as exc:  # a synchronous PostgreSQL driver
+        return str(exc)
     except ImportError as exc:
         hint = (
             "" if "+" in url.split("://", 1)[0] else " and name the driver: postgresql+asyncpg://"
@@ -104,8 +107,7 @@ def _driver_problem(url: str) -> str | None:
         return f"{exc}; use postgresql+asyncpg:// ({POSTGRES_EXTRA})"
     except ArgumentError as exc:
         return str(exc)
-    ledger.write_engine.dispose()
-    ledger.read_engine.sync_engine.dispose()
+    engine.sync_engine.dispose()
     return None
 
 

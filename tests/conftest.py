@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import os
 import socket
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import settings
 
 from orchestrator.config import Config, load_config
+from orchestrator.ledger import testing as pg_testing
 from orchestrator.simulator.claravine import ClaravineSimConfig
 from orchestrator.simulator.clari import ClariSimConfig
 from orchestrator.simulator.clari_ingest import IngestSimConfig
@@ -33,6 +35,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """A PostgreSQL server's admin conninfo; the test is skipped if none answers (a failure
+    instead when $ORCHESTRATOR_REQUIRE_POSTGRES is set, as .ci/run sets it)."""
+    try:
+        return pg_testing.admin_conninfo()
+    except pg_testing.NoServer as exc:
+        if os.environ.get("ORCHESTRATOR_REQUIRE_POSTGRES"):
+            pytest.fail(str(exc))
+        pytest.skip(f"PostgreSQL tests skipped: {exc}")
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A database of this test module's own (created empty, dropped after the module)."""
+    with pg_testing.scratch_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The ledger `make_config` writes: SQLite in tmp_path, unless a test asks for PostgreSQL
+    with `@BOTH_LEDGERS` (then a database of the test's own, dropped after it)."""
+    dialect = getattr(request, "param", "sqlite")
+    if dialect == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
+        return
+    server: str = request.getfixturevalue("postgres_server")
+    with pg_testing.scratch_database(server) as url:
+        yield url.replace("postgresql://", f"{dialect}://", 1)
+
+
+# Runs a test that uses `make_config` once on SQLite and once on PostgreSQL.
+BOTH_LEDGERS = pytest.mark.parametrize(
+    "ledger_url", ["sqlite", "postgresql+asyncpg"], indirect=True
+)
 
 
 @pytest.fixture
@@ -79,6 +119,7 @@ def write_config(
     daemon: dict[str, Any] | None = None,
     api_key: str = API_KEY,
     providers: dict[str, dict[str, Any]] | None = None,
+    ledger_url: str | None = None,
 ) -> Path:
     prov = {
         "base_url": base_url,
@@ -90,7 +131,7 @@ def write_config(
     dmn = {"retry_base": "0.1s", "retry_cap": "1s", "claim_interval": "0.1s", **(daemon or {})}
     lines = [
         "[ledger]",
-        f'url = "sqlite+aiosqlite:///{tmp_path}/ledger.db"',
+        f'url = "{ledger_url or f"sqlite+aiosqlite:///{tmp_path}/ledger.db"}"',
         "[output]",
         f'dir = "{tmp_path}/results"',
         "[web]",
@@ -121,8 +162,9 @@ def forecast(name: str, **params: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, sim: SimulatorServer) -> Callable[..., Config]:
+def make_config(tmp_path: Path, sim: SimulatorServer, ledger_url: str) -> Callable[..., Config]:
     def make(pipelines: list[dict[str, Any]], **kw: Any) -> Config:
+        kw.setdefault("ledger_url", ledger_url)
         return load_config(write_config(tmp_path, sim.base_url("clari"), pipelines, **kw))
 
     return make

@@ -12,8 +12,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy import Connection, inspect, text
 
 from orchestrator.ledger.store import Ledger
 
@@ -48,13 +47,18 @@ def alembic_config() -> Any:
 
 
 def _current(conn: Connection) -> str | None:
-    try:
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except (OperationalError, ProgrammingError):
+    # Look before selecting: on PostgreSQL a failed SELECT aborts the transaction the migration
+    # then runs in (InFailedSqlTransaction).
+    if not inspect(conn).has_table("alembic_version"):
         return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _upgrade(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        # One upgrade at a time, as BEGIN IMMEDIATE makes it on SQLite: a process started
+        # alongside waits here, then finds the schema current (the key is arbitrary, fixed).
+        conn.execute(text("SELECT pg_advisory_xact_lock(7301184016)"))
     if _current(conn) == head_revision():
         return
     from alembic import command

@@ -15,7 +15,7 @@ from orchestrator.domain import JobState
 from orchestrator.engine.daemon import Daemon
 from orchestrator.ledger.store import Ledger
 from orchestrator.simulator.server import SimulatorServer
-from tests.conftest import forecast
+from tests.conftest import BOTH_LEDGERS, forecast
 from tests.integration.helpers import (
     all_jobs,
     assert_result_intact,
@@ -89,6 +89,7 @@ async def test_config_cap_below_the_provider_limit(
     assert sim.sims.clari.stats["max_active"] == 1
 
 
+@BOTH_LEDGERS
 async def test_quota_exhaustion_mid_run_keeps_jobs_pending_without_spending_attempts(
     make_config: Callable[..., Config], sim: SimulatorServer
 ) -> None:
@@ -107,6 +108,7 @@ async def test_quota_exhaustion_mid_run_keeps_jobs_pending_without_spending_atte
     assert sim.sims.clari.stats["created"] == 3
 
 
+@BOTH_LEDGERS
 async def test_provider_says_full_puts_job_back_to_pending(
     make_config: Callable[..., Config], sim: SimulatorServer
 ) -> None:
@@ -155,6 +157,7 @@ async def test_429_and_5xx_storm_completes_without_duplicates(
     assert sim.sims.clari.faults.counts["429"] > 0 and sim.sims.clari.faults.counts["5xx"] > 0
 
 
+@BOTH_LEDGERS
 async def test_unanswered_submit_is_adopted_not_resubmitted(
     make_config: Callable[..., Config], sim: SimulatorServer
 ) -> None:
@@ -173,6 +176,7 @@ async def test_unanswered_submit_is_adopted_not_resubmitted(
     assert {j.remote_id for j in jobs} == set(sim.sims.clari.jobs)
 
 
+@BOTH_LEDGERS
 async def test_failed_job_is_retried_then_succeeds(
     make_config: Callable[..., Config], sim: SimulatorServer
 ) -> None:
@@ -227,6 +231,7 @@ async def test_rejected_params_fail_at_once_with_the_providers_code(
     assert sim.sims.clari.stats["created"] == 0
 
 
+@BOTH_LEDGERS
 async def test_deadline_cancels_the_remote_job(
     make_config: Callable[..., Config], sim: SimulatorServer
 ) -> None:
@@ -240,6 +245,7 @@ async def test_deadline_cancels_the_remote_job(
     assert sim.sims.clari.stats["cancel_requests"] == 1
 
 
+@BOTH_LEDGERS
 async def test_cancel_request_from_another_process_cancels_at_the_provider(
     make_config: Callable[..., Config], sim: SimulatorServer
 ) -> None:

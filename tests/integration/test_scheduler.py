@@ -12,10 +12,11 @@ from orchestrator.engine.daemon import Daemon
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.scheduler import enqueue_run, scheduled_key
 from orchestrator.simulator.server import SimulatorServer
-from tests.conftest import forecast
+from tests.conftest import BOTH_LEDGERS, forecast
 from tests.integration.helpers import all_jobs, start, wait_for_jobs
 
 
+@BOTH_LEDGERS
 async def test_interval_schedule_enqueues_and_runs(
     make_config: Callable[..., Config], sim: SimulatorServer
 ) -> None:
@@ -33,6 +34,7 @@ async def test_interval_schedule_enqueues_and_runs(
     assert all(f is not None and f.microsecond == 0 for f in fires)
 
 
+@BOTH_LEDGERS
 async def test_missed_run_is_caught_up_once_at_start(
     make_config: Callable[..., Config], sim: SimulatorServer
 ) -> None:

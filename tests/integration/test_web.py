@@ -13,10 +13,11 @@ from orchestrator.domain import JobState
 from orchestrator.engine.daemon import Daemon
 from orchestrator.ledger import migrate
 from orchestrator.simulator.server import SimulatorServer
-from tests.conftest import API_KEY, forecast
+from tests.conftest import API_KEY, BOTH_LEDGERS, forecast
 from tests.integration.helpers import wait_for_jobs
 
 
+@BOTH_LEDGERS
 async def test_readiness_health_metrics_and_jobs_api(
     make_config: Callable[..., Config], sim: SimulatorServer
 ) -> None:

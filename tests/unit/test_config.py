@@ -189,3 +189,26 @@ def test_web_allowed_hosts_are_names(tmp_path: Path) -> None:
     assert "is not a host name" in problem
     ok = write(tmp_path, '[web]\nallowed_hosts = ["Status.Example.NET."]\n')
     assert load_config(ok).web.allowed_hosts == ["status.example.net"]
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("postgresql+asyncpg://orch@db/ledger", True),
+        ("postgresql+psycopg://orch@db/ledger", True),
+        ("postgresql://orch@db/ledger", True),  # asyncpg
+        ("postgresql+psycopg2://orch@db/ledger", False),
+        ("postgresql+pg8000://orch@db/ledger", False),
+    ],
+)
+def test_a_postgresql_ledger_url_names_an_async_driver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, ok: bool
+) -> None:
+    monkeypatch.setenv("TEST_CLARI_KEY", "k")
+    text = GOOD.format(tmp=tmp_path).replace(f"sqlite+aiosqlite:///{tmp_path}/l.db", url)
+    path = write(tmp_path, text)
+    if ok:
+        assert load_config(path).ledger.url == url
+        return
+    (problem,) = errors_of(path)
+    assert problem.startswith(f"{path}:2: ledger.url:") and "not asynchronous" in problem
