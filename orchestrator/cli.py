@@ -25,9 +25,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, *, secrets: bool = True) -> Config:
     try:
-        return load_config(path)
+        return load_config(path, secrets=secrets)
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(line, err=True)
@@ -584,6 +584,105 @@ def demo(config_path: str | None, keep: bool) -> None:
     from orchestrator.demo import run_demo
 
     sys.exit(run_demo(config_path or "config/demo.toml", keep=keep))
+
+
+# --- pipelines (issue 18) ------------------------------------------------------------------
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _ago(iso_at: str | None) -> str:
+    return "-" if iso_at is None else iso_at.replace("T", " ").removesuffix("Z")
+
+
+@cli.group(invoke_without_command=True)
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def pipelines(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+    """Every pipeline: schedule, next fire, last run, last success, health. Reads the config
+    and the ledger only (no provider secret is needed)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = _load(config_path, secrets=False)
+    from orchestrator.pipelines import statuses
+
+    rows = [s.to_dict() for s in _with_ledger(cfg, lambda lg: statuses(cfg, lg))]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="pipelines")
+    for col in ("name", "kind", "provider", "schedule", "next fire (UTC)", "last run"):
+        table.add_column(col)
+    for col in ("last success (UTC)", "failures", "health"):
+        table.add_column(col)
+    styles = {"ok": "green", "failing": "bold red", "late": "yellow", "idle": "dim"}
+    for r in rows:
+        last = r["last_run"]
+        table.add_row(
+            r["name"],
+            r["kind"],
+            r["provider"],
+            (r["schedule"] or "-") + ("" if r["enabled"] else " (disabled)"),
+            _ago(r["next_fire"]),
+            f"{last['id']} {last['state']}" if last else "-",
+            _ago(r["last_success_at"]),
+            str(r["consecutive_failures"]),
+            f"[{styles[r['health']]}]{r['health']}[/]",
+        )
+    _console().print(table)
+
+
+@pipelines.command("show")
+@config_option
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def pipelines_show(config_path: str | None, name: str, as_json: bool) -> None:
+    """One pipeline, its next 5 fire times and the params its next run would be sent with
+    (a dry run: nothing is enqueued or sent)."""
+    cfg = _load(config_path, secrets=False)
+    p = _pipeline_or_exit(cfg, name)
+    from orchestrator.pipelines import show, status_of
+
+    async def get(lg: Ledger) -> dict[str, Any]:
+        now = utcnow()
+        runs = (await lg.pipeline_runs()).get(p.name)
+        return show(cfg, status_of(cfg, p, runs, now), now)
+
+    data = _with_ledger(cfg, get)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if key in ("next_fires", "params", "last_run"):
+            continue
+        click.echo(f"{key:>22}: {'' if value is None else value}")
+    last = data["last_run"]
+    click.echo(
+        f"{'last_run':>22}: "
+        + (f"job {last['id']} {last['state']} {last['finished_at'] or ''}" if last else "")
+    )
+    click.echo(f"{'next_fires':>22}:")
+    for fire in data["next_fires"]:
+        click.echo(f"  {fire}")
+    click.echo(f"params for {data['params_for']}:")
+    click.echo(json.dumps(data["params"], indent=2))
+
+
+def _pipeline_or_exit(cfg: Config, name: str) -> Any:
+    try:
+        return cfg.pipeline(name)
+    except KeyError:
+        names = ", ".join(x.name for x in cfg.pipelines) or "none"
+        click.echo(f"{cfg.source}: no pipeline {name!r} (pipelines: {names})", err=True)
+        sys.exit(2)
 
 
 def main() -> None:

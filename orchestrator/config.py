@@ -294,8 +294,12 @@ def _describe(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
     return ".".join(str(x) for x in loc) or "config"
 
 
-def load_config(path: str | os.PathLike[str] | None = None, *, check_files: bool = True) -> Config:
-    """Read, expand and validate the config file; raise ConfigError with every problem found."""
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, check_files: bool = True, secrets: bool = True
+) -> Config:
+    """Read, expand and validate the config file; raise ConfigError with every problem found.
+    `secrets=False` (read-only commands such as `pipelines`): an unset ${VAR} in a provider
+    section is not a problem, it expands to an empty string that is never sent anywhere."""
     from orchestrator.providers import KINDS  # registry import: providers import config types
 
     src = resolve_path(path)
@@ -318,7 +322,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, check_files: bool
         if isinstance(prov, dict):
             missing: list[str] = []
             prov.update(_expand_env(prov, missing))
-            for var in missing:
+            for var in missing if secrets else []:
                 report(
                     ("providers", name, "api_key"), f"environment variable ${{{var}}} is not set"
                 )
@@ -331,7 +335,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, check_files: bool
             report(loc, err["msg"])
         raise ConfigError(problems) from None
     cfg.source = src
-    _check_semantics(cfg, raw, KINDS, report, check_files=check_files)
+    _check_semantics(cfg, raw, KINDS, report, check_files=check_files and secrets)
     if problems:
         raise ConfigError(problems)
     return cfg

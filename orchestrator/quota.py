@@ -10,8 +10,20 @@ from orchestrator.domain import JobState
 from orchestrator.engine.context import Context
 from orchestrator.errors import ProviderError
 from orchestrator.ledger.store import Ledger, utcnow
-from orchestrator.limits import QUOTA_WINDOW
+from orchestrator.limits import QUOTA_WINDOW, AccountBudget
 from orchestrator.schedule import fire_times_between, parse_schedule
+
+
+def quota_left(budget: AccountBudget) -> int | None:
+    """Units left in the rolling window before the reserve is taken off, not clamped at zero
+    (AccountBudget.free_quota() is, and takes the reserve off): below `caps.reserve` means the
+    account's reserve is being used. None when no limit is known."""
+    frees: list[int] = []
+    if budget.caps.monthly_quota is not None:
+        frees.append(budget.caps.monthly_quota - budget.used)
+    if budget.remote is not None:
+        frees.append(budget.remote.available_quota - budget.since_submitted)
+    return min(frees) if frees else None
 
 
 def projected_runs(cfg: Config, provider: str) -> int:

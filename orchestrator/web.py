@@ -15,6 +15,8 @@ from orchestrator import statuspage
 from orchestrator.domain import IN_FLIGHT, JobState
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import job_to_dict
+from orchestrator.pipelines import statuses
+from orchestrator.quota import quota_left
 
 if TYPE_CHECKING:
     from orchestrator.engine.daemon import Daemon
@@ -111,7 +113,10 @@ class StatusServer:
                 "free_quota": budget.free_quota(),
                 "in_flight": budget.in_flight,
                 "limit": budget.concurrency_limit(),
+                "left": quota_left(budget),
+                "reserve": budget.caps.reserve,
             }
+        snapshot["pipelines"] = [s.metric_row() for s in await statuses(d.cfg, d.ledger)]
         d.ctx.metrics.snapshot = snapshot
         return web.Response(
             body=d.ctx.metrics.render(),

@@ -47,6 +47,7 @@ from orchestrator.domain import (
     JobState,
     Part,
     PartState,
+    PipelineRuns,
     StaleState,
     check_transition,
 )
@@ -927,6 +928,53 @@ class Ledger:
 
     async def in_flight(self) -> list[Job]:
         return await self.list_jobs(states=sorted(IN_FLIGHT), oldest_first=True)
+
+    # --- pipelines (`orchestrator pipelines`, per-pipeline metrics; portable SQL) ----------
+    async def pipeline_runs(self) -> dict[str, PipelineRuns]:
+        """Per pipeline in the ledger: its newest job, its last success and the failures after it.
+        Three grouped queries, whatever the number of pipelines."""
+        succeeded = (
+            select(jobs_t.c.pipeline, func.max(jobs_t.c.finished_at).label("last_ok"))
+            .where(jobs_t.c.state == JobState.SUCCEEDED.value)
+            .group_by(jobs_t.c.pipeline)
+            .subquery()
+        )
+        failures = (
+            select(jobs_t.c.pipeline, func.count())
+            .select_from(jobs_t.outerjoin(succeeded, succeeded.c.pipeline == jobs_t.c.pipeline))
+            .where(
+                jobs_t.c.state == JobState.FAILED.value,
+                (succeeded.c.last_ok.is_(None)) | (jobs_t.c.finished_at > succeeded.c.last_ok),
+            )
+            .group_by(jobs_t.c.pipeline)
+        )
+        heads = select(
+            jobs_t.c.pipeline, func.max(jobs_t.c.id).label("last_id"), func.min(jobs_t.c.created_at)
+        ).group_by(jobs_t.c.pipeline)
+        async with self.read_engine.connect() as conn:
+            ok = {p: _aware(t) for p, t in (await conn.execute(select(succeeded))).all()}
+            failed = {p: int(n) for p, n in (await conn.execute(failures)).all()}
+            first = {p: (int(i), _aware(c)) for p, i, c in (await conn.execute(heads)).all()}
+            last_ids = [i for i, _ in first.values()]
+            last: dict[str, tuple[str, datetime | None]] = {}
+            for start in range(0, len(last_ids), 500):
+                stmt = select(jobs_t.c.pipeline, jobs_t.c.state, jobs_t.c.finished_at).where(
+                    jobs_t.c.id.in_(last_ids[start : start + 500])
+                )
+                for p, s, f in (await conn.execute(stmt)).all():
+                    last[p] = (s, _aware(f))
+        return {
+            p: PipelineRuns(
+                pipeline=p,
+                last_run_id=last_id,
+                last_run_state=JobState(last[p][0]) if p in last else None,
+                last_run_finished_at=last[p][1] if p in last else None,
+                last_success_at=ok.get(p),
+                consecutive_failures=failed.get(p, 0),
+                first_created_at=created,
+            )
+            for p, (last_id, created) in first.items()
+        }
 
 
 def _row_to_part(row: Any) -> Part:
