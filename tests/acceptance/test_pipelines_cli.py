@@ -3,6 +3,7 @@ in its own process, and no provider secret in the environment of the read-only c
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from datetime import UTC, datetime, timedelta
@@ -60,7 +61,7 @@ def test_pipelines_list_and_show_without_secrets(tmp_path: Path, simulator: str)
     data = json.loads(show.stdout)
     fires = [datetime.fromisoformat(f) for f in data["next_fires"]]
     assert len(fires) == 5 and fires[0] > datetime.now(UTC)
-    assert all(b - a == timedelta(days=1) for a, b in zip(fires, fires[1:], strict=False))
+    assert all(b - a == timedelta(days=1) for a, b in itertools.pairwise(fires))
     assert data["params_for"] == data["next_fires"][0] == data["next_fire"]
     quarter = f"{fires[0].year}_Q{(fires[0].month - 1) // 3 + 1}"
     assert data["params"] == {"forecastId": "fc_1", "timePeriod": quarter, "exportFormat": "CSV"}
