@@ -685,5 +685,75 @@ def _pipeline_or_exit(cfg: Config, name: str) -> Any:
         sys.exit(2)
 
 
+@cli.command()
+@config_option
+@click.argument("pipeline")
+@click.option("--from", "start", required=True, help="First fire time included (date or ISO).")
+@click.option("--to", "end", required=True, help="End of the range, excluded (date or ISO).")
+@click.option("--dry-run", is_flag=True, help="Say what would be enqueued; enqueue nothing.")
+@click.option("--allow-quota", is_flag=True, help="Enqueue even below the quota reserve.")
+@click.option("--json", "as_json", is_flag=True)
+def backfill(
+    config_path: str | None,
+    pipeline: str,
+    start: str,
+    end: str,
+    dry_run: bool,
+    allow_quota: bool,
+    as_json: bool,
+) -> None:
+    """Enqueue one job per fire time of PIPELINE's schedule in [--from, --to), each rendered for
+    its fire time. A fire already enqueued (by the scheduler too) is skipped. A date or a time
+    without an offset is in [daemon] timezone."""
+    cfg = _load(config_path)
+    p = _pipeline_or_exit(cfg, pipeline)
+    from orchestrator import backfill as bf
+
+    async def go(lg: Ledger) -> tuple[bf.Backfill, bool]:
+        tz = cfg.daemon.timezone
+        plan = await bf.plan(cfg, lg, p, bf.parse_when(start, tz), bf.parse_when(end, tz))
+        plan.quota = await bf.check_quota(cfg, lg, plan) if plan.new else None
+        refused = plan.quota is not None and not plan.quota.ok and not allow_quota
+        if not dry_run and not refused:
+            await bf.enqueue(lg, plan)
+        return plan, refused
+
+    try:
+        plan, refused = _with_ledger(cfg, go)
+    except bf.BackfillError as exc:
+        click.echo(f"backfill {pipeline}: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps({**plan.to_dict(dry_run=dry_run), "refused": refused}, indent=2))
+    else:
+        _print_backfill(plan, dry_run=dry_run, refused=refused)
+    if refused:
+        assert plan.quota is not None
+        click.echo(plan.quota.refusal(), err=True)
+        sys.exit(2)
+
+
+def _print_backfill(plan: Any, *, dry_run: bool, refused: bool) -> None:
+    d = plan.to_dict(dry_run=dry_run)
+    note = " (--to clamped to now: later fires are the scheduler's)" if plan.clamped else ""
+    click.echo(
+        f"backfill {d['pipeline']} [{d['from']}, {d['to']}){note}: {len(d['fire_times'])} fire "
+        f"time(s), {len(d['to_enqueue'])} to enqueue, {len(d['already_enqueued'])} already enqueued"
+    )
+    for fire in d["fire_times"]:
+        click.echo(f"  {fire}  {'new' if fire in d['to_enqueue'] else 'already enqueued'}")
+    if d["quota"] and d["quota"]["left"] is not None:
+        q = d["quota"]
+        click.echo(
+            f"quota {q['provider']}: {q['left']} left, {q['queued']} queued, {q['needed']} "
+            f"needed -> {q['left_after']} after (reserve {q['reserve']})"
+        )
+    if dry_run:
+        click.echo("dry run: nothing enqueued")
+    elif not refused:
+        ids = ", ".join(map(str, d["job_ids"])) or "none"
+        click.echo(f"{len(d['job_ids'])} job(s) enqueued: {ids}")
+
+
 def main() -> None:
     cli(prog_name="orchestrator")

@@ -133,7 +133,8 @@ class PipelineConfig(_Model):
     kind: str
     schedule: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    missed_runs: Literal["skip", "catch_up"] = "skip"
+    missed_runs: Literal["skip", "catch_up", "all"] = "skip"
+    max_catch_up: int = Field(default=10, ge=1)  # missed_runs = "all": the newest N missed fires
     max_attempts: int = Field(default=3, ge=1)
     deadline: Duration | None = None  # cancel the remote job (PATCH) if not done by then
     account: str | None = None  # provider account name; defaults to the kind's provider

@@ -62,14 +62,15 @@ def latest_fire_time(trigger: Any, now: datetime, lookback: timedelta) -> dateti
 
 
 def missed_runs(
-    trigger: Any, last_fire: datetime | None, now: datetime, policy: str
+    trigger: Any, last_fire: datetime | None, now: datetime, policy: str, max_catch_up: int = 10
 ) -> list[datetime]:
     """Fire times to enqueue at start for runs that fell while the daemon was down.
 
-    'skip' enqueues none; 'catch_up' enqueues the most recent missed one, once. A pipeline that
-    never ran has missed nothing.
+    'skip' enqueues none; 'catch_up' enqueues the most recent missed one, once; 'all' every
+    missed one, oldest first, but at most the newest `max_catch_up` (older gaps are for
+    `orchestrator backfill`). A pipeline that never ran has missed nothing.
     """
     if policy == "skip" or last_fire is None:
         return []
     missed = fire_times_between(trigger, last_fire, now)
-    return missed[-1:]
+    return missed[-max_catch_up:] if policy == "all" else missed[-1:]

@@ -930,6 +930,27 @@ class Ledger:
         return await self.list_jobs(states=sorted(IN_FLIGHT), oldest_first=True)
 
     # --- pipelines (`orchestrator pipelines`, per-pipeline metrics; portable SQL) ----------
+    async def taken_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of these idempotency keys already name a job (backfill: fires already run)."""
+        found: set[str] = set()
+        async with self.read_engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                stmt = select(jobs_t.c.idempotency_key).where(jobs_t.c.idempotency_key.in_(chunk))
+                found.update((await conn.execute(stmt)).scalars().all())
+        return found
+
+    async def queued_count(self, provider: str, kinds: Sequence[str]) -> int:
+        """Jobs of these kinds waiting to be submitted (PENDING, RETRY_WAIT): quota they will
+        spend that the rolling-window count does not hold yet."""
+        stmt = select(func.count()).where(
+            jobs_t.c.provider == provider,
+            jobs_t.c.kind.in_(list(kinds)),
+            jobs_t.c.state.in_([JobState.PENDING.value, JobState.RETRY_WAIT.value]),
+        )
+        async with self.read_engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
     async def pipeline_runs(self) -> dict[str, PipelineRuns]:
         """Per pipeline in the ledger: its newest job, its last success and the failures after it.
         Three grouped queries, whatever the number of pipelines."""
