@@ -755,5 +755,61 @@ def _print_backfill(plan: Any, *, dry_run: bool, refused: bool) -> None:
         click.echo(f"{len(d['job_ids'])} job(s) enqueued: {ids}")
 
 
+@cli.group()
+def notify() -> None:
+    """[[notify]] webhooks: test them, see the outbox."""
+
+
+@notify.command("test")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def notify_test(config_path: str | None, as_json: bool) -> None:
+    """Send one test notification to every [[notify]] webhook now; exit 1 if any failed."""
+    cfg = _load(config_path)
+    if not cfg.notify:
+        click.echo(f"{cfg.source}: no [[notify]] webhook configured", err=True)
+        sys.exit(2)
+    from orchestrator.notify import Notifications
+
+    async def go() -> dict[str, str | None]:
+        n = Notifications(cfg, Ledger(cfg.ledger.url))
+        try:
+            return await n.send_test()
+        finally:
+            await n.close()
+            await n.ledger.close()
+
+    results = _run(go())
+    if as_json:
+        click.echo(
+            json.dumps([{"url": u, "ok": e is None, "error": e} for u, e in results.items()])
+        )
+    else:
+        for url, error in results.items():
+            click.echo(f"{url}: " + ("sent" if error is None else f"FAILED: {error}"))
+    sys.exit(0 if all(e is None for e in results.values()) else 1)
+
+
+@notify.command("list")
+@config_option
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def notify_list(config_path: str | None, limit: int, as_json: bool) -> None:
+    """The newest notifications in the outbox: event, state, attempts, last error."""
+    cfg = _load(config_path)
+    from orchestrator.notify import outbox_dicts
+
+    rows = outbox_dicts(cfg, _with_ledger(cfg, lambda lg: lg.outbox_list(limit)))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(
+            f"{r['id']:>6} {r['created_at']} {r['event']:<12} {r['state']:<10} "
+            f"attempts={r['attempts']} {r['url']} {r['text']}"
+            + (f" (last error: {r['last_error']})" if r["last_error"] else "")
+        )
+
+
 def main() -> None:
     cli(prog_name="orchestrator")

@@ -180,6 +180,32 @@ class WebConfig(_Model):
     port: int = Field(default=8787, ge=0, le=65535)  # 0: any free port (tests)
 
 
+NotifyEvent = Literal["failed", "recovered", "late", "quota_low", "credits_low"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
+    "failed",
+    "recovered",
+    "late",
+    "quota_low",
+    "credits_low",
+)
+
+
+class NotifyConfig(_Model):
+    """One webhook to tell (`[[notify]]`). The URL is a credential (Slack's carries its token):
+    SecretStr keeps it out of reprs; it is shown redacted everywhere."""
+
+    url: SecretStr
+    on: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
+    pipelines: list[str] | None = None  # only these pipelines' events (None: all)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr) -> SecretStr:
+        if not re.match(r"^https?://[^/\s]+", v.get_secret_value()):
+            raise ValueError("is not an http(s) URL")
+        return v
+
+
 class Config(_Model):
     ledger: LedgerConfig = LedgerConfig()
     web: WebConfig = WebConfig()
@@ -187,6 +213,7 @@ class Config(_Model):
     daemon: DaemonConfig = DaemonConfig()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     pipelines: list[PipelineConfig] = Field(default_factory=list)
+    notify: list[NotifyConfig] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)
 
     def pipeline(self, name: str) -> PipelineConfig:
@@ -276,6 +303,9 @@ class _Locator:
                 re.compile(rf"^\[\s*providers\.{re.escape(str(loc[1]))}\s*\]")
             )
             keys = [str(k) for k in loc[2:] if isinstance(k, str)]
+        elif isinstance(top, str) and len(loc) > 1 and isinstance(loc[1], int):  # [[notify]]
+            span = self._section_lines(re.compile(rf"^\[\[\s*{re.escape(top)}\s*\]\]"), loc[1])
+            keys = [str(k) for k in loc[2:] if isinstance(k, str)]
         elif isinstance(top, str):
             span = self._section_lines(re.compile(rf"^\[\s*{re.escape(top)}\s*\]"))
         if span is None:
@@ -328,6 +358,14 @@ def load_config(
                     ("providers", name, "api_key"), f"environment variable ${{{var}}} is not set"
                 )
             prov["name"] = name
+    for i, target in enumerate(raw.get("notify") or []):
+        if isinstance(target, dict) and isinstance(target.get("url"), str):
+            missing = []
+            target["url"] = _expand_env(target["url"], missing)
+            for var in missing if secrets else []:
+                report(("notify", i, "url"), f"environment variable ${{{var}}} is not set")
+            if missing and not secrets:  # read-only commands send nothing: any valid URL does
+                target["url"] = "https://unset.invalid/"
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
@@ -362,6 +400,10 @@ def _check_semantics(
                 f"needs a [providers.{p.provider}] section (base_url, api_key)",
             )
         validate_params(p, kinds[p.kind].params_model, i, report)
+    for i, target in enumerate(cfg.notify):
+        for name in target.pipelines or []:
+            if name not in seen:
+                report(("notify", i, "pipelines"), f"no pipeline {name!r}")
     for name, prov in cfg.providers.items():
         if name.split("-", 1)[0] == "claravine" and prov.api_secret is None:
             report(

@@ -54,6 +54,8 @@ from orchestrator.domain import (
 from orchestrator.ledger.models import (
     JobPartRow,
     JobRow,
+    NotificationRow,
+    OpsStateRow,
     QuotaUsageRow,
     ResultRow,
     TransitionRow,
@@ -66,6 +68,8 @@ transitions_t: Table = TransitionRow.__table__  # type: ignore[assignment]
 results_t: Table = ResultRow.__table__  # type: ignore[assignment]
 quota_t: Table = QuotaUsageRow.__table__  # type: ignore[assignment]
 parts_t: Table = JobPartRow.__table__  # type: ignore[assignment]
+notify_t: Table = NotificationRow.__table__  # type: ignore[assignment]
+ops_t: Table = OpsStateRow.__table__  # type: ignore[assignment]
 
 MAX_BATCH = 2000
 T = TypeVar("T")
@@ -928,6 +932,121 @@ class Ledger:
 
     async def in_flight(self) -> list[Job]:
         return await self.list_jobs(states=sorted(IN_FLIGHT), oldest_first=True)
+
+    # --- ops values and the notification outbox (notify.py) --------------------------------
+    async def ops_value(self, key: str) -> str | None:
+        stmt = select(ops_t.c.value).where(ops_t.c.key == key)
+        async with self.read_engine.connect() as conn:
+            value = (await conn.execute(stmt)).scalar()
+        return None if value is None else str(value)
+
+    async def set_ops_value(self, key: str, value: str) -> None:
+        def apply(conn: Connection) -> None:
+            conn.execute(delete(ops_t).where(ops_t.c.key == key))
+            conn.execute(insert(ops_t).values(key=key, value=value))
+
+        await self._submit(apply)
+
+    async def max_transition_id(self) -> int:
+        async with self.read_engine.connect() as conn:
+            return int((await conn.execute(select(func.max(transitions_t.c.id)))).scalar() or 0)
+
+    async def finished_since(self, after_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Transitions into FAILED or SUCCEEDED after transition `after_id`, oldest first, with
+        their job's pipeline, kind, provider, attempts and error."""
+        t, j = transitions_t, jobs_t
+        stmt = (
+            select(
+                t.c.id.label("tid"),
+                t.c.to_state,
+                t.c.at,
+                j.c.id,
+                j.c.pipeline,
+                j.c.kind,
+                j.c.provider,
+                j.c.attempts,
+                j.c.error,
+            )
+            .join(j, j.c.id == t.c.job_id)
+            .where(
+                t.c.id > after_id,
+                t.c.to_state.in_([JobState.FAILED.value, JobState.SUCCEEDED.value]),
+            )
+            .order_by(t.c.id)
+            .limit(limit)
+        )
+        async with self.read_engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [{**r._mapping, "at": _aware(r.at)} for r in rows]
+
+    async def previous_outcome(self, pipeline: str, job_id: int, before: datetime) -> str | None:
+        """The state of the pipeline's latest other job that ended FAILED or SUCCEEDED before
+        `before` (a success after a failure is a recovery)."""
+        stmt = (
+            select(jobs_t.c.state)
+            .where(
+                jobs_t.c.pipeline == pipeline,
+                jobs_t.c.id != job_id,
+                jobs_t.c.state.in_([JobState.FAILED.value, JobState.SUCCEEDED.value]),
+                jobs_t.c.finished_at <= _naive(before),
+            )
+            .order_by(jobs_t.c.finished_at.desc(), jobs_t.c.id.desc())
+            .limit(1)
+        )
+        async with self.read_engine.connect() as conn:
+            value = (await conn.execute(stmt)).scalar()
+        return None if value is None else str(value)
+
+    async def outbox_add(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Add notifications whose key is new; returns how many were added."""
+        if not rows:
+            return 0
+        now = _naive(utcnow())
+
+        def apply(conn: Connection) -> int:
+            keys = [r["key"] for r in rows]
+            taken = set(
+                conn.execute(select(notify_t.c.key).where(notify_t.c.key.in_(keys))).scalars()
+            )
+            new = [
+                {
+                    **r,
+                    "state": "PENDING",
+                    "attempts": 0,
+                    "created_at": now,
+                    "next_attempt_at": now,
+                }
+                for r in rows
+                if r["key"] not in taken
+            ]
+            if new:
+                conn.execute(insert(notify_t), new)
+            return len(new)
+
+        return int(await self._submit(apply))
+
+    async def outbox_due(self, now: datetime, limit: int = 50) -> list[dict[str, Any]]:
+        stmt = (
+            select(notify_t)
+            .where(notify_t.c.state == "PENDING", notify_t.c.next_attempt_at <= _naive(now))
+            .order_by(notify_t.c.id)
+            .limit(limit)
+        )
+        async with self.read_engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
+
+    async def outbox_update(self, row_id: int, **values: Any) -> None:
+        naive = {k: _naive(v) if isinstance(v, datetime) else v for k, v in values.items()}
+
+        def apply(conn: Connection) -> None:
+            conn.execute(update(notify_t).where(notify_t.c.id == row_id).values(**naive))
+
+        await self._submit(apply)
+
+    async def outbox_list(self, limit: int = 100) -> list[dict[str, Any]]:
+        stmt = select(notify_t).order_by(notify_t.c.id.desc()).limit(limit)
+        async with self.read_engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
 
     # --- pipelines (`orchestrator pipelines`, per-pipeline metrics; portable SQL) ----------
     async def taken_keys(self, keys: Sequence[str]) -> set[str]:

@@ -27,7 +27,7 @@ def promtool() -> str:
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 (fixed arguments)
+    return subprocess.run(
         [promtool(), *args], cwd=RULES, capture_output=True, text=True, timeout=60, check=False
     )
 
