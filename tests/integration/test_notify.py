@@ -119,3 +119,63 @@ async def test_notify_test_reports_each_webhook_redacted(
         await notes.close()
         await notes.ledger.close()
     assert [b["event"] for b in hook.bodies] == ["test"]
+
+
+async def test_late_quota_low_and_credits_low_are_sent_once(
+    tmp_path: Path, sim: SimulatorServer, hook: Hook
+) -> None:
+    from datetime import timedelta
+
+    from orchestrator.engine.context import Context
+    from orchestrator.ledger import migrate
+    from orchestrator.ledger.store import utcnow
+    from orchestrator.notify import DaemonView
+    from orchestrator.pipelines import statuses
+    from tests.conftest import CLARIBI_KEY
+
+    sim.sims.claribi.config.credits_used = 4_900  # of 5,000: under 10% left
+    prov = {"base_url": sim.base_url("claribi"), "api_key": CLARIBI_KEY}
+    path = write_config(
+        tmp_path,
+        sim.base_url("clari"),
+        [{**forecast("hourly"), "schedule": "every 1h"}],
+        providers={"claribi": prov},
+        provider={"monthly_quota": 4, "quota_reserve": 3},  # clari: room for one run
+    )
+    path.write_text(path.read_text() + f'[[notify]]\nurl = "{hook.url}"\n')
+    cfg = load_config(path)
+    assert await run_once(cfg) == 0  # one success, then the schedule stops being kept
+
+    ledger = Ledger(cfg.ledger.url)
+    await migrate.upgrade(ledger)
+    ctx = Context.build(cfg, ledger)
+    notes = Notifications(cfg, ledger)
+    try:
+        for name in ctx.budgets:
+            await ctx.refresh_budget(name)
+        view = DaemonView(ctx)
+        found, accounts = await view()
+        assert accounts["clari"] == {"left": 3, "reserve": 3}  # 4 - the one run: at the reserve
+        assert accounts["claribi"]["credits_remaining"] == 100
+        late = await statuses(cfg, ledger, now=utcnow() + timedelta(hours=3))
+        assert [s.health for s in found] == ["ok"] and [s.health for s in late] == ["late"]
+        # The daemon of run_once observed too (credits low from its start; the quota maybe):
+        # whatever it queued is not queued again.
+        queued = await notes.observe(late, accounts)
+        assert 1 <= queued <= 3
+        assert await notes.observe(late, accounts) == 0  # the same episode, the same day
+        assert await notes.deliver_due() == queued
+    finally:
+        await notes.close()
+        await ctx.close()
+        await ledger.close()
+    bodies = {b["event"]: b for b in hook.bodies}
+    assert sorted(b["event"] for b in hook.bodies) == ["credits_low", "late", "quota_low"]
+    assert bodies["late"]["pipeline"] == "hourly" and "is late" in bodies["late"]["text"]
+    assert bodies["quota_low"]["left"] == 3 and bodies["quota_low"]["reserve"] == 3
+    assert bodies["credits_low"] == {
+        **bodies["credits_low"],
+        "provider": "claribi",
+        "remaining": 100,
+        "limit": 5000,
+    }
