@@ -811,5 +811,45 @@ def notify_list(config_path: str | None, limit: int, as_json: bool) -> None:
         )
 
 
+@cli.command()
+@config_option
+@click.option("--dry-run", is_flag=True, help="Say what would go; delete nothing.")
+@click.option("--json", "as_json", is_flag=True)
+def prune(config_path: str | None, dry_run: bool, as_json: bool) -> None:
+    """Apply [retention]: delete old result files and old finished jobs (never a pipeline's
+    newest success, nor what a pending import will read). The daemon also does this daily."""
+    cfg = _load(config_path, secrets=False)
+    from orchestrator.retention import prune as do_prune
+
+    report = _with_ledger(cfg, lambda lg: do_prune(cfg, lg, dry_run=dry_run)).to_dict()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    if report["results_older_than_days"] is None and report["jobs_older_than_days"] is None:
+        click.echo('nothing to prune: no [retention] set (e.g. results = "90d", jobs = "400d")')
+        return
+    verb = "would remove" if dry_run else "removed"
+    size = report["result_bytes"] if dry_run else report["freed_bytes"]
+    click.echo(
+        f"{verb} {report['result_files']} result file(s) ({_size(size)}"
+        f"{'' if dry_run else ' freed'}) and {report['jobs']} finished job(s)"
+    )
+    click.echo(
+        f"kept: the newest success of {len(report['kept_newest_success'])} pipeline(s) among "
+        f"the old, {len(report['kept_for_pending_import'])} result(s) a pending import reads, "
+        f"{len(report['kept_import_source_exists'])} import job(s) whose source file still "
+        "exists (their record stops a re-import)"
+    )
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024:
+            return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
 def main() -> None:
     cli(prog_name="orchestrator")

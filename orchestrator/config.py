@@ -180,6 +180,19 @@ class WebConfig(_Model):
     port: int = Field(default=8787, ge=0, le=65535)  # 0: any free port (tests)
 
 
+class RetentionConfig(_Model):
+    """`[retention]`: how long results and ledger rows are kept (None: forever). `orchestrator
+    prune` and the daemon's daily run apply it (retention.py)."""
+
+    results: Duration | None = None  # result files (and their ledger rows) older than this
+    jobs: Duration | None = None  # finished jobs, their transitions and parts, older than this
+
+    @field_validator("results", "jobs", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float | None:
+        return None if v is None else parse_duration(v)
+
+
 NotifyEvent = Literal["failed", "recovered", "late", "quota_low", "credits_low"]
 NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
     "failed",
@@ -214,6 +227,7 @@ class Config(_Model):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     pipelines: list[PipelineConfig] = Field(default_factory=list)
     notify: list[NotifyConfig] = Field(default_factory=list)
+    retention: RetentionConfig = RetentionConfig()
     source: Path | None = Field(default=None, exclude=True)
 
     def pipeline(self, name: str) -> PipelineConfig:

@@ -24,6 +24,7 @@ from orchestrator.errors import ProviderError
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.notify import DaemonView, Notifications
+from orchestrator.retention import run_daily
 from orchestrator.runtime import tune_gc
 from orchestrator.scheduler import PipelineScheduler, trigger
 from orchestrator.sdnotify import Notifier
@@ -113,6 +114,12 @@ class Daemon:
                 tg.create_task(self._main_loop(), name="dispatcher")
                 if self.notifier.enabled:
                     tg.create_task(self._notify_loop(), name="sd-notify")
+                if not self.exit_when_idle and (
+                    self.cfg.retention.results or self.cfg.retention.jobs
+                ):
+                    tg.create_task(
+                        run_daily(self.cfg, self.ledger, self.ctx.stopping), name="retention"
+                    )
                 if self.notifications.enabled:
                     tg.create_task(
                         self.notifications.run(

@@ -68,6 +68,7 @@ transitions_t: Table = TransitionRow.__table__  # type: ignore[assignment]
 results_t: Table = ResultRow.__table__  # type: ignore[assignment]
 quota_t: Table = QuotaUsageRow.__table__  # type: ignore[assignment]
 parts_t: Table = JobPartRow.__table__  # type: ignore[assignment]
+j2 = jobs_t.alias("j2")  # the same table again, for correlated subqueries
 notify_t: Table = NotificationRow.__table__  # type: ignore[assignment]
 ops_t: Table = OpsStateRow.__table__  # type: ignore[assignment]
 
@@ -1047,6 +1048,73 @@ class Ledger:
         stmt = select(notify_t).order_by(notify_t.c.id.desc()).limit(limit)
         async with self.read_engine.connect() as conn:
             return [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
+
+    # --- retention (retention.py) -----------------------------------------------------------
+    async def retention_rows(self, cutoff: datetime) -> list[dict[str, Any]]:
+        """What retention decides on: jobs that finished before `cutoff`, every unfinished job
+        (what they will read is kept) and each pipeline's newest success; with their result."""
+        newest = (
+            select(func.max(jobs_t.c.id))
+            .where(
+                jobs_t.c.state == JobState.SUCCEEDED.value,
+                jobs_t.c.finished_at
+                == (
+                    select(func.max(j2.c.finished_at))
+                    .where(
+                        j2.c.pipeline == jobs_t.c.pipeline, j2.c.state == JobState.SUCCEEDED.value
+                    )
+                    .scalar_subquery()
+                ),
+            )
+            .group_by(jobs_t.c.pipeline)
+        )
+        stmt = (
+            select(
+                jobs_t.c.id,
+                jobs_t.c.pipeline,
+                jobs_t.c.state,
+                jobs_t.c.finished_at,
+                jobs_t.c.params,
+                results_t.c.path,
+                results_t.c.bytes,
+            )
+            .select_from(jobs_t.outerjoin(results_t, results_t.c.job_id == jobs_t.c.id))
+            .where(
+                (jobs_t.c.finished_at < _naive(cutoff))
+                | jobs_t.c.state.not_in([s.value for s in TERMINAL])
+                | jobs_t.c.id.in_(newest)
+            )
+        )
+        async with self.read_engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [{**r._mapping, "finished_at": _aware(r.finished_at)} for r in rows]
+
+    async def delete_results(self, job_ids: Sequence[int]) -> None:
+        """Forget these jobs' result files (retention removed them)."""
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start : start + 500])
+
+            def apply(conn: Connection, chunk: list[int] = chunk) -> None:
+                conn.execute(delete(results_t).where(results_t.c.job_id.in_(chunk)))
+
+            await self._submit(apply)
+
+    async def delete_jobs(self, job_ids: Sequence[int]) -> None:
+        """Delete finished jobs with everything that names them (transitions, parts, quota
+        usage, result). The caller checked they are finished."""
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start : start + 500])
+
+            def apply(conn: Connection, chunk: list[int] = chunk) -> None:
+                ended = select(jobs_t.c.id).where(
+                    jobs_t.c.id.in_(chunk), jobs_t.c.state.in_([s.value for s in TERMINAL])
+                )
+                ids = list(conn.execute(ended).scalars())
+                for table in (transitions_t, parts_t, quota_t, results_t):
+                    conn.execute(delete(table).where(table.c.job_id.in_(ids)))
+                conn.execute(delete(jobs_t).where(jobs_t.c.id.in_(ids)))
+
+            await self._submit(apply)
 
     # --- pipelines (`orchestrator pipelines`, per-pipeline metrics; portable SQL) ----------
     async def taken_keys(self, keys: Sequence[str]) -> set[str]:
