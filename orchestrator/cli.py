@@ -63,17 +63,48 @@ def cli() -> None:
 @click.option("--once", is_flag=True, help="Enqueue every pipeline once, work it off, exit.")
 @click.option("--exit-when-idle", is_flag=True, help="Work off the ledger, then exit.")
 @click.option("--verbose", "-v", is_flag=True)
-def run(config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool) -> None:
-    """Run the daemon."""
+@click.option("--json", "as_json", is_flag=True, help="With --once/--exit-when-idle: a summary.")
+def run(
+    config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool, as_json: bool
+) -> None:
+    """Run the daemon. With --once or --exit-when-idle, a summary of the jobs this run finished
+    follows: a table on a terminal, an object with --json."""
     cfg = _load(config_path)
-    _logging(verbose)
+    if as_json and not (once or exit_when_idle):
+        click.echo(
+            "--json needs --once or --exit-when-idle (the daemon prints no summary)", err=True
+        )
+        sys.exit(2)
+    _logging(verbose, level=cfg.daemon.log_level)
     from orchestrator.engine.daemon import Daemon
 
+    started = utcnow()
     daemon = Daemon(
         cfg, once=once, exit_when_idle=exit_when_idle, install_signals=True, tune_gc=True
     )
     code = _run(daemon.run())
+    if (once or exit_when_idle) and (as_json or sys.stdout.isatty()):
+        _run_summary(cfg, started, code, as_json=as_json)
     sys.exit(code)
+
+
+def _run_summary(cfg: Config, started: Any, code: int, *, as_json: bool) -> None:
+    """The jobs that finished during this run (and any left unfinished)."""
+
+    async def fetch(lg: Ledger) -> list[dict[str, Any]]:
+        jobs = await lg.jobs_touched_since(started)
+        return [job_to_dict(j) for j in jobs]
+
+    rows = _with_ledger(cfg, fetch)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    if as_json:
+        summary = {"exit_code": code, "jobs_by_state": counts, "jobs": rows}
+        click.echo(json.dumps(summary, indent=2))
+        return
+    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"
+    print_jobs_table(rows, title=f"run: {states}; results under {cfg.output.dir}")
 
 
 @cli.command("check-config")
@@ -85,7 +116,10 @@ def run(config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool
     help="Also verify each provider's credentials with its cheapest call; show limits/credits.",
 )
 def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
-    """Validate the config file; exit 2 with file:line: message on errors."""
+    """Validate the config file; exit 2 with file:line: message on errors. Warnings
+    (file:line: warning: ...) leave the exit code 0."""
+    from orchestrator.checks import config_warnings
+
     if as_json:
         try:
             cfg = load_config(config_path)
@@ -97,6 +131,7 @@ def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
             "file": str(cfg.source),
             "providers": sorted(cfg.providers),
             "pipelines": [p.name for p in cfg.pipelines],
+            "warnings": config_warnings(cfg),
         }
         if online:
             checks = _run(check_providers(cfg))
@@ -105,6 +140,8 @@ def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
         click.echo(json.dumps(summary, indent=2))
         sys.exit(0 if summary["ok"] else 2)
     cfg = _load(config_path)
+    for line in config_warnings(cfg):
+        click.echo(line, err=True)
     click.echo(
         f"{cfg.source}: ok ({len(cfg.providers)} provider(s), {len(cfg.pipelines)} pipeline(s))"
     )
@@ -243,10 +280,22 @@ def jobs_list(
 )
 @click.option("--iterations", type=int, default=0, help="Stop after N refreshes (0: until Ctrl-C).")
 def jobs_watch(config_path: str | None, interval: float, iterations: int) -> None:
-    """A live view of jobs in flight and the latest finished ones."""
+    """A live view of jobs in flight and the latest finished ones. Off a terminal (a pipe, a
+    log file): one plain line per job as it appears or changes state."""
     cfg = _load(config_path)
     from rich.console import Console
     from rich.live import Live
+
+    async def plain(lg: Ledger) -> None:
+        seen: dict[int, str] = {}
+        n = 0
+        while True:
+            for line in _watch_changes(await _watch_jobs(lg), seen):
+                click.echo(line)
+            n += 1
+            if iterations and n >= iterations:
+                return
+            await asyncio.sleep(interval)
 
     async def watch(lg: Ledger) -> None:
         console = Console() if Console().is_terminal else Console(width=200)
@@ -260,9 +309,38 @@ def jobs_watch(config_path: str | None, interval: float, iterations: int) -> Non
                 await asyncio.sleep(interval)
 
     try:
-        _with_ledger(cfg, watch)
+        _with_ledger(cfg, watch if Console().is_terminal else plain)
     except KeyboardInterrupt:
         pass
+
+
+async def _watch_jobs(lg: Ledger) -> list[Any]:
+    from orchestrator.domain import IN_FLIGHT
+
+    flight = await lg.list_jobs(states=sorted(IN_FLIGHT))
+    waiting = await lg.list_jobs(states=[JobState.PENDING, JobState.RETRY_WAIT], limit=10)
+    recent = await lg.list_jobs(
+        states=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED], limit=10
+    )
+    return sorted([*flight, *waiting, *recent], key=lambda j: j.id)
+
+
+def _watch_changes(jobs: list[Any], seen: dict[int, str]) -> list[str]:
+    """`jobs watch` off a terminal: a line for each job shown for the first time or in a new
+    state since the last look (`seen`: id → state, updated)."""
+    out = []
+    for job in jobs:
+        state = job.state.value
+        if seen.get(job.id) == state:
+            continue
+        before = seen.get(job.id)
+        seen[job.id] = state
+        d = job_to_dict(job)
+        where = d["result_path"] or d["error"] or job.remote_id or ""
+        change = f"{before} -> {state}" if before else state
+        stamp = utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
+        out.append(f"{stamp} job {job.id} {job.pipeline} {change} {where}".rstrip())
+    return out
 
 
 async def _watch_table(lg: Ledger) -> Any:
@@ -334,7 +412,11 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
                 first = part["first_row"] + 1  # 1-based, as in error messages
                 rows = f"rows {first}-{first + part['row_count'] - 1}"
             detail = part["detail"] or ""
-            click.echo(f"  #{part['seq']:<4} {part['state']:<8} {rows:<20} {detail}")
+            remote = ""
+            if part["remote_id"]:  # Claravine: the chunk's transaction uuid
+                label = "transaction" if data["kind"].startswith("claravine.") else "remote"
+                remote = f"{label} {part['remote_id']} "
+            click.echo(f"  #{part['seq']:<4} {part['state']:<8} {rows:<20} {remote}{detail}")
     click.echo("     transitions:")
     for t in data["transitions"]:
         click.echo(f"  {t['at']}  {t['from'] or '-':>10} -> {t['to']:<10} {t['reason'] or ''}")
@@ -354,6 +436,11 @@ def jobs_retry(config_path: str | None, job_id: int, as_json: bool) -> None:
             return f"no job {job_id}"
         if job.state not in (JobState.FAILED, JobState.CANCELLED):
             return f"job {job_id} is {job.state}; only FAILED or CANCELLED jobs can be retried"
+        from orchestrator.checks import import_file_changed
+
+        changed = await asyncio.to_thread(import_file_changed, job.params)
+        if changed is not None:
+            return f"job {job_id} cannot be retried: {changed}"
         n = len(await lg.transitions(job_id))
         new = await lg.enqueue(
             pipeline=job.pipeline,
@@ -430,7 +517,13 @@ def trigger(config_path: str | None, pipeline: str, as_json: bool) -> None:
         state = "PENDING" if ids else None
         click.echo(json.dumps({"id": first, "ids": ids, "pipeline": pipeline, "state": state}))
     elif not ids:
-        click.echo(f"nothing new for {pipeline}: every source file was already imported")
+        from orchestrator.checks import empty_glob
+
+        glob_ = empty_glob(p)
+        if glob_ is not None:
+            click.echo(f"nothing enqueued for {pipeline}: its source {glob_!r} matches no file")
+        else:
+            click.echo(f"nothing new for {pipeline}: every source file was already imported")
     elif len(ids) == 1:
         click.echo(f"job {ids[0]} enqueued for {pipeline}")
     else:

@@ -6,12 +6,13 @@ never as a traceback.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -165,6 +166,12 @@ class DaemonConfig(_Model):
     retry_base: Duration = 30.0  # first wait before re-running a failed job; doubles each attempt
     retry_cap: Duration = 1800.0
     timezone: str = "UTC"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # `run -v`: DEBUG
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
 
     @field_validator("drain_timeout", "claim_interval", "retry_base", "retry_cap", mode="before")
     @classmethod
@@ -336,6 +343,9 @@ def _describe(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
     if loc and loc[0] == "providers" and len(loc) > 1:
         rest = ".".join(str(x) for x in loc[2:])
         return f"provider {loc[1]!r}" + (f": {rest}" if rest else "")
+    if loc and loc[0] == "notify" and len(loc) > 1 and isinstance(loc[1], int):
+        rest = ".".join(str(x) for x in loc[2:])
+        return f"[[notify]] #{loc[1] + 1}" + (f": {rest}" if rest else "")
     return ".".join(str(x) for x in loc) or "config"
 
 
@@ -385,7 +395,8 @@ def load_config(
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(err["loc"])
-            report(loc, err["msg"])
+            report(loc, err["msg"] + _did_you_mean(err))
+        _check_pipelines_alone(raw, KINDS, report)  # the other sections' problems too, at once
         raise ConfigError(problems) from None
     cfg.source = src
     _check_semantics(cfg, raw, KINDS, report, check_files=check_files and secrets)
@@ -433,6 +444,64 @@ def _check_semantics(
             prov.api_key_file = _credentials_dir_file(prov.api_key_file)
             if not prov.api_key_file.is_file():
                 report(("providers", name, "api_key_file"), f"{prov.api_key_file} is not readable")
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config model a validation error location points into (Config, DaemonConfig, ...)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        if not isinstance(part, str):
+            continue  # a list index
+        field = model.model_fields.get(part)
+        if field is None:
+            if model is Config:
+                return None
+            continue  # a dict key: [providers.<name>]
+        inner = _inner_model(field.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(err: Any) -> str:
+    """For an unknown key, the nearest known key of its section: '; did you mean 'schedule'?'"""
+    if err.get("type") != "extra_forbidden" or not err["loc"]:
+        return ""
+    model = _model_at(tuple(err["loc"])[:-1])
+    if model is None:
+        return ""
+    known = [f for f in model.model_fields if f not in ("name", "source")]
+    close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_pipelines_alone(raw: dict[str, Any], kinds: dict[str, Any], report: Any) -> None:
+    """When the file as a whole does not validate, still check each pipeline that does on its
+    own (unknown kind, bad params), so one run shows every section's problems."""
+    pipes = raw.get("pipelines")
+    for i, entry in enumerate(pipes if isinstance(pipes, list) else []):
+        try:
+            p = PipelineConfig.model_validate(entry)
+        except ValidationError:
+            continue  # already reported
+        if p.kind not in kinds:
+            report(
+                ("pipelines", i, "kind"),
+                f"unknown kind {p.kind!r}; known: {', '.join(sorted(kinds))}",
+            )
+        else:
+            validate_params(p, kinds[p.kind].params_model, i, report)
 
 
 def _https_or_loopback(url: str) -> bool:

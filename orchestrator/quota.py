@@ -11,7 +11,7 @@ from orchestrator.engine.context import Context
 from orchestrator.errors import ProviderError
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.limits import QUOTA_WINDOW, AccountBudget
-from orchestrator.schedule import fire_times_between, parse_schedule
+from orchestrator.schedule import count_fires, parse_schedule
 
 
 def quota_left(budget: AccountBudget) -> int | None:
@@ -32,7 +32,7 @@ def projected_runs(cfg: Config, provider: str) -> int:
     for p in cfg.pipelines:
         if p.enabled and p.schedule and p.provider == provider:
             trigger = parse_schedule(p.schedule, cfg.daemon.timezone)
-            total += len(fire_times_between(trigger, now, now + QUOTA_WINDOW))
+            total += count_fires(trigger, now, now + QUOTA_WINDOW)
     return total
 
 

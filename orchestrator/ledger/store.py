@@ -1049,6 +1049,12 @@ class Ledger:
         async with self.read_engine.connect() as conn:
             return [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
 
+    async def jobs_touched_since(self, since: datetime) -> list[Job]:
+        """Jobs created or moved at or after `since`, oldest first (`run --once` summary)."""
+        stmt = self._job_select().where(jobs_t.c.updated_at >= _naive(since)).order_by(jobs_t.c.id)
+        async with self.read_engine.connect() as conn:
+            return [row_to_job(r) for r in (await conn.execute(stmt)).fetchall()]
+
     # --- retention (retention.py) -----------------------------------------------------------
     async def retention_rows(self, cutoff: datetime) -> list[dict[str, Any]]:
         """What retention decides on: jobs that finished before `cutoff`, every unfinished job

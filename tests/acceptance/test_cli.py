@@ -62,6 +62,7 @@ def test_cli_contract(tmp_path: Path, simulator: str) -> None:
         "file": str(config),
         "providers": ["clari"],
         "pipelines": ["weekly"],
+        "warnings": [],
     }
     assert cli("trigger", "nope", "--config", str(config)).returncode == 2
 
