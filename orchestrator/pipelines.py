@@ -12,6 +12,7 @@ Health, first match wins:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -163,3 +164,65 @@ def show(cfg: Config, status: PipelineStatus, now: datetime) -> dict[str, Any]:
     out["params_for"] = iso(fire)
     out["params"] = rendered_params(p, fire)
     return out
+
+
+_DAYS = {
+    "0": "Sunday",
+    "1": "Monday",
+    "2": "Tuesday",
+    "3": "Wednesday",
+    "4": "Thursday",
+    "5": "Friday",
+    "6": "Saturday",
+    "7": "Sunday",
+    "sun": "Sunday",
+    "mon": "Monday",
+    "tue": "Tuesday",
+    "wed": "Wednesday",
+    "thu": "Thursday",
+    "fri": "Friday",
+    "sat": "Saturday",
+}
+_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+
+
+def _plural(n: int, unit: str) -> str:
+    return f"{n} {unit}" + ("" if n == 1 else "s")
+
+
+def _days(dow: str) -> str | None:
+    if dow == "*":
+        return None
+    if "-" in dow and "," not in dow:
+        a, b = dow.lower().split("-", 1)
+        if a in _DAYS and b in _DAYS:
+            return f"{_DAYS[a]} to {_DAYS[b]}"
+    names = [_DAYS.get(d) for d in dow.lower().split(",")]
+    return ", ".join(f"{n}s" for n in names if n) if all(names) else None
+
+
+def schedule_in_words(spec: str | None, timezone: str = "UTC") -> str:
+    """'every 15m' → 'every 15 minutes'; '0 6 * * MON' → 'at 06:00 on Mondays (UTC)'; a cron
+    this does not phrase is given as it is."""
+    if not spec:
+        return "only when triggered"
+    words = spec.split()
+    if words[0].lower() == "every":
+        parts = re.findall(r"(\d+)\s*([smhd])", spec.lower())
+        return "every " + " ".join(_plural(int(n), _UNITS[u]) for n, u in parts)
+    if len(words) != 5:
+        return spec
+    minute, hour, dom, month, dow = words
+    if minute.startswith("*/") and hour == dom == month == dow == "*":
+        return f"every {_plural(int(minute[2:]), 'minute')}"
+    if not (minute.isdigit() and dom == month == "*"):
+        return f"cron {spec} ({timezone})"
+    if hour == "*":
+        return f"hourly at :{int(minute):02d}"
+    if not hour.isdigit():
+        return f"cron {spec} ({timezone})"
+    at = f"{int(hour):02d}:{int(minute):02d} ({timezone})"
+    days = _days(dow)
+    if dow == "*":
+        return f"daily at {at}"
+    return f"at {at}, {days}" if days else f"cron {spec} ({timezone})"

@@ -15,7 +15,7 @@ from orchestrator import statuspage
 from orchestrator.domain import IN_FLIGHT, JobState
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import job_to_dict
-from orchestrator.pipelines import statuses
+from orchestrator.pipelines import schedule_in_words, statuses
 from orchestrator.quota import quota_left
 
 if TYPE_CHECKING:
@@ -65,12 +65,24 @@ class StatusServer:
                 "quota_limit": b.quota_limit(),
                 "in_flight": b.in_flight,
                 "concurrency_limit": b.concurrency_limit(),
+                "provider_left": b.remote.available_quota if b.remote else None,
+                "provider_limit": b.remote.monthly_quota if b.remote else None,
             }
             for name, b in d.ctx.budgets.items()
         }
         progress = await d.ledger.part_progress([j.id for j in in_flight])
+        tz = d.cfg.daemon.timezone
+        pipelines = [
+            {**s.to_dict(), "schedule_words": schedule_in_words(s.config.schedule, tz)}
+            for s in await statuses(d.cfg, d.ledger)
+        ]
         html = statuspage.render(
-            counts=counts, jobs=jobs, budgets=budgets, title="orchestrator", progress=progress
+            counts=counts,
+            jobs=jobs,
+            budgets=budgets,
+            title="orchestrator",
+            progress=progress,
+            pipelines=pipelines,
         )
         return web.Response(text=html, content_type="text/html")
 

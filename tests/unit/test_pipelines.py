@@ -56,3 +56,18 @@ def test_weekday_schedule_interval_is_its_weekend() -> None:
     assert nominal_interval(parse_schedule("0 6 * * MON-FRI"), NOW) == 3 * DAY
     assert nominal_interval(parse_schedule("every 15m"), NOW) == timedelta(minutes=15)
     assert nominal_interval(parse_schedule("0 0 30 2 *"), NOW) is None
+
+
+def test_schedules_in_words() -> None:
+    from orchestrator.pipelines import schedule_in_words as words
+
+    assert words("every 15m") == "every 15 minutes"
+    assert words("every 1h30m") == "every 1 hour 30 minutes"
+    assert words(None) == "only when triggered"
+    assert words("*/5 * * * *") == "every 5 minutes"
+    assert words("7 * * * *") == "hourly at :07"
+    assert words("0 6 * * *") == "daily at 06:00 (UTC)"
+    assert words("30 7 * * MON", "Europe/Berlin") == "at 07:30 (Europe/Berlin), Mondays"
+    assert words("0 6 * * MON-FRI") == "at 06:00 (UTC), Monday to Friday"
+    assert words("0 6 * * 1,3") == "at 06:00 (UTC), Mondays, Wednesdays"
+    assert words("0 0 30 2 *") == "cron 0 0 30 2 * (UTC)"
