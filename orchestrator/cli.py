@@ -582,6 +582,9 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
     if not console.is_terminal:
         console = Console(width=200)
     console.print(table)
+    for name, r in report.items():
+        if r.get("quota_warning"):
+            click.echo(f"warning: {name}: {r['quota_warning']}", err=True)
 
 
 @cli.command()

@@ -26,6 +26,16 @@ def quota_left(budget: AccountBudget) -> int | None:
     return min(frees) if frees else None
 
 
+def over_quota(projected: int, limit: int | None, reserve: int) -> str | None:
+    """A warning when the schedules would submit more in 30 days than the quota allows."""
+    if limit is None or projected <= limit - reserve:
+        return None
+    return (
+        f"the schedules would submit {projected:,} jobs in 30 days, over the {limit - reserve:,} "
+        f"the quota allows ({limit:,} less quota_reserve {reserve:,})"
+    )
+
+
 def projected_runs(cfg: Config, provider: str) -> int:
     now = utcnow()
     total = 0
@@ -59,10 +69,14 @@ async def quota_report(cfg: Config, ledger: Ledger, *, online: bool = True) -> d
                 "in_flight": budget.in_flight,
                 "free_slots": budget.free_slots(),
                 "projected_30d": projected_runs(cfg, name),
+                "quota_warning": None,
                 "credits_used_30d": await ledger.credits_used(name, utcnow() - QUOTA_WINDOW),
                 "credits_limit": None,
                 "credits_remaining": None,
             }
+            out[name]["quota_warning"] = over_quota(
+                out[name]["projected_30d"], budget.quota_limit(), budget.caps.reserve
+            )
             usage = getattr(ctx.adapters.get(name), "usage", None)
             if online and usage is not None:  # clariBI: credits are its quota
                 try:

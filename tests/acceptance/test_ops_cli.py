@@ -57,6 +57,12 @@ def test_check_config_warnings_and_uncapped_projection(tmp_path: Path) -> None:
 
     quota = json.loads(cli("quota", "--json", "--offline", "--config", str(config)).stdout)
     assert quota["clari"]["projected_30d"] == 2_592_000  # not capped at 100,000
+    assert quota["clari"]["quota_warning"] == (
+        "the schedules would submit 2,592,000 jobs in 30 days, over the 900 the quota allows "
+        "(1,000 less quota_reserve 100)"
+    )
+    table = cli("quota", "--offline", "--config", str(config))
+    assert f"warning: clari: {quota['clari']['quota_warning']}" in table.stderr
 
     trig = cli("trigger", "taxonomy", "--config", str(config))
     assert trig.returncode == 0
@@ -143,3 +149,31 @@ def test_run_once_json_summary_log_level_and_watch_lines(tmp_path: Path, simulat
 
     bad = cli("run", "--json", "--config", str(config))
     assert bad.returncode == 2 and "--once" in bad.stderr
+
+
+def test_run_once_prints_a_summary_table_on_a_terminal(tmp_path: Path, simulator: str) -> None:
+    import os
+
+    config = write_config(tmp_path, simulator, [forecast("f1")], api_key=API_KEY)
+    main, term = os.openpty()  # stdout is a terminal, as when a person runs it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", "--once", f"--config={config}"],
+        stdout=term,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    os.close(term)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the terminal's other end closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main)
+    assert proc.wait(60) == 0
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert "run: 1 SUCCEEDED; results under" in screen
+    assert "f1" in screen and "SUCCEEDED" in screen and "┃" in screen  # a drawn table
