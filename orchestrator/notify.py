@@ -252,17 +252,36 @@ class Notifications:
             return 0
         cursor, queued = int(stored), 0
         while rows := await self.ledger.finished_since(cursor, SCAN_BATCH):
-            events = [e for row in rows if (e := await self._event_of(row)) is not None]
-            queued += await self.queue(events)  # durable before the cursor moves past them
+            queued += await self.queue(await self._events_of(rows))  # durable, then the cursor
             cursor = rows[-1]["tid"]
             await self.ledger.set_ops_value(CURSOR, str(cursor))
         return queued
 
-    async def _event_of(self, row: dict[str, Any]) -> Event | None:
-        if row["to_state"] == "FAILED":
-            return failed_event(row)
-        before = await self.ledger.previous_outcome(row["pipeline"], row["id"], row["at"])
-        return recovered_event(row) if before == "FAILED" else None
+    async def _events_of(self, rows: Sequence[dict[str, Any]]) -> list[Event]:
+        """Failures, and successes right after a failure of their pipeline. One ledger look per
+        pipeline and batch at most (then the batch itself, in order, tells the rest), and none
+        for pipelines no target wants `recovered` for: the scan stays cheap at full speed."""
+        last: dict[str, str | None] = {}
+        events = []
+        for row in rows:
+            pipeline = row["pipeline"]
+            if row["to_state"] == "FAILED":
+                events.append(failed_event(row))
+            elif self._wants(pipeline, "recovered"):
+                if pipeline in last:
+                    before = last[pipeline]
+                else:
+                    before = await self.ledger.previous_outcome(pipeline, row["id"], row["at"])
+                if before == "FAILED":
+                    events.append(recovered_event(row))
+            last[pipeline] = row["to_state"]
+        return events
+
+    def _wants(self, pipeline: str, kind: str) -> bool:
+        return any(
+            kind in t.on and (t.pipelines is None or pipeline in t.pipelines)
+            for t in self.targets.values()
+        )
 
     async def observe(
         self, statuses: Sequence[PipelineStatus], accounts: dict[str, dict[str, Any]]

@@ -179,3 +179,44 @@ async def test_late_quota_low_and_credits_low_are_sent_once(
         "remaining": 100,
         "limit": 5000,
     }
+
+
+async def test_one_scan_tells_failure_then_recovery_in_order(
+    tmp_path: Path, sim: SimulatorServer, hook: Hook
+) -> None:
+    from orchestrator.domain import JobState as S
+    from orchestrator.ledger import migrate
+
+    cfg = load_config(config_with_hook(tmp_path, sim, hook, "fc_1"))
+    ledger = Ledger(cfg.ledger.url)
+    await migrate.upgrade(ledger)
+    notes = Notifications(cfg, ledger)
+    try:
+        await notes.start()
+        ends = [S.SUCCEEDED, S.FAILED, S.FAILED, S.SUCCEEDED, S.SUCCEEDED, S.FAILED]
+        for n, end in enumerate(ends):
+            job = await ledger.enqueue(
+                pipeline="flaky",
+                kind="clari.forecast_export",
+                provider="clari",
+                params={},
+                idempotency_key=f"k{n}",
+                fire_time=None,
+                max_attempts=1,
+            )
+            assert job is not None
+            for src, dst in ((S.PENDING, S.SUBMITTING), (S.SUBMITTING, S.RUNNING)):
+                await ledger.transition(job, src, dst)
+            await ledger.transition(job, S.RUNNING, end, error="boom" if end == S.FAILED else None)
+        assert await notes.scan() == 4  # all six finished jobs in one batch
+        assert await notes.scan() == 0
+        assert await notes.deliver_due() == 4
+    finally:
+        await notes.close()
+        await ledger.close()
+    assert [(b["event"], b["job_id"]) for b in hook.bodies] == [
+        ("failed", 2),
+        ("failed", 3),
+        ("recovered", 4),  # the first success after the failures, not the one after it
+        ("failed", 6),
+    ]
