@@ -745,12 +745,16 @@ def pipelines_show(config_path: str | None, name: str, as_json: bool) -> None:
     (a dry run: nothing is enqueued or sent)."""
     cfg = _load(config_path, secrets=False)
     p = _pipeline_or_exit(cfg, name)
-    from orchestrator.pipelines import show, status_of
+    from orchestrator.pipelines import import_preview, show, status_of
 
     async def get(lg: Ledger) -> dict[str, Any]:
         now = utcnow()
         runs = (await lg.pipeline_runs()).get(p.name)
-        return show(cfg, status_of(cfg, p, runs, now), now)
+        data = show(cfg, status_of(cfg, p, runs, now), now)
+        files = await import_preview(lg, p, data["params"])
+        if files is not None:
+            data["source_files"] = files
+        return data
 
     data = _with_ledger(cfg, get)
     if as_json:
@@ -770,6 +774,11 @@ def pipelines_show(config_path: str | None, name: str, as_json: bool) -> None:
         click.echo(f"  {fire}")
     click.echo(f"params for {data['params_for']}:")
     click.echo(json.dumps(data["params"], indent=2))
+    if "source_files" in data:
+        new = [f for f in data["source_files"] if f["new"]]
+        click.echo(f"source files: {len(data['source_files'])} found, {len(new)} not imported yet")
+        for f in data["source_files"]:
+            click.echo(f"  {'new ' if f['new'] else 'done'}  {f['file']}")
 
 
 def _pipeline_or_exit(cfg: Config, name: str) -> Any:

@@ -166,6 +166,24 @@ def show(cfg: Config, status: PipelineStatus, now: datetime) -> dict[str, Any]:
     return out
 
 
+async def import_preview(
+    ledger: Ledger, p: PipelineConfig, params: dict[str, Any]
+) -> list[dict[str, Any]] | None:
+    """For an import pipeline, the files its next run would find, each with whether it would be
+    enqueued (not imported yet) — through the same expansion the scheduler uses, which only
+    lists and hashes files and reads the ledger. None for other kinds."""
+    from orchestrator.providers.sources import FileImportParams, expand_sources
+
+    if not issubclass(KINDS[p.kind].params_model, FileImportParams):
+        return None
+    items = await expand_sources(ledger, p.name, params, "preview")
+    taken = await ledger.taken_keys([key for key, _ in items])
+    return [
+        {"file": item["file"], "sha256": item["sha256"], "new": key not in taken}
+        for key, item in items
+    ]
+
+
 _DAYS = {
     "0": "Sunday",
     "1": "Monday",

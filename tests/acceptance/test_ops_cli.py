@@ -86,6 +86,11 @@ def test_retry_of_an_import_whose_file_changed_is_refused(tmp_path: Path) -> Non
         providers={"claravine": {"base_url": "http://127.0.0.1:9/v1", "api_secret": API_SECRET}},
     )
     job = json.loads(cli("trigger", "taxonomy", "--json", "--config", str(config)).stdout)["id"]
+    (inbox / "b.csv").write_text("Campaign Name\nother\n")
+    show = cli("pipelines", "show", "taxonomy", "--json", "--config", str(config), check=True)
+    preview = {Path(f["file"]).name: f["new"] for f in json.loads(show.stdout)["source_files"]}
+    assert preview == {"a.csv": False, "b.csv": True}  # what the next run would enqueue
+    (inbox / "b.csv").unlink()
     cli("jobs", "cancel", str(job), "--config", str(config), check=True)
     (inbox / "a.csv").write_text("Campaign Name\nsecond\n")
     changed = cli("jobs", "retry", str(job), "--config", str(config))
