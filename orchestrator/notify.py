@@ -304,18 +304,23 @@ class Notifications:
         """Send what is due (`everything`: all pending, as at start); returns how many went."""
         now = utcnow()
         when = now + timedelta(days=3650) if everything else now
-        sent = 0
+        sent, failing = 0, set()
         for row in await self.ledger.outbox_due(when, limit=100):
-            sent += await self._deliver(row)
+            if row["target"] in failing:  # it just failed: one timeout per webhook per round
+                continue
+            if await self._deliver(row):
+                sent += 1
+            else:
+                failing.add(row["target"])
         return sent
 
-    async def _deliver(self, row: dict[str, Any]) -> int:
+    async def _deliver(self, row: dict[str, Any]) -> bool:
         target = self.targets.get(row["target"])
         if target is None:
             await self.ledger.outbox_update(
                 row["id"], state="ABANDONED", last_error="webhook no longer configured"
             )
-            return 0
+            return False
         url = target.url.get_secret_value()
         attempts = row["attempts"] + 1
         try:
@@ -338,12 +343,12 @@ class Notifications:
                 abandoned=give_up,
                 error=error,
             )
-            return 0
+            return False
         await self.ledger.outbox_update(
             row["id"], attempts=attempts, state="DELIVERED", delivered_at=utcnow()
         )
         log.info("notification_sent", notification_id=row["id"], kind=row["event"])
-        return 1
+        return True
 
     async def send(self, url: str, payload: dict[str, Any]) -> None:
         """POST the JSON body; anything but a 2xx answer in time is a DeliveryError."""

@@ -220,3 +220,32 @@ async def test_one_scan_tells_failure_then_recovery_in_order(
         ("recovered", 4),  # the first success after the failures, not the one after it
         ("failed", 6),
     ]
+
+
+async def test_a_failing_webhook_costs_one_attempt_per_round(
+    tmp_path: Path, sim: SimulatorServer, hook: Hook
+) -> None:
+    from orchestrator.ledger import migrate
+    from orchestrator.ledger.store import utcnow
+    from orchestrator.notify import quota_low_event
+
+    path = config_with_hook(tmp_path, sim, hook, "fc_1")
+    path.write_text(path.read_text() + f'[[notify]]\nurl = "{hook.url}"\non = ["quota_low"]\n')
+    cfg = load_config(path)
+    ledger = Ledger(cfg.ledger.url)
+    await migrate.upgrade(ledger)
+    notes = Notifications(cfg, ledger)
+    try:
+        events = [quota_low_event(p, 0, 1, utcnow()) for p in ("clari", "claro", "claribi")]
+        assert await notes.queue(events) == 3  # for the third entry only
+        hook.fail_next = 10
+        assert await notes.deliver_due(everything=True) == 0
+        assert hook.fail_next == 9  # one refused request; the other two waited their turn
+        rows = sorted(r["attempts"] for r in await ledger.outbox_list())
+        assert rows == [0, 0, 1]
+        hook.fail_next = 0
+        assert await notes.deliver_due(everything=True) == 3
+    finally:
+        await notes.close()
+        await ledger.close()
+    assert sorted(b["provider"] for b in hook.bodies) == ["clari", "claribi", "claro"]
