@@ -6,12 +6,13 @@ Health, first match wins:
   neither breaks nor extends a streak);
 - `late`: enabled and scheduled, and its last success (or, never having succeeded, its first job)
   is more than two schedule intervals ago;
-- `idle`: disabled, or no schedule (runs only when triggered);
+- `idle`: disabled, no schedule (runs only when triggered), or a schedule that never fires;
 - `ok` otherwise (a scheduled pipeline with no job yet has nothing due).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -115,7 +116,18 @@ class PipelineStatus:
 
 
 def trigger_of(cfg: Config, p: PipelineConfig) -> Any:
-    return parse_schedule(p.schedule, cfg.daemon.timezone) if p.schedule else None
+    """The pipeline's trigger; None without a schedule, or with one that never fires."""
+    if not p.schedule or never_fires(p.schedule, cfg.daemon.timezone):
+        return None
+    return parse_schedule(p.schedule, cfg.daemon.timezone)
+
+
+@functools.cache
+def never_fires(spec: str, timezone: str) -> bool:
+    """A cron with no date at all (`0 0 30 2 *`). Finding that out scans APScheduler's calendar
+    to its end (~0.1 s), so it is done once per schedule, not on every /metrics scrape. A
+    five-field cron repeats within four years, so the answer does not depend on the date."""
+    return not next_fires(parse_schedule(spec, timezone), utcnow(), 1)
 
 
 def status_of(

@@ -45,7 +45,7 @@ async def test_failure_streak_last_success_and_metrics(
     assert bad["health"] == "failing" and bad["consecutive_failures"] == 2
     assert bad["last_run"]["state"] == JobState.FAILED.value and bad["last_success_at"] is None
     assert bad["next_fire"] is None and bad["schedule"] is None
-    assert never["next_fire"] is None and never["health"] == "ok"
+    assert never["next_fire"] is None and never["health"] == "idle"  # it never fires
 
     daemon = Daemon(cfg)
     task = await start(daemon)
