@@ -121,3 +121,29 @@ def projected(cfg: Config, provider: str, now: datetime) -> int:
                 parse_schedule(p.schedule, cfg.daemon.timezone), now, now + QUOTA_WINDOW
             )
     return total
+
+
+def online_quota_warnings(cfg: Config, checks: dict[str, dict[str, Any]]) -> list[str]:
+    """`check-config --online`: the same 30-day projection against each provider's own monthly
+    quota, where it reports one below our cap (or we set none)."""
+    from orchestrator.quota import over_quota
+
+    text = cfg.source.read_text(encoding="utf-8") if cfg.source else ""
+    locator = _Locator(text)
+    out = []
+    now = utcnow()
+    for name, result in checks.items():
+        limit = result.get("monthly_quota") if result.get("ok") else None
+        prov = cfg.providers.get(name)
+        if not isinstance(limit, int) or prov is None:
+            continue
+        if prov.monthly_quota is not None and prov.monthly_quota <= limit:
+            continue  # our own cap is the tighter one: config_warnings covered it
+        warning = over_quota(projected(cfg, name, now), limit, prov.quota_reserve)
+        if warning is not None:
+            line = locator.line(("providers", name, "base_url"))
+            out.append(
+                f"{cfg.source}:{line}: warning: provider {name!r} (its own monthly quota): "
+                f"{warning}"
+            )
+    return out

@@ -118,7 +118,7 @@ def _run_summary(cfg: Config, started: Any, code: int, *, as_json: bool) -> None
 def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
     """Validate the config file; exit 2 with file:line: message on errors. Warnings
     (file:line: warning: ...) leave the exit code 0."""
-    from orchestrator.checks import config_warnings
+    from orchestrator.checks import config_warnings, online_quota_warnings
 
     if as_json:
         try:
@@ -137,6 +137,7 @@ def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
             checks = _run(check_providers(cfg))
             summary["online"] = checks
             summary["ok"] = all(c["ok"] for c in checks.values())
+            summary["warnings"] += online_quota_warnings(cfg, checks)
         click.echo(json.dumps(summary, indent=2))
         sys.exit(0 if summary["ok"] else 2)
     cfg = _load(config_path)
@@ -148,7 +149,10 @@ def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
     if not online:
         return
     failed = False
-    for name, result in _run(check_providers(cfg)).items():
+    checks = _run(check_providers(cfg))
+    for line in online_quota_warnings(cfg, checks):
+        click.echo(line, err=True)
+    for name, result in checks.items():
         if result["ok"]:
             info = ", ".join(f"{k}={v}" for k, v in result.items() if k != "ok")
             click.echo(f"  {name}: ok ({info})")

@@ -182,3 +182,23 @@ def test_run_once_prints_a_summary_table_on_a_terminal(tmp_path: Path, simulator
     screen = b"".join(chunks).decode("utf-8", "replace")
     assert "run: 1 SUCCEEDED; results under" in screen
     assert "f1" in screen and "SUCCEEDED" in screen and "┃" in screen  # a drawn table
+
+
+def test_check_config_online_warns_against_the_providers_own_quota(
+    tmp_path: Path, simulator: str
+) -> None:
+    config = write_config(
+        tmp_path, simulator, [{**forecast("minutely"), "schedule": "every 1m"}], api_key=API_KEY
+    )
+    offline = json.loads(cli("check-config", "--json", "--config", str(config)).stdout)
+    assert offline["warnings"] == []  # no cap of ours to compare with
+    online = cli("check-config", "--online", "--json", "--config", str(config))
+    assert online.returncode == 0, online.stdout
+    (warning,) = json.loads(online.stdout)["warnings"]
+    assert warning == (
+        f"{config}:{line_of(config, 'base_url')}: warning: provider 'clari' (its own monthly "
+        "quota): the schedules would submit 43,200 jobs in 30 days, over the 1,000 the quota "
+        "allows (1,000 less quota_reserve 0)"
+    )
+    text = cli("check-config", "--online", "--config", str(config))
+    assert text.returncode == 0 and warning in text.stderr
