@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest freeze demo bench simulate image chromium clean
+.PHONY: install test lint typecheck pytest freeze demo bench simulate image chromium promtool clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,7 +27,7 @@ freeze: $(STAMP)
 	@$(BIN)/pip freeze --exclude-editable
 	@echo "--- end of pip freeze ---"
 
-pytest: $(STAMP) freeze
+pytest: $(STAMP) freeze promtool
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
@@ -56,6 +56,13 @@ image: $(STAMP)
 # Debian's Chromium for the status-page test (skipped where it is missing). Needs root.
 chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+# Debian's promtool for the alert-rule tests (deploy/prometheus): installed when missing and
+# root. Elsewhere the message below says so, and those tests fail rather than skip.
+promtool:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || \
+		echo "promtool is missing and cannot be installed here (not root?): apt-get install prometheus; the alert-rule tests will fail"
 
 clean:
 	rm -rf $(VENV) config/.demo .pytest_cache .mypy_cache .ruff_cache

@@ -76,16 +76,26 @@ def cli() -> None:
 @click.option("--once", is_flag=True, help="Enqueue every pipeline once, work it off, exit.")
 @click.option("--exit-when-idle", is_flag=True, help="Work off the ledger, then exit.")
 @click.option("--verbose", "-v", is_flag=True)
-def run(config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool) -> None:
-    """Run the daemon."""
+@click.option("--json", "as_json", is_flag=True, help="With --once/--exit-when-idle: a summary.")
+def run(
+    config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool, as_json: bool
+) -> None:
+    """Run the daemon. With --once or --exit-when-idle, a summary of the jobs this run finished
+    follows: a table on a terminal, an object with --json."""
     cfg = _load(config_path)
     from orchestrator.preflight import check_environment
 
     if problems := [str(f) for f in check_environment(cfg, port=False) if not f.warning]:
         _fail(problems)
-    _logging(verbose)
+    if as_json and not (once or exit_when_idle):
+        click.echo(
+            "--json needs --once or --exit-when-idle (the daemon prints no summary)", err=True
+        )
+        sys.exit(2)
+    _logging(verbose, level=cfg.daemon.log_level)
     from orchestrator.engine.daemon import Daemon
 
+    started = utcnow()
     daemon = Daemon(
         cfg, once=once, exit_when_idle=exit_when_idle, install_signals=True, tune_gc=True
     )
@@ -93,7 +103,28 @@ def run(config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool
         code = _run(daemon.run())
     except ConfigError as exc:  # the environment refused at start (a busy port, the ledger)
         _fail(exc.problems)
+    if (once or exit_when_idle) and (as_json or sys.stdout.isatty()):
+        _run_summary(cfg, started, code, as_json=as_json)
     sys.exit(code)
+
+
+def _run_summary(cfg: Config, started: Any, code: int, *, as_json: bool) -> None:
+    """The jobs that finished during this run (and any left unfinished)."""
+
+    async def fetch(lg: Ledger) -> list[dict[str, Any]]:
+        jobs = await lg.jobs_touched_since(started)
+        return [job_to_dict(j) for j in jobs]
+
+    rows = _with_ledger(cfg, fetch)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    if as_json:
+        summary = {"exit_code": code, "jobs_by_state": counts, "jobs": rows}
+        click.echo(json.dumps(summary, indent=2))
+        return
+    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"
+    print_jobs_table(rows, title=f"run: {states}; results under {cfg.output.dir}")
 
 
 @cli.command("check-config")
@@ -106,7 +137,9 @@ def run(config_path: str | None, once: bool, exit_when_idle: bool, verbose: bool
 )
 def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
     """Validate the config file and what `run` needs around it (directories, database driver,
-    secret files, the status port); exit 2 with file:line: message on errors."""
+    secret files, the status port); exit 2 with file:line: message on errors. Warnings
+    (file:line: warning: ...) leave the exit code 0."""
+    from orchestrator.checks import config_warnings, online_quota_warnings
     from orchestrator.preflight import check_environment
 
     if as_json:
@@ -122,12 +155,13 @@ def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
             "providers": sorted(cfg.providers),
             "pipelines": [p.name for p in cfg.pipelines],
             "problems": [str(f) for f in found if not f.warning],
-            "warnings": [str(f) for f in found if f.warning],
+            "warnings": [str(f) for f in found if f.warning] + config_warnings(cfg),
         }
         if online:
             checks = _run(check_providers(cfg))
             summary["online"] = checks
             summary["ok"] = summary["ok"] and all(c["ok"] for c in checks.values())
+            summary["warnings"] += online_quota_warnings(cfg, checks)
         click.echo(json.dumps(summary, indent=2))
         sys.exit(0 if summary["ok"] else 2)
     cfg = _load(config_path)
@@ -136,13 +170,18 @@ def check_config(config_path: str | None, as_json: bool, online: bool) -> None:
         click.echo(str(finding), err=True)
     if any(not f.warning for f in found):
         sys.exit(2)
+    for line in config_warnings(cfg):
+        click.echo(line, err=True)
     click.echo(
         f"{cfg.source}: ok ({len(cfg.providers)} provider(s), {len(cfg.pipelines)} pipeline(s))"
     )
     if not online:
         return
     failed = False
-    for name, result in _run(check_providers(cfg)).items():
+    checks = _run(check_providers(cfg))
+    for line in online_quota_warnings(cfg, checks):
+        click.echo(line, err=True)
+    for name, result in checks.items():
         if result["ok"]:
             info = ", ".join(f"{k}={v}" for k, v in result.items() if k != "ok")
             click.echo(f"  {name}: ok ({printable(info, newlines=False)})")
@@ -303,10 +342,22 @@ def jobs_list(
 )
 @click.option("--iterations", type=int, default=0, help="Stop after N refreshes (0: until Ctrl-C).")
 def jobs_watch(config_path: str | None, interval: float, iterations: int) -> None:
-    """A live view of jobs in flight and the latest finished ones."""
+    """A live view of jobs in flight and the latest finished ones. Off a terminal (a pipe, a
+    log file): one plain line per job as it appears or changes state."""
     cfg = _load(config_path, secrets=False)
     from rich.console import Console
     from rich.live import Live
+
+    async def plain(lg: Ledger) -> None:
+        seen: dict[int, str] = {}
+        n = 0
+        while True:
+            for line in _watch_changes(await _watch_jobs(lg), seen):
+                click.echo(line)
+            n += 1
+            if iterations and n >= iterations:
+                return
+            await asyncio.sleep(interval)
 
     async def watch(lg: Ledger) -> None:
         console = Console() if Console().is_terminal else Console(width=200)
@@ -320,9 +371,38 @@ def jobs_watch(config_path: str | None, interval: float, iterations: int) -> Non
                 await asyncio.sleep(interval)
 
     try:
-        _with_ledger(cfg, watch, create=False)
+        _with_ledger(cfg, watch if Console().is_terminal else plain, create=False)
     except KeyboardInterrupt:
         pass
+
+
+async def _watch_jobs(lg: Ledger) -> list[Any]:
+    from orchestrator.domain import IN_FLIGHT
+
+    flight = await lg.list_jobs(states=sorted(IN_FLIGHT))
+    waiting = await lg.list_jobs(states=[JobState.PENDING, JobState.RETRY_WAIT], limit=10)
+    recent = await lg.list_jobs(
+        states=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED], limit=10
+    )
+    return sorted([*flight, *waiting, *recent], key=lambda j: j.id)
+
+
+def _watch_changes(jobs: list[Any], seen: dict[int, str]) -> list[str]:
+    """`jobs watch` off a terminal: a line for each job shown for the first time or in a new
+    state since the last look (`seen`: id → state, updated)."""
+    out = []
+    for job in jobs:
+        state = job.state.value
+        if seen.get(job.id) == state:
+            continue
+        before = seen.get(job.id)
+        seen[job.id] = state
+        d = job_to_dict(job)
+        where = d["result_path"] or d["error"] or job.remote_id or ""
+        change = f"{before} -> {state}" if before else state
+        stamp = utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
+        out.append(f"{stamp} job {job.id} {job.pipeline} {change} {where}".rstrip())
+    return out
 
 
 async def _watch_table(lg: Ledger) -> Any:
@@ -399,7 +479,11 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
                 first = part["first_row"] + 1  # 1-based, as in error messages
                 rows = f"rows {first}-{first + part['row_count'] - 1}"
             detail = printable(part["detail"] or "")
-            click.echo(f"  #{part['seq']:<4} {part['state']:<8} {rows:<20} {detail}")
+            remote = ""
+            if part["remote_id"]:  # Claravine: the chunk's transaction uuid
+                label = "transaction" if data["kind"].startswith("claravine.") else "remote"
+                remote = f"{label} {printable(part['remote_id'], newlines=False)} "
+            click.echo(f"  #{part['seq']:<4} {part['state']:<8} {rows:<20} {remote}{detail}")
     click.echo("     transitions:")
     for t in data["transitions"]:
         reason = printable(t["reason"] or "")
@@ -420,6 +504,11 @@ def jobs_retry(config_path: str | None, job_id: int, as_json: bool) -> None:
             return f"no job {job_id}"
         if job.state not in (JobState.FAILED, JobState.CANCELLED):
             return f"job {job_id} is {job.state}; only FAILED or CANCELLED jobs can be retried"
+        from orchestrator.checks import import_file_changed
+
+        changed = await asyncio.to_thread(import_file_changed, job.params)
+        if changed is not None:
+            return f"job {job_id} cannot be retried: {changed}"
         n = len(await lg.transitions(job_id))
         new = await lg.enqueue(
             pipeline=job.pipeline,
@@ -496,7 +585,13 @@ def trigger(config_path: str | None, pipeline: str, as_json: bool) -> None:
         state = "PENDING" if ids else None
         click.echo(json.dumps({"id": first, "ids": ids, "pipeline": pipeline, "state": state}))
     elif not ids:
-        click.echo(f"nothing new for {pipeline}: every source file was already imported")
+        from orchestrator.checks import empty_glob
+
+        glob_ = empty_glob(p)
+        if glob_ is not None:
+            click.echo(f"nothing enqueued for {pipeline}: its source {glob_!r} matches no file")
+        else:
+            click.echo(f"nothing new for {pipeline}: every source file was already imported")
     elif len(ids) == 1:
         click.echo(f"job {ids[0]} enqueued for {pipeline}")
     else:
@@ -561,6 +656,9 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
     if not console.is_terminal:
         console = Console(width=200)
     console.print(table)
+    for name, r in report.items():
+        if r.get("quota_warning"):
+            click.echo(f"warning: {name}: {r['quota_warning']}", err=True)
 
 
 @cli.command()
@@ -675,6 +773,280 @@ def demo(config_path: str | None, directory: str | None, keep: bool) -> None:
         config_path = str(unpack_demo(directory))
         click.echo(f"demo config, inbox, ledger and results: {Path(config_path).parent}")
     sys.exit(run_demo(config_path, keep=keep))
+
+
+# --- pipelines (issue 18) ------------------------------------------------------------------
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _ago(iso_at: str | None) -> str:
+    return "-" if iso_at is None else iso_at.replace("T", " ").removesuffix("Z")
+
+
+@cli.group(invoke_without_command=True)
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def pipelines(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+    """Every pipeline: schedule, next fire, last run, last success, health. Reads the config
+    and the ledger only (no provider secret is needed)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = _load(config_path, secrets=False)
+    from orchestrator.pipelines import statuses
+
+    rows = [s.to_dict() for s in _with_ledger(cfg, lambda lg: statuses(cfg, lg))]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="pipelines")
+    for col in ("name", "kind", "provider", "schedule", "next fire (UTC)", "last run"):
+        table.add_column(col)
+    for col in ("last success (UTC)", "failures", "health"):
+        table.add_column(col)
+    styles = {"ok": "green", "failing": "bold red", "late": "yellow", "idle": "dim"}
+    for r in rows:
+        last = r["last_run"]
+        table.add_row(
+            r["name"],
+            r["kind"],
+            r["provider"],
+            (r["schedule"] or "-") + ("" if r["enabled"] else " (disabled)"),
+            _ago(r["next_fire"]),
+            f"{last['id']} {last['state']}" if last else "-",
+            _ago(r["last_success_at"]),
+            str(r["consecutive_failures"]),
+            f"[{styles[r['health']]}]{r['health']}[/]",
+        )
+    _console().print(table)
+
+
+@pipelines.command("show")
+@config_option
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def pipelines_show(config_path: str | None, name: str, as_json: bool) -> None:
+    """One pipeline, its next 5 fire times and the params its next run would be sent with
+    (a dry run: nothing is enqueued or sent)."""
+    cfg = _load(config_path, secrets=False)
+    p = _pipeline_or_exit(cfg, name)
+    from orchestrator.pipelines import import_preview, show, status_of
+
+    async def get(lg: Ledger) -> dict[str, Any]:
+        now = utcnow()
+        runs = (await lg.pipeline_runs()).get(p.name)
+        data = show(cfg, status_of(cfg, p, runs, now), now)
+        files = await import_preview(lg, p, data["params"])
+        if files is not None:
+            data["source_files"] = files
+        return data
+
+    data = _with_ledger(cfg, get)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if key in ("next_fires", "params", "last_run"):
+            continue
+        click.echo(f"{key:>22}: {'' if value is None else value}")
+    last = data["last_run"]
+    click.echo(
+        f"{'last_run':>22}: "
+        + (f"job {last['id']} {last['state']} {last['finished_at'] or ''}" if last else "")
+    )
+    click.echo(f"{'next_fires':>22}:")
+    for fire in data["next_fires"]:
+        click.echo(f"  {fire}")
+    click.echo(f"params for {data['params_for']}:")
+    click.echo(json.dumps(data["params"], indent=2))
+    if "source_files" in data:
+        new = [f for f in data["source_files"] if f["new"]]
+        click.echo(f"source files: {len(data['source_files'])} found, {len(new)} not imported yet")
+        for f in data["source_files"]:
+            click.echo(f"  {'new ' if f['new'] else 'done'}  {f['file']}")
+
+
+def _pipeline_or_exit(cfg: Config, name: str) -> Any:
+    try:
+        return cfg.pipeline(name)
+    except KeyError:
+        names = ", ".join(x.name for x in cfg.pipelines) or "none"
+        click.echo(f"{cfg.source}: no pipeline {name!r} (pipelines: {names})", err=True)
+        sys.exit(2)
+
+
+@cli.command()
+@config_option
+@click.argument("pipeline")
+@click.option("--from", "start", required=True, help="First fire time included (date or ISO).")
+@click.option("--to", "end", required=True, help="End of the range, excluded (date or ISO).")
+@click.option("--dry-run", is_flag=True, help="Say what would be enqueued; enqueue nothing.")
+@click.option("--allow-quota", is_flag=True, help="Enqueue even below the quota reserve.")
+@click.option("--json", "as_json", is_flag=True)
+def backfill(
+    config_path: str | None,
+    pipeline: str,
+    start: str,
+    end: str,
+    dry_run: bool,
+    allow_quota: bool,
+    as_json: bool,
+) -> None:
+    """Enqueue one job per fire time of PIPELINE's schedule in [--from, --to), each rendered for
+    its fire time. A fire already enqueued (by the scheduler too) is skipped. A date or a time
+    without an offset is in [daemon] timezone."""
+    cfg = _load(config_path)
+    p = _pipeline_or_exit(cfg, pipeline)
+    from orchestrator import backfill as bf
+
+    async def go(lg: Ledger) -> tuple[bf.Backfill, bool]:
+        tz = cfg.daemon.timezone
+        plan = await bf.plan(cfg, lg, p, bf.parse_when(start, tz), bf.parse_when(end, tz))
+        plan.quota = await bf.check_quota(cfg, lg, plan) if plan.new else None
+        refused = plan.quota is not None and not plan.quota.ok and not allow_quota
+        if not dry_run and not refused:
+            await bf.enqueue(lg, plan)
+        return plan, refused
+
+    try:
+        plan, refused = _with_ledger(cfg, go)
+    except bf.BackfillError as exc:
+        click.echo(f"backfill {pipeline}: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps({**plan.to_dict(dry_run=dry_run), "refused": refused}, indent=2))
+    else:
+        _print_backfill(plan, dry_run=dry_run, refused=refused)
+    if refused:
+        assert plan.quota is not None
+        click.echo(plan.quota.refusal(), err=True)
+        sys.exit(2)
+
+
+def _print_backfill(plan: Any, *, dry_run: bool, refused: bool) -> None:
+    d = plan.to_dict(dry_run=dry_run)
+    note = " (--to clamped to now: later fires are the scheduler's)" if plan.clamped else ""
+    click.echo(
+        f"backfill {d['pipeline']} [{d['from']}, {d['to']}){note}: {len(d['fire_times'])} fire "
+        f"time(s), {len(d['to_enqueue'])} to enqueue, {len(d['already_enqueued'])} already enqueued"
+    )
+    for fire in d["fire_times"]:
+        click.echo(f"  {fire}  {'new' if fire in d['to_enqueue'] else 'already enqueued'}")
+    if d["quota"] and d["quota"]["left"] is not None:
+        q = d["quota"]
+        click.echo(
+            f"quota {q['provider']}: {q['left']} left, {q['queued']} queued, {q['needed']} "
+            f"needed -> {q['left_after']} after (reserve {q['reserve']})"
+        )
+    if dry_run:
+        click.echo("dry run: nothing enqueued")
+    elif not refused:
+        ids = ", ".join(map(str, d["job_ids"])) or "none"
+        click.echo(f"{len(d['job_ids'])} job(s) enqueued: {ids}")
+
+
+@cli.group()
+def notify() -> None:
+    """[[notify]] webhooks: test them, see the outbox."""
+
+
+@notify.command("test")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def notify_test(config_path: str | None, as_json: bool) -> None:
+    """Send one test notification to every [[notify]] webhook now; exit 1 if any failed."""
+    cfg = _load(config_path)
+    if not cfg.notify:
+        click.echo(f"{cfg.source}: no [[notify]] webhook configured", err=True)
+        sys.exit(2)
+    from orchestrator.notify import Notifications
+
+    async def go() -> dict[str, str | None]:
+        n = Notifications(cfg, Ledger(cfg.ledger.url))
+        try:
+            return await n.send_test()
+        finally:
+            await n.close()
+            await n.ledger.close()
+
+    results = _run(go())
+    if as_json:
+        click.echo(
+            json.dumps([{"url": u, "ok": e is None, "error": e} for u, e in results.items()])
+        )
+    else:
+        for url, error in results.items():
+            click.echo(f"{url}: " + ("sent" if error is None else f"FAILED: {error}"))
+    sys.exit(0 if all(e is None for e in results.values()) else 1)
+
+
+@notify.command("list")
+@config_option
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def notify_list(config_path: str | None, limit: int, as_json: bool) -> None:
+    """The newest notifications in the outbox: event, state, attempts, last error."""
+    cfg = _load(config_path)
+    from orchestrator.notify import outbox_dicts
+
+    rows = outbox_dicts(cfg, _with_ledger(cfg, lambda lg: lg.outbox_list(limit)))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(
+            f"{r['id']:>6} {r['created_at']} {r['event']:<12} {r['state']:<10} "
+            f"attempts={r['attempts']} {r['url']} {r['text']}"
+            + (f" (last error: {r['last_error']})" if r["last_error"] else "")
+        )
+
+
+@cli.command()
+@config_option
+@click.option("--dry-run", is_flag=True, help="Say what would go; delete nothing.")
+@click.option("--json", "as_json", is_flag=True)
+def prune(config_path: str | None, dry_run: bool, as_json: bool) -> None:
+    """Apply [retention]: delete old result files and old finished jobs (never a pipeline's
+    newest success, nor what a pending import will read). The daemon also does this daily."""
+    cfg = _load(config_path, secrets=False)
+    from orchestrator.retention import prune as do_prune
+
+    report = _with_ledger(cfg, lambda lg: do_prune(cfg, lg, dry_run=dry_run)).to_dict()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    if report["results_older_than_days"] is None and report["jobs_older_than_days"] is None:
+        click.echo('nothing to prune: no [retention] set (e.g. results = "90d", jobs = "400d")')
+        return
+    verb = "would remove" if dry_run else "removed"
+    size = report["result_bytes"] if dry_run else report["freed_bytes"]
+    click.echo(
+        f"{verb} {report['result_files']} result file(s) ({_size(size)}"
+        f"{'' if dry_run else ' freed'}) and {report['jobs']} finished job(s)"
+    )
+    click.echo(
+        f"kept: the newest success of {len(report['kept_newest_success'])} pipeline(s) among "
+        f"the old, {len(report['kept_for_pending_import'])} result(s) a pending import reads, "
+        f"{len(report['kept_import_source_exists'])} import job(s) whose source file still "
+        "exists (their record stops a re-import)"
+    )
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024:
+            return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def main() -> None:

@@ -6,13 +6,14 @@ never as a traceback.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -197,7 +198,8 @@ class PipelineConfig(_Model):
     kind: str
     schedule: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    missed_runs: Literal["skip", "catch_up"] = "skip"
+    missed_runs: Literal["skip", "catch_up", "all"] = "skip"
+    max_catch_up: int = Field(default=10, ge=1)  # missed_runs = "all": the newest N missed fires
     max_attempts: int = Field(default=3, ge=1)
     deadline: Duration | None = None  # cancel the remote job (PATCH) if not done by then
     account: str | None = None  # provider account name; defaults to the kind's provider
@@ -231,6 +233,12 @@ class DaemonConfig(_Model):
     # The process umask, octal: files the daemon creates (ledger, results) 0600, directories
     # 0700 unless set otherwise ("027": group may read).
     umask: int = Field(default=DEFAULT_UMASK, ge=0, le=0o777)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # `run -v`: DEBUG
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
 
     @field_validator("drain_timeout", "claim_interval", "retry_base", "retry_cap", mode="before")
     @classmethod
@@ -273,6 +281,45 @@ class WebConfig(_Model):
         return self.token_file.read_text(encoding="utf-8").strip()
 
 
+class RetentionConfig(_Model):
+    """`[retention]`: how long results and ledger rows are kept (None: forever). `orchestrator
+    prune` and the daemon's daily run apply it (retention.py)."""
+
+    results: Duration | None = None  # result files (and their ledger rows) older than this
+    jobs: Duration | None = None  # finished jobs, their transitions and parts, older than this
+
+    @field_validator("results", "jobs", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float | None:
+        return None if v is None else parse_duration(v)
+
+
+NotifyEvent = Literal["failed", "recovered", "late", "quota_low", "credits_low"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
+    "failed",
+    "recovered",
+    "late",
+    "quota_low",
+    "credits_low",
+)
+
+
+class NotifyConfig(_Model):
+    """One webhook to tell (`[[notify]]`). The URL is a credential (Slack's carries its token):
+    SecretStr keeps it out of reprs; it is shown redacted everywhere."""
+
+    url: SecretStr
+    on: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
+    pipelines: list[str] | None = None  # only these pipelines' events (None: all)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr) -> SecretStr:
+        if not re.match(r"^https?://[^/\s]+", v.get_secret_value()):
+            raise ValueError("is not an http(s) URL")
+        return v
+
+
 class Config(_Model):
     ledger: LedgerConfig = LedgerConfig()
     web: WebConfig = WebConfig()
@@ -280,6 +327,8 @@ class Config(_Model):
     daemon: DaemonConfig = DaemonConfig()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     pipelines: list[PipelineConfig] = Field(default_factory=list)
+    notify: list[NotifyConfig] = Field(default_factory=list)
+    retention: RetentionConfig = RetentionConfig()
     source: Path | None = Field(default=None, exclude=True)
     _locator: _Locator | None = PrivateAttr(default=None)
 
@@ -416,6 +465,9 @@ class _Locator:
                 re.compile(rf"^\[\s*providers\.{re.escape(str(loc[1]))}\s*\]")
             )
             keys = [str(k) for k in loc[2:] if isinstance(k, str)]
+        elif isinstance(top, str) and len(loc) > 1 and isinstance(loc[1], int):  # [[notify]]
+            span = self._section_lines(re.compile(rf"^\[\[\s*{re.escape(top)}\s*\]\]"), loc[1])
+            keys = [str(k) for k in loc[2:] if isinstance(k, str)]
         elif isinstance(top, str):
             span = self._section_lines(re.compile(rf"^\[\s*{re.escape(top)}\s*\]"))
         if span is None:
@@ -433,6 +485,9 @@ def _describe(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
     if loc and loc[0] == "providers" and len(loc) > 1:
         rest = ".".join(str(x) for x in loc[2:])
         return f"provider {loc[1]!r}" + (f": {rest}" if rest else "")
+    if loc and loc[0] == "notify" and len(loc) > 1 and isinstance(loc[1], int):
+        rest = ".".join(str(x) for x in loc[2:])
+        return f"[[notify]] #{loc[1] + 1}" + (f": {rest}" if rest else "")
     return ".".join(str(x) for x in loc) or "config"
 
 
@@ -565,12 +620,21 @@ def load_config(path: str | os.PathLike[str] | None = None, *, secrets: bool = T
                 for var in missing:
                     report(("providers", name, key), f"environment variable ${{{var}}} is not set")
             prov["name"] = name
+    for i, target in enumerate(raw.get("notify") or []):
+        if isinstance(target, dict) and isinstance(target.get("url"), str):
+            missing = []
+            target["url"] = _expand_env(target["url"], missing)
+            for var in missing if secrets else []:
+                report(("notify", i, "url"), f"environment variable ${{{var}}} is not set")
+            if missing and not secrets:  # read-only commands send nothing: any valid URL does
+                target["url"] = "https://unset.invalid/"
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(err["loc"])
-            report(loc, err["msg"].removeprefix("Value error, "))
+            report(loc, err["msg"].removeprefix("Value error, ") + _did_you_mean(err))
+        _check_pipelines_alone(raw, KINDS, report)  # the other sections' problems too, at once
         raise ConfigError(problems) from None
     cfg.source = src
     cfg._locator = locator
@@ -621,6 +685,10 @@ def _check_semantics(cfg: Config, raw: dict[str, Any], kinds: dict[str, Any], re
                 f"needs a [providers.{p.provider}] section (base_url, api_key)",
             )
         validate_params(p, kinds[p.kind].params_model, i, report)
+    for i, target in enumerate(cfg.notify):
+        for name in target.pipelines or []:
+            if name not in seen:
+                report(("notify", i, "pipelines"), f"no pipeline {name!r}")
     for name, prov in cfg.providers.items():
         secret_set = prov.api_secret is not None or prov.api_secret_file is not None
         if name.split("-", 1)[0] == "claravine" and not secret_set:
@@ -662,6 +730,64 @@ def https_or_loopback(url: str) -> bool:
         return False
     scheme = parts.scheme.lower()
     return scheme == "https" or (scheme == "http" and is_loopback(host))
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config model a validation error location points into (Config, DaemonConfig, ...)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        if not isinstance(part, str):
+            continue  # a list index
+        field = model.model_fields.get(part)
+        if field is None:
+            if model is Config:
+                return None
+            continue  # a dict key: [providers.<name>]
+        inner = _inner_model(field.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(err: Any) -> str:
+    """For an unknown key, the nearest known key of its section: '; did you mean 'schedule'?'"""
+    if err.get("type") != "extra_forbidden" or not err["loc"]:
+        return ""
+    model = _model_at(tuple(err["loc"])[:-1])
+    if model is None:
+        return ""
+    known = [f for f in model.model_fields if f not in ("name", "source")]
+    close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_pipelines_alone(raw: dict[str, Any], kinds: dict[str, Any], report: Any) -> None:
+    """When the file as a whole does not validate, still check each pipeline that does on its
+    own (unknown kind, bad params), so one run shows every section's problems."""
+    pipes = raw.get("pipelines")
+    for i, entry in enumerate(pipes if isinstance(pipes, list) else []):
+        try:
+            p = PipelineConfig.model_validate(entry)
+        except ValidationError:
+            continue  # already reported
+        if p.kind not in kinds:
+            report(
+                ("pipelines", i, "kind"),
+                f"unknown kind {p.kind!r}; known: {', '.join(sorted(kinds))}",
+            )
+        else:
+            validate_params(p, kinds[p.kind].params_model, i, report)
 
 
 def validate_params(p: PipelineConfig, model: type[BaseModel], index: int, report: Any) -> None:

@@ -164,3 +164,16 @@ class Part:
     sha256: str | None = None
     detail: str | None = None
     credits: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PipelineRuns:
+    """What the ledger knows of one pipeline's runs (`orchestrator pipelines`, its metrics)."""
+
+    pipeline: str
+    last_run_id: int | None = None
+    last_run_state: JobState | None = None
+    last_run_finished_at: datetime | None = None
+    last_success_at: datetime | None = None
+    consecutive_failures: int = 0  # FAILED jobs that finished after the last success
+    first_created_at: datetime | None = None

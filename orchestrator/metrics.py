@@ -52,6 +52,64 @@ class _Snapshot(Collector):
         yield quota
         yield slots
         yield limit
+        yield from _quota_left(data.get("budgets", {}))
+        yield from _pipelines(data.get("pipelines", []))
+
+
+def _quota_left(budgets: dict[str, Any]) -> Iterable[Any]:
+    left = GaugeMetricFamily(
+        "orchestrator_quota_left",
+        "Submissions left in the rolling window before the reserve is taken off (negative: "
+        "the reserve is being eaten into)",
+        labels=["provider"],
+    )
+    reserve = GaugeMetricFamily(
+        "orchestrator_quota_reserve",
+        "Submissions kept back for other users of the account (quota_reserve)",
+        labels=["provider"],
+    )
+    for provider, b in budgets.items():
+        if b.get("left") is not None:
+            left.add_metric([provider], b["left"])
+        reserve.add_metric([provider], b.get("reserve", 0))
+    yield left
+    yield reserve
+
+
+def _pipelines(rows: list[dict[str, Any]]) -> Iterable[Any]:
+    """Per pipeline, from `orchestrator pipelines` rows (unknown values are left out, not 0)."""
+    labels = ["pipeline", "kind", "provider"]
+    success = GaugeMetricFamily(
+        "orchestrator_pipeline_last_success_timestamp_seconds",
+        "When the pipeline's last successful job finished (Unix time)",
+        labels=labels,
+    )
+    failures = GaugeMetricFamily(
+        "orchestrator_pipeline_consecutive_failures",
+        "FAILED jobs of the pipeline since its last success",
+        labels=labels,
+    )
+    next_fire = GaugeMetricFamily(
+        "orchestrator_pipeline_next_fire_timestamp_seconds",
+        "The pipeline's next scheduled fire (Unix time)",
+        labels=labels,
+    )
+    interval = GaugeMetricFamily(
+        "orchestrator_pipeline_interval_seconds",
+        "The longest gap between the schedule's next fires",
+        labels=labels,
+    )
+    for r in rows:
+        values = [r["name"], r["kind"], r["provider"]]
+        failures.add_metric(values, r["consecutive_failures"])
+        for family, key in (
+            (success, "last_success_ts"),
+            (next_fire, "next_fire_ts"),
+            (interval, "interval_seconds"),
+        ):
+            if r.get(key) is not None:
+                family.add_metric(values, r[key])
+    yield from (success, failures, next_fire, interval)
 
 
 class Metrics:

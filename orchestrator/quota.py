@@ -10,8 +10,30 @@ from orchestrator.domain import JobState
 from orchestrator.engine.context import Context
 from orchestrator.errors import ProviderError
 from orchestrator.ledger.store import Ledger, utcnow
-from orchestrator.limits import QUOTA_WINDOW
-from orchestrator.schedule import fire_times_between, parse_schedule
+from orchestrator.limits import QUOTA_WINDOW, AccountBudget
+from orchestrator.schedule import count_fires, parse_schedule
+
+
+def quota_left(budget: AccountBudget) -> int | None:
+    """Units left in the rolling window before the reserve is taken off, not clamped at zero
+    (AccountBudget.free_quota() is, and takes the reserve off): below `caps.reserve` means the
+    account's reserve is being used. None when no limit is known."""
+    frees: list[int] = []
+    if budget.caps.monthly_quota is not None:
+        frees.append(budget.caps.monthly_quota - budget.used)
+    if budget.remote is not None:
+        frees.append(budget.remote.available_quota - budget.since_submitted)
+    return min(frees) if frees else None
+
+
+def over_quota(projected: int, limit: int | None, reserve: int) -> str | None:
+    """A warning when the schedules would submit more in 30 days than the quota allows."""
+    if limit is None or projected <= limit - reserve:
+        return None
+    return (
+        f"the schedules would submit {projected:,} jobs in 30 days, over the {limit - reserve:,} "
+        f"the quota allows ({limit:,} less quota_reserve {reserve:,})"
+    )
 
 
 def projected_runs(cfg: Config, provider: str) -> int:
@@ -20,7 +42,7 @@ def projected_runs(cfg: Config, provider: str) -> int:
     for p in cfg.pipelines:
         if p.enabled and p.schedule and p.provider == provider:
             trigger = parse_schedule(p.schedule, cfg.daemon.timezone)
-            total += len(fire_times_between(trigger, now, now + QUOTA_WINDOW))
+            total += count_fires(trigger, now, now + QUOTA_WINDOW)
     return total
 
 
@@ -47,10 +69,14 @@ async def quota_report(cfg: Config, ledger: Ledger, *, online: bool = True) -> d
                 "in_flight": budget.in_flight,
                 "free_slots": budget.free_slots(),
                 "projected_30d": projected_runs(cfg, name),
+                "quota_warning": None,
                 "credits_used_30d": await ledger.credits_used(name, utcnow() - QUOTA_WINDOW),
                 "credits_limit": None,
                 "credits_remaining": None,
             }
+            out[name]["quota_warning"] = over_quota(
+                out[name]["projected_30d"], budget.quota_limit(), budget.caps.reserve
+            )
             usage = getattr(ctx.adapters.get(name), "usage", None)
             if online and usage is not None:  # clariBI: credits are its quota
                 try:

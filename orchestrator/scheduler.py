@@ -13,7 +13,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from orchestrator.config import Config, PipelineConfig
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.providers import KINDS
-from orchestrator.schedule import latest_fire_time, missed_runs, parse_schedule
+from orchestrator.schedule import MAX_SCAN, latest_fire_time, missed_runs, parse_schedule
 from orchestrator.templating import render
 
 log = structlog.get_logger(__name__)
@@ -125,8 +125,20 @@ class PipelineScheduler:
         now = utcnow()
         for p in self._scheduled():
             last = await self.ledger.last_fire_time(p.name)
-            for fire in missed_runs(self.triggers[p.name], last, now, p.missed_runs):
-                await self._enqueue(p, fire, reason="missed run (catch_up)")
+            fires = missed_runs(self.triggers[p.name], last, now, p.missed_runs, p.max_catch_up)
+            if p.missed_runs == "all" and len(fires) == p.max_catch_up:
+                every = missed_runs(self.triggers[p.name], last, now, "all", MAX_SCAN)
+                if len(every) > len(fires):
+                    log.warning(
+                        "missed_runs_capped",
+                        pipeline=p.name,
+                        missed=len(every),
+                        enqueued=len(fires),
+                        backfill_from=_iso(every[0]),
+                        backfill_to=_iso(fires[0]),
+                    )
+            for fire in fires:
+                await self._enqueue(p, fire, reason=f"missed run ({p.missed_runs})")
 
     def _scheduled(self) -> list[PipelineConfig]:
         out = []

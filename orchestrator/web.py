@@ -27,6 +27,8 @@ from orchestrator.config import is_loopback
 from orchestrator.domain import IN_FLIGHT, JobState
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import job_to_dict
+from orchestrator.pipelines import schedule_in_words, statuses
+from orchestrator.quota import quota_left
 
 if TYPE_CHECKING:
     from orchestrator.engine.daemon import Daemon
@@ -174,12 +176,24 @@ class StatusServer:
                 "quota_limit": b.quota_limit(),
                 "in_flight": b.in_flight,
                 "concurrency_limit": b.concurrency_limit(),
+                "provider_left": b.remote.available_quota if b.remote else None,
+                "provider_limit": b.remote.monthly_quota if b.remote else None,
             }
             for name, b in d.ctx.budgets.items()
         }
         progress = await d.ledger.part_progress([j.id for j in in_flight])
+        tz = d.cfg.daemon.timezone
+        pipelines = [
+            {**s.to_dict(), "schedule_words": schedule_in_words(s.config.schedule, tz)}
+            for s in await statuses(d.cfg, d.ledger)
+        ]
         html = statuspage.render(
-            counts=counts, jobs=jobs, budgets=budgets, title="orchestrator", progress=progress
+            counts=counts,
+            jobs=jobs,
+            budgets=budgets,
+            title="orchestrator",
+            progress=progress,
+            pipelines=pipelines,
         )
         return web.Response(text=html, content_type="text/html")
 
@@ -222,7 +236,10 @@ class StatusServer:
                 "free_quota": budget.free_quota(),
                 "in_flight": budget.in_flight,
                 "limit": budget.concurrency_limit(),
+                "left": quota_left(budget),
+                "reserve": budget.caps.reserve,
             }
+        snapshot["pipelines"] = [s.metric_row() for s in await statuses(d.cfg, d.ledger)]
         d.ctx.metrics.snapshot = snapshot
         return web.Response(
             body=d.ctx.metrics.render(),

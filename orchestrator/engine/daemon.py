@@ -25,6 +25,8 @@ from orchestrator.engine.worker import Worker
 from orchestrator.errors import ConfigError, ProviderError
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import Ledger, utcnow
+from orchestrator.notify import DaemonView, Notifications
+from orchestrator.retention import run_daily
 from orchestrator.runtime import tune_gc
 from orchestrator.scheduler import PipelineScheduler, trigger
 from orchestrator.sdnotify import Notifier
@@ -59,6 +61,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.web = StatusServer(self)
         self.notifier = Notifier()
+        self.notifications = Notifications(cfg, self.ledger)  # [[notify]] webhooks
         self.ledger.on_commit = self.ctx.metrics.ledger_commit_seconds.observe
         self._signals = 0
         self._last_refresh: dict[str, float] = {}
@@ -89,6 +92,7 @@ class Daemon:
         try:
             await self._start_environment()
             await self.ledger.start()
+            await self.notifications.start()
             for provider in self.ctx.budgets:
                 await self.ctx.refresh_budget(provider)
                 self._last_refresh[provider] = time.monotonic()
@@ -109,6 +113,21 @@ class Daemon:
                 tg.create_task(self._main_loop(), name="dispatcher")
                 if self.notifier.enabled:
                     tg.create_task(self._notify_loop(), name="sd-notify")
+                if not self.exit_when_idle and (
+                    self.cfg.retention.results or self.cfg.retention.jobs
+                ):
+                    tg.create_task(
+                        run_daily(self.cfg, self.ledger, self.ctx.stopping), name="retention"
+                    )
+                if self.notifications.enabled:
+                    tg.create_task(
+                        self.notifications.run(
+                            self.ctx.stopping,
+                            DaemonView(self.ctx),
+                            interval=self.cfg.daemon.claim_interval,
+                        ),
+                        name="notifications",
+                    )
         finally:
             await self._shutdown()
             if self.install_signals:
@@ -177,6 +196,9 @@ class Daemon:
         await asyncio.sleep(0)  # let cancelled tasks run their cleanup
         await self.web.stop()
         self.notifier.close()
+        if self.notifications.enabled and self.ready.is_set():
+            await self.notifications.final_round()  # what the last jobs did, sent once
+        await self.notifications.close()
         await self.ctx.close()
         await self.ledger.close()
         log.info("daemon_stopped", finished=dict(self.ctx.stats.finished))

@@ -148,3 +148,36 @@ class JobPartRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_job_parts_content", "content_sha256"),)
+
+
+class NotificationRow(Base):
+    """The notification outbox: one row per (event, webhook target), written before any attempt
+    to deliver it, so a crash between a failure and its delivery loses nothing. `target` is a
+    digest of the webhook URL (the URL is a credential; it stays in the config)."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)  # event identity + target
+    target: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(32))
+    pipeline: Mapped[str | None] = mapped_column(String(100))
+    payload: Mapped[dict[str, object]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))  # PENDING, DELIVERED, ABANDONED
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_notifications_state_next", "state", "next_attempt_at"),)
+
+
+class OpsStateRow(Base):
+    """Small named values the operations side keeps across restarts (the notifier's cursor in
+    the transitions table, when retention last ran)."""
+
+    __tablename__ = "ops_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

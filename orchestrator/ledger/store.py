@@ -58,12 +58,15 @@ from orchestrator.domain import (
     JobState,
     Part,
     PartState,
+    PipelineRuns,
     StaleState,
     check_transition,
 )
 from orchestrator.ledger.models import (
     JobPartRow,
     JobRow,
+    NotificationRow,
+    OpsStateRow,
     QuotaUsageRow,
     ResultRow,
     TransitionRow,
@@ -77,6 +80,9 @@ transitions_t: Table = TransitionRow.__table__  # type: ignore[assignment]
 results_t: Table = ResultRow.__table__  # type: ignore[assignment]
 quota_t: Table = QuotaUsageRow.__table__  # type: ignore[assignment]
 parts_t: Table = JobPartRow.__table__  # type: ignore[assignment]
+j2 = jobs_t.alias("j2")  # the same table again, for correlated subqueries
+notify_t: Table = NotificationRow.__table__  # type: ignore[assignment]
+ops_t: Table = OpsStateRow.__table__  # type: ignore[assignment]
 
 MAX_BATCH = 2000
 T = TypeVar("T")
@@ -1074,6 +1080,262 @@ class Ledger:
 
     async def in_flight(self) -> list[Job]:
         return await self.list_jobs(states=sorted(IN_FLIGHT), oldest_first=True)
+
+    # --- ops values and the notification outbox (notify.py) --------------------------------
+    async def ops_value(self, key: str) -> str | None:
+        stmt = select(ops_t.c.value).where(ops_t.c.key == key)
+        async with self.read_engine.connect() as conn:
+            value = (await conn.execute(stmt)).scalar()
+        return None if value is None else str(value)
+
+    async def set_ops_value(self, key: str, value: str) -> None:
+        def apply(conn: Connection) -> None:
+            conn.execute(delete(ops_t).where(ops_t.c.key == key))
+            conn.execute(insert(ops_t).values(key=key, value=value))
+
+        await self._submit(apply)
+
+    async def max_transition_id(self) -> int:
+        async with self.read_engine.connect() as conn:
+            return int((await conn.execute(select(func.max(transitions_t.c.id)))).scalar() or 0)
+
+    async def finished_since(self, after_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Transitions into FAILED or SUCCEEDED after transition `after_id`, oldest first, with
+        their job's pipeline, kind, provider, attempts and error."""
+        t, j = transitions_t, jobs_t
+        stmt = (
+            select(
+                t.c.id.label("tid"),
+                t.c.to_state,
+                t.c.at,
+                j.c.id,
+                j.c.pipeline,
+                j.c.kind,
+                j.c.provider,
+                j.c.attempts,
+                j.c.error,
+            )
+            .join(j, j.c.id == t.c.job_id)
+            .where(
+                t.c.id > after_id,
+                t.c.to_state.in_([JobState.FAILED.value, JobState.SUCCEEDED.value]),
+            )
+            .order_by(t.c.id)
+            .limit(limit)
+        )
+        async with self.read_engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [{**r._mapping, "at": _aware(r.at)} for r in rows]
+
+    async def previous_outcome(self, pipeline: str, job_id: int, before: datetime) -> str | None:
+        """The state of the pipeline's latest other job that ended FAILED or SUCCEEDED before
+        `before` (a success after a failure is a recovery)."""
+        stmt = (
+            select(jobs_t.c.state)
+            .where(
+                jobs_t.c.pipeline == pipeline,
+                jobs_t.c.id != job_id,
+                jobs_t.c.state.in_([JobState.FAILED.value, JobState.SUCCEEDED.value]),
+                jobs_t.c.finished_at <= _naive(before),
+            )
+            .order_by(jobs_t.c.finished_at.desc(), jobs_t.c.id.desc())
+            .limit(1)
+        )
+        async with self.read_engine.connect() as conn:
+            value = (await conn.execute(stmt)).scalar()
+        return None if value is None else str(value)
+
+    async def outbox_add(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Add notifications whose key is new; returns how many were added."""
+        if not rows:
+            return 0
+        now = _naive(utcnow())
+
+        def apply(conn: Connection) -> int:
+            keys = [r["key"] for r in rows]
+            taken = set(
+                conn.execute(select(notify_t.c.key).where(notify_t.c.key.in_(keys))).scalars()
+            )
+            new = [
+                {
+                    **r,
+                    "state": "PENDING",
+                    "attempts": 0,
+                    "created_at": now,
+                    "next_attempt_at": now,
+                }
+                for r in rows
+                if r["key"] not in taken
+            ]
+            if new:
+                conn.execute(insert(notify_t), new)
+            return len(new)
+
+        return int(await self._submit(apply))
+
+    async def outbox_due(self, now: datetime, limit: int = 50) -> list[dict[str, Any]]:
+        stmt = (
+            select(notify_t)
+            .where(notify_t.c.state == "PENDING", notify_t.c.next_attempt_at <= _naive(now))
+            .order_by(notify_t.c.id)
+            .limit(limit)
+        )
+        async with self.read_engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
+
+    async def outbox_update(self, row_id: int, **values: Any) -> None:
+        naive = {k: _naive(v) if isinstance(v, datetime) else v for k, v in values.items()}
+
+        def apply(conn: Connection) -> None:
+            conn.execute(update(notify_t).where(notify_t.c.id == row_id).values(**naive))
+
+        await self._submit(apply)
+
+    async def outbox_list(self, limit: int = 100) -> list[dict[str, Any]]:
+        stmt = select(notify_t).order_by(notify_t.c.id.desc()).limit(limit)
+        async with self.read_engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
+
+    async def jobs_touched_since(self, since: datetime) -> list[Job]:
+        """Jobs created or moved at or after `since`, oldest first (`run --once` summary)."""
+        stmt = self._job_select().where(jobs_t.c.updated_at >= _naive(since)).order_by(jobs_t.c.id)
+        async with self.read_engine.connect() as conn:
+            return [row_to_job(r) for r in (await conn.execute(stmt)).fetchall()]
+
+    # --- retention (retention.py) -----------------------------------------------------------
+    async def retention_rows(self, cutoff: datetime) -> list[dict[str, Any]]:
+        """What retention decides on: jobs that finished before `cutoff`, every unfinished job
+        (what they will read is kept) and each pipeline's newest success; with their result."""
+        newest = (
+            select(func.max(jobs_t.c.id))
+            .where(
+                jobs_t.c.state == JobState.SUCCEEDED.value,
+                jobs_t.c.finished_at
+                == (
+                    select(func.max(j2.c.finished_at))
+                    .where(
+                        j2.c.pipeline == jobs_t.c.pipeline, j2.c.state == JobState.SUCCEEDED.value
+                    )
+                    .scalar_subquery()
+                ),
+            )
+            .group_by(jobs_t.c.pipeline)
+        )
+        stmt = (
+            select(
+                jobs_t.c.id,
+                jobs_t.c.pipeline,
+                jobs_t.c.state,
+                jobs_t.c.finished_at,
+                jobs_t.c.params,
+                results_t.c.path,
+                results_t.c.bytes,
+            )
+            .select_from(jobs_t.outerjoin(results_t, results_t.c.job_id == jobs_t.c.id))
+            .where(
+                (jobs_t.c.finished_at < _naive(cutoff))
+                | jobs_t.c.state.not_in([s.value for s in TERMINAL])
+                | jobs_t.c.id.in_(newest)
+            )
+        )
+        async with self.read_engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [{**r._mapping, "finished_at": _aware(r.finished_at)} for r in rows]
+
+    async def delete_results(self, job_ids: Sequence[int]) -> None:
+        """Forget these jobs' result files (retention removed them)."""
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start : start + 500])
+
+            def apply(conn: Connection, chunk: list[int] = chunk) -> None:
+                conn.execute(delete(results_t).where(results_t.c.job_id.in_(chunk)))
+
+            await self._submit(apply)
+
+    async def delete_jobs(self, job_ids: Sequence[int]) -> None:
+        """Delete finished jobs with everything that names them (transitions, parts, quota
+        usage, result). The caller checked they are finished."""
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start : start + 500])
+
+            def apply(conn: Connection, chunk: list[int] = chunk) -> None:
+                ended = select(jobs_t.c.id).where(
+                    jobs_t.c.id.in_(chunk), jobs_t.c.state.in_([s.value for s in TERMINAL])
+                )
+                ids = list(conn.execute(ended).scalars())
+                for table in (transitions_t, parts_t, quota_t, results_t):
+                    conn.execute(delete(table).where(table.c.job_id.in_(ids)))
+                conn.execute(delete(jobs_t).where(jobs_t.c.id.in_(ids)))
+
+            await self._submit(apply)
+
+    # --- pipelines (`orchestrator pipelines`, per-pipeline metrics; portable SQL) ----------
+    async def taken_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of these idempotency keys already name a job (backfill: fires already run)."""
+        found: set[str] = set()
+        async with self.read_engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                stmt = select(jobs_t.c.idempotency_key).where(jobs_t.c.idempotency_key.in_(chunk))
+                found.update((await conn.execute(stmt)).scalars().all())
+        return found
+
+    async def queued_count(self, provider: str, kinds: Sequence[str]) -> int:
+        """Jobs of these kinds waiting to be submitted (PENDING, RETRY_WAIT): quota they will
+        spend that the rolling-window count does not hold yet."""
+        stmt = select(func.count()).where(
+            jobs_t.c.provider == provider,
+            jobs_t.c.kind.in_(list(kinds)),
+            jobs_t.c.state.in_([JobState.PENDING.value, JobState.RETRY_WAIT.value]),
+        )
+        async with self.read_engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def pipeline_runs(self) -> dict[str, PipelineRuns]:
+        """Per pipeline in the ledger: its newest job, its last success and the failures after it.
+        Three grouped queries, whatever the number of pipelines."""
+        succeeded = (
+            select(jobs_t.c.pipeline, func.max(jobs_t.c.finished_at).label("last_ok"))
+            .where(jobs_t.c.state == JobState.SUCCEEDED.value)
+            .group_by(jobs_t.c.pipeline)
+            .subquery()
+        )
+        failures = (
+            select(jobs_t.c.pipeline, func.count())
+            .select_from(jobs_t.outerjoin(succeeded, succeeded.c.pipeline == jobs_t.c.pipeline))
+            .where(
+                jobs_t.c.state == JobState.FAILED.value,
+                (succeeded.c.last_ok.is_(None)) | (jobs_t.c.finished_at > succeeded.c.last_ok),
+            )
+            .group_by(jobs_t.c.pipeline)
+        )
+        heads = select(
+            jobs_t.c.pipeline, func.max(jobs_t.c.id).label("last_id"), func.min(jobs_t.c.created_at)
+        ).group_by(jobs_t.c.pipeline)
+        async with self.read_engine.connect() as conn:
+            ok = {p: _aware(t) for p, t in (await conn.execute(select(succeeded))).all()}
+            failed = {p: int(n) for p, n in (await conn.execute(failures)).all()}
+            first = {p: (int(i), _aware(c)) for p, i, c in (await conn.execute(heads)).all()}
+            last_ids = [i for i, _ in first.values()]
+            last: dict[str, tuple[str, datetime | None]] = {}
+            for start in range(0, len(last_ids), 500):
+                stmt = select(jobs_t.c.pipeline, jobs_t.c.state, jobs_t.c.finished_at).where(
+                    jobs_t.c.id.in_(last_ids[start : start + 500])
+                )
+                for p, s, f in (await conn.execute(stmt)).all():
+                    last[p] = (s, _aware(f))
+        return {
+            p: PipelineRuns(
+                pipeline=p,
+                last_run_id=last_id,
+                last_run_state=JobState(last[p][0]) if p in last else None,
+                last_run_finished_at=last[p][1] if p in last else None,
+                last_success_at=ok.get(p),
+                consecutive_failures=failed.get(p, 0),
+                first_created_at=created,
+            )
+            for p, (last_id, created) in first.items()
+        }
 
 
 def _row_to_part(row: Any) -> Part:

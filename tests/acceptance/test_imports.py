@@ -74,6 +74,8 @@ def test_kill_9_mid_import_sends_no_chunk_twice_and_loses_none(
     assert [p["state"] for p in shown["parts"]] == ["DONE"] * 20
     text = cli("jobs", "show", str(job["id"]), "--config", str(config)).stdout
     assert "rows 19001-20000" in text
+    for part in shown["parts"]:  # each chunk's Claravine transaction uuid
+        assert part["remote_id"] and f"transaction {part['remote_id']}" in text
     assert API_KEY not in resumed.stderr + text and API_SECRET not in resumed.stderr + text
 
 
