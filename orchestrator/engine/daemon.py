@@ -224,7 +224,7 @@ class Daemon:
         except Exception as exc:
             log.info("cancel_raced", job_id=job.id, error=str(exc))
             return
-        self.ctx.budget_for(job).on_slot_released()
+        self.ctx.budget_for(job).on_slot_released(job.id)
         self.ctx.finished(job, to)
         self.ctx.wake_dispatch.set()
 
@@ -258,7 +258,7 @@ class Daemon:
         now = utcnow()
         # The provider freed the slot the moment the job ended: refill it without waiting for
         # our own bookkeeping to commit.
-        self.ctx.budget_for(job).on_slot_released()
+        self.ctx.budget_for(job).on_slot_released(job.id)
         self.ctx.wake_dispatch.set()
         try:
             await self.ledger.transition(
@@ -275,7 +275,7 @@ class Daemon:
 
     async def _on_remote_ended(self, job: Job, status: RemoteStatus) -> None:
         ctx = self.ctx
-        ctx.budget_for(job).on_slot_released()
+        ctx.budget_for(job).on_slot_released(job.id)
         ctx.wake_dispatch.set()
         error = (
             f"{job.provider}: remote job {job.remote_id} ended {status.raw_status or status.state}"

@@ -101,7 +101,7 @@ class Dispatcher:
             if not queues.get(name):
                 continue
             job = queues[name].popleft()
-            budget.on_reserve()  # hold the slot and quota unit before the request leaves
+            budget.on_reserve(job.id)  # hold the slot and quota unit before the request leaves
             self._claimed.add(job.id)
             task = asyncio.create_task(self._submit(job), name=f"submit-{job.id}")
             self._tasks.add(task)
@@ -138,7 +138,7 @@ class Dispatcher:
                 error=None,
             )
         except Exception as exc:  # someone else moved it (cancelled from the CLI): give it back
-            budget.on_unreserve()
+            budget.on_unreserve(job.id)
             log.info("submit_skipped", job_id=job.id, reason=str(exc))
             return
         sub = replace(job, state=JobState.SUBMITTING, attempts=job.attempts + 1, submitted_at=now)
@@ -159,7 +159,7 @@ class Dispatcher:
             await self._refused(sub, exc, full=False)
             return
         except Rejected as exc:
-            budget.on_unreserve()
+            budget.on_unreserve(job.id)
             await ctx.ledger.transition(
                 sub,
                 JobState.SUBMITTING,
@@ -171,8 +171,9 @@ class Dispatcher:
             ctx.finished(sub, JobState.FAILED)
             return
         except ProviderError as exc:
-            await self._lost(sub, exc)
+            await self._lost(sub, exc)  # still "in the air" for the budget until reconciled
             return
+        budget.on_answered(job.id)
         await self.adopt(sub, remote_id, reason="submitted")
 
     async def _post(self, job: Job) -> str:
@@ -195,7 +196,7 @@ class Dispatcher:
     async def _refused(self, job: Job, exc: ProviderError, *, full: bool) -> None:
         """The provider created nothing: back to waiting without spending an attempt."""
         ctx, budget = self.ctx, self.ctx.budget_for(job)
-        budget.on_unreserve()
+        budget.on_unreserve(job.id)
         if full:
             ctx.stats.quota_rejections += 1
             budget.on_provider_full()
@@ -276,10 +277,11 @@ class Dispatcher:
         self.unresolved.pop(job.id, None)
         self._errors.pop(job.id, None)
         if remote_id is not None:
+            self.ctx.budget_for(job).on_answered(job.id)
             await self.adopt(job, remote_id, reason="adopted after an unanswered submit")
             return
         ctx = self.ctx
-        ctx.budget_for(job).on_unreserve()
+        ctx.budget_for(job).on_unreserve(job.id)
         if not error:  # a crash, not a failed request: the attempt never happened
             await ctx.ledger.transition(
                 job,

@@ -177,6 +177,7 @@ class Poller:
         if adapter.batch_poll:
             asked = [t for t in self.jobs.values() if t.provider == provider]
         started = time.perf_counter()
+        sent = time.monotonic()
         try:
             statuses = await adapter.poll([t.remote_id for t in asked])
         except ProviderError as exc:
@@ -190,13 +191,17 @@ class Poller:
         self.ctx.metrics.poll_seconds.labels(provider).observe(time.perf_counter() - started)
         due_ids = {t.id for t in due}
         changed: list[tuple[Tracked, RemoteStatus]] = []
+        budget = self.ctx.budgets.get(provider)
         for item in asked:
             status = statuses.get(item.remote_id)
             if item.id in due_ids:
                 item.polls += 1
             if status is not None and status.state not in (RemoteState.QUEUED, RemoteState.RUNNING):
                 changed.append((item, status))
-            elif item.id in due_ids:
+                continue
+            if status is not None and budget is not None:
+                budget.on_seen_active(item.id, sent)  # its later release frees a slot
+            if item.id in due_ids:
                 await self._reschedule(item)
         if changed:
             await self._apply(changed)

@@ -126,7 +126,7 @@ class Worker:
 
     async def _end(self, job: Job, to: JobState, *, reason: str, **kw: Any) -> None:
         ctx = self.ctx
-        ctx.budget_for(job).on_slot_released()
+        ctx.budget_for(job).on_slot_released(job.id)
         ctx.wake_dispatch.set()
         try:
             await ctx.ledger.transition(job, JobState.RUNNING, to, reason=reason, **kw)
