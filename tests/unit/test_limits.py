@@ -1,6 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.limits import (
@@ -165,9 +165,22 @@ def test_unreserve_of_a_job_the_snapshot_holds_is_not_subtracted_twice() -> None
     ),
     limit=st.integers(1, 4),
 )
-def test_never_more_remote_jobs_than_the_limit(
-    events: list[tuple[str, int]], limit: int
-) -> None:
+@example(  # the restart case: a job ended before the snapshot, its DONE seen after it
+    events=[
+        ("reserve", 0),
+        ("answer", 0),
+        ("end", 0),
+        ("refresh", 0),
+        ("poll", 0),
+        ("reserve", 0),
+        ("reserve", 0),
+        ("answer", 0),
+        ("answer", 1),
+    ],
+    limit=1,
+)
+@settings(max_examples=400)
+def test_never_more_remote_jobs_than_the_limit(events: list[tuple[str, int]], limit: int) -> None:
     """A model provider (jobs occupy a slot from creation to end) against the budget, with
     snapshots and polls interleaved arbitrarily: every submission the budget admits fits."""
     clock = [0.0]
