@@ -409,6 +409,77 @@ def jobs_cancel(config_path: str | None, job_id: int, as_json: bool) -> None:
         click.echo(f"job {job_id} is {state}: the daemon will cancel it at the provider")
 
 
+async def _operator_decides(lg: Ledger, job_id: int, remote_id: str | None) -> str | None:
+    """Conclude a SUBMITTING job whose outcome reconciliation could not prove: adopt the remote
+    job the operator names, or submit again. A running daemon notices on its next look at the
+    job (its reconcile pass) and polls the adopted job or frees the slot. None: done."""
+    job = await lg.get(job_id)
+    if job is None:
+        return f"no job {job_id}"
+    if job.state != JobState.SUBMITTING:
+        return f"job {job_id} is {job.state}; only a SUBMITTING job's outcome can be decided"
+    try:
+        if remote_id is None:
+            await lg.transition(
+                job,
+                JobState.SUBMITTING,
+                JobState.PENDING,
+                reason="operator: resubmit (no remote job adopted)",
+                refund_quota=True,
+                attempts=max(0, job.attempts - 1),
+                error=None,
+            )
+            return None
+        owner = await lg.remote_owner(job.provider, remote_id)
+        if owner is not None and owner != job_id:
+            return f"remote job {remote_id} belongs to job {owner}"
+        await lg.transition(
+            job,
+            JobState.SUBMITTING,
+            JobState.RUNNING,
+            reason=f"operator: adopted remote job {remote_id}",
+            remote_id=remote_id,
+            error=None,
+        )
+    except Exception as exc:  # moved meanwhile (the daemon decided it), or owned meanwhile
+        return f"job {job_id} not changed: {exc}"
+    return None
+
+
+def _decide(config_path: str | None, job_id: int, remote_id: str | None, as_json: bool) -> None:
+    cfg = _load(config_path)
+    problem = _with_ledger(cfg, lambda lg: _operator_decides(lg, job_id, remote_id))
+    if problem is not None:
+        click.echo(problem, err=True)
+        sys.exit(2)
+    state = JobState.PENDING if remote_id is None else JobState.RUNNING
+    if as_json:
+        click.echo(json.dumps({"id": job_id, "state": state.value, "remote_id": remote_id}))
+    elif remote_id is None:
+        click.echo(f"job {job_id} will be submitted again")
+    else:
+        click.echo(f"job {job_id} adopted remote job {remote_id}")
+
+
+@jobs.command("adopt")
+@config_option
+@click.argument("job_id", type=int)
+@click.argument("remote_id")
+@click.option("--json", "as_json", is_flag=True)
+def jobs_adopt(config_path: str | None, job_id: int, remote_id: str, as_json: bool) -> None:
+    """Adopt REMOTE_ID as the remote job of a SUBMITTING job reconciliation could not decide."""
+    _decide(config_path, job_id, remote_id, as_json)
+
+
+@jobs.command("resubmit")
+@config_option
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_resubmit(config_path: str | None, job_id: int, as_json: bool) -> None:
+    """Submit a SUBMITTING job reconciliation could not decide again (adopting nothing)."""
+    _decide(config_path, job_id, None, as_json)
+
+
 @cli.command()
 @config_option
 @click.argument("pipeline")

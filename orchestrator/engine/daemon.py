@@ -61,6 +61,7 @@ class Daemon:
         self._signals = 0
         self._last_refresh: dict[str, float] = {}
         self._last_unresolved = 0.0
+        self._stuck: set[int] = set()  # jobs left waiting for the operator at an idle exit
 
     # --- lifecycle --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -116,7 +117,7 @@ class Daemon:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
         failed = self.ctx.stats.finished.get(JobState.FAILED.value, 0)
-        return 1 if failed else 0
+        return 1 if failed or self._stuck else 0
 
     def _status_line(self) -> str:
         return (
@@ -170,24 +171,33 @@ class Daemon:
             if time.monotonic() - last_housekeeping >= interval:
                 last_housekeeping = time.monotonic()
                 await self._housekeeping()
-            await self.dispatcher.dispatch()
-            if self.exit_when_idle and await self._idle():
-                log.info("idle_exit")
+            started = await self.dispatcher.dispatch()
+            if self.exit_when_idle and await self._idle(started):
+                log.info("idle_exit", waiting_for_operator=sorted(self._stuck))
                 self.stop()
                 break
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self.ctx.wake_dispatch.wait()
 
-    async def _idle(self) -> bool:
+    async def _idle(self, started: int) -> bool:
         if self.dispatcher.busy or self.fetcher.busy or self.worker.busy or len(self.poller):
             return False
+        waiting = self.dispatcher.waiting_for_operator()
+        if waiting and not started and set(self.dispatcher.unresolved) == set(waiting):
+            # Nothing moves until the operator decides (jobs adopt / jobs resubmit): say so
+            # and exit 1 rather than wait forever; the next run resumes where this one stands.
+            for job_id, reason in waiting.items():
+                log.warning("waiting_for_operator", job_id=job_id, reason=reason)
+            self._stuck = set(waiting)
+            return True
         return not await self.ledger.has_unfinished()
 
     async def _housekeeping(self) -> None:
         await self._release_retries()
         await self._handle_cancels_and_deadlines()
         await self._refresh_limits()
+        await self.dispatcher.check_operator()
         await self._retry_unresolved()
 
     async def _release_retries(self) -> None:

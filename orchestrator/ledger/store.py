@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import structlog
 from sqlalchemy import (
     Connection,
+    DateTime,
     Engine,
     Table,
     case,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     select,
     true,
     union,
@@ -54,6 +56,7 @@ from orchestrator.ledger.models import (
     JobPartRow,
     JobRow,
     QuotaUsageRow,
+    RemoteJobRow,
     ResultRow,
     TransitionRow,
 )
@@ -65,6 +68,7 @@ transitions_t: Table = TransitionRow.__table__  # type: ignore[assignment]
 results_t: Table = ResultRow.__table__  # type: ignore[assignment]
 quota_t: Table = QuotaUsageRow.__table__  # type: ignore[assignment]
 parts_t: Table = JobPartRow.__table__  # type: ignore[assignment]
+remote_jobs_t: Table = RemoteJobRow.__table__  # type: ignore[assignment]
 
 MAX_BATCH = 2000
 T = TypeVar("T")
@@ -213,6 +217,12 @@ def _transition_sync(
             "VALUES (?, ?, ?, ?, ?)",
             (job_id, src.value, dst.value, stamp, reason),
         )
+        if values.get("remote_id"):  # owned for good; a second owner fails the primary key
+            cur.execute(
+                "INSERT INTO remote_jobs (provider, remote_id, job_id, at) "
+                "SELECT provider, ?, id, ? FROM jobs WHERE id = ?",
+                (values["remote_id"], stamp, job_id),
+            )
         return
     vals = {k: (_naive(v) if k in _DATETIME_FIELDS else v) for k, v in values.items()}
     res = conn.execute(
@@ -227,6 +237,16 @@ def _transition_sync(
             job_id=job_id, from_state=src.value, to_state=dst.value, at=_naive(now), reason=reason
         )
     )
+    if values.get("remote_id"):
+        owner = select(
+            jobs_t.c.provider,
+            literal(str(values["remote_id"])),
+            jobs_t.c.id,
+            literal(_naive(now), DateTime()),
+        ).where(jobs_t.c.id == job_id)
+        conn.execute(
+            insert(remote_jobs_t).from_select(["provider", "remote_id", "job_id", "at"], owner)
+        )
 
 
 def _extras_sqlite(
@@ -891,11 +911,29 @@ class Ledger:
             return int((await conn.execute(stmt)).scalar_one())
 
     async def known_remote_ids(self, provider: str) -> set[str]:
-        stmt = select(jobs_t.c.remote_id).where(
-            jobs_t.c.provider == provider, jobs_t.c.remote_id.is_not(None)
+        """Every remote job of `provider` a ledger job owns or ever owned (earlier attempts')."""
+        stmt = union(
+            select(jobs_t.c.remote_id).where(
+                jobs_t.c.provider == provider, jobs_t.c.remote_id.is_not(None)
+            ),
+            select(remote_jobs_t.c.remote_id).where(remote_jobs_t.c.provider == provider),
         )
         async with self.read_engine.connect() as conn:
             return {r for r in (await conn.execute(stmt)).scalars().all() if r}
+
+    async def remote_owner(self, provider: str, remote_id: str) -> int | None:
+        """The ledger job that owns (or owned) a remote job, if any."""
+        stmt = union(
+            select(jobs_t.c.id).where(
+                jobs_t.c.provider == provider, jobs_t.c.remote_id == remote_id
+            ),
+            select(remote_jobs_t.c.job_id).where(
+                remote_jobs_t.c.provider == provider, remote_jobs_t.c.remote_id == remote_id
+            ),
+        )
+        async with self.read_engine.connect() as conn:
+            owner = (await conn.execute(stmt)).scalars().first()
+        return None if owner is None else int(owner)
 
     async def durations(self, pipeline: str, limit: int = 50) -> list[float]:
         """Seconds from submission to the provider reporting done, for the last successful runs."""
