@@ -7,13 +7,14 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import click
 
 from orchestrator import __version__
 from orchestrator.config import Config, load_config
-from orchestrator.domain import JobState
+from orchestrator.domain import Job, JobState, Part, PartState
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.ledger.store import Ledger, job_to_dict, part_to_dict, utcnow
 
@@ -416,6 +417,8 @@ async def _operator_decides(lg: Ledger, job_id: int, remote_id: str | None) -> s
     job = await lg.get(job_id)
     if job is None:
         return f"no job {job_id}"
+    if job.state in (JobState.PENDING, JobState.RETRY_WAIT):
+        return await _operator_decides_part(lg, job, remote_id)
     if job.state != JobState.SUBMITTING:
         return f"job {job_id} is {job.state}; only a SUBMITTING job's outcome can be decided"
     try:
@@ -446,6 +449,25 @@ async def _operator_decides(lg: Ledger, job_id: int, remote_id: str | None) -> s
     return None
 
 
+async def _operator_decides_part(lg: Ledger, job: Job, remote_id: str | None) -> str | None:
+    """The same for a staged job waiting on a call whose outcome is unknown (a part SENDING:
+    a clariBI generation): its next run uses the decision instead of looking again."""
+    sending = [p for p in await lg.parts(job.id) if p.state == PartState.SENDING]
+    if not sending:
+        return f"job {job.id} is {job.state} with no call of unknown outcome to decide"
+    part = sending[0]
+    if remote_id is None:
+        await lg.save_parts([Part(job_id=job.id, seq=part.seq, state=PartState.PENDING)])
+        return None
+    if remote_id in await lg.part_remote_ids(job.provider):
+        return f"remote job {remote_id} belongs to another job's part"
+    adopted = replace(
+        part, state=PartState.RUNNING, remote_id=remote_id, detail="adopted by the operator"
+    )
+    await lg.save_parts([adopted])
+    return None
+
+
 def _decide(config_path: str | None, job_id: int, remote_id: str | None, as_json: bool) -> None:
     cfg = _load(config_path)
     problem = _with_ledger(cfg, lambda lg: _operator_decides(lg, job_id, remote_id))
@@ -453,12 +475,18 @@ def _decide(config_path: str | None, job_id: int, remote_id: str | None, as_json
         click.echo(problem, err=True)
         sys.exit(2)
     state = JobState.PENDING if remote_id is None else JobState.RUNNING
+    state = _with_ledger(cfg, lambda lg: _state_of(lg, job_id)) or state
     if as_json:
         click.echo(json.dumps({"id": job_id, "state": state.value, "remote_id": remote_id}))
     elif remote_id is None:
         click.echo(f"job {job_id} will be submitted again")
     else:
         click.echo(f"job {job_id} adopted remote job {remote_id}")
+
+
+async def _state_of(lg: Ledger, job_id: int) -> JobState | None:
+    job = await lg.get(job_id)
+    return None if job is None else job.state
 
 
 @jobs.command("adopt")

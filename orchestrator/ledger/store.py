@@ -682,6 +682,13 @@ class Ledger:
         async with self.read_engine.connect() as conn:
             return {str(r) for r in (await conn.execute(stmt)).scalars().all()}
 
+    async def jobs_sending(self, provider: str) -> list[Job]:
+        """Jobs of `provider` with a part whose call may have happened (SENDING): unresolved."""
+        sending = select(parts_t.c.job_id).where(parts_t.c.state == PartState.SENDING.value)
+        stmt = self._job_select().where(jobs_t.c.provider == provider, jobs_t.c.id.in_(sending))
+        async with self.read_engine.connect() as conn:
+            return [row_to_job(r) for r in (await conn.execute(stmt)).fetchall()]
+
     async def part_progress(self, job_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
         """(parts finished, parts planned) of each job that has parts."""
         finished = [PartState.DONE.value, PartState.SKIPPED.value]
