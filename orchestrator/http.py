@@ -290,6 +290,7 @@ class HttpClient:
                 )
                 if isinstance(last, Throttled):
                     last.retry_after = hint
+                last.body = body  # some 5xx answers carry data (Clari ingest: status FAILED)
                 log.warning(
                     "http_retry",
                     where=where(),

@@ -185,9 +185,20 @@ class ClariIngest:
             retries=max(cfg.retries, 8),  # 429 TOO_MANY_REQUESTS is waited out, not failed
             requests_per_second=min(cfg.requests_per_second, 100.0),  # documented 100/s
         )
+        # Status reads answer FAILED with HTTP 500 ("Please retry ingestion."): that answer is
+        # read, not retried; other 5xx are retried here, on the poll's own schedule.
+        self.status_http = HttpClient.for_provider(
+            cfg,
+            name,
+            headers=headers,
+            base_url=ingest_base_url(cfg),
+            retries=0,
+            requests_per_second=min(cfg.requests_per_second, 100.0),
+        )
 
     async def close(self) -> None:
         await self.http.close()
+        await self.status_http.close()
 
     async def check(self) -> str:
         """apikey + partnerkey accepted? An unknown job id answers 404 only to a valid caller."""
@@ -249,22 +260,44 @@ class ClariIngest:
         log.info("ingest_uploaded", job_id=job.id, part=part.seq, ingest_job=remote, last=last)
         return sent
 
+    async def _status(self, part: Part) -> dict[str, Any]:
+        """The ingestion job's status record; its FAILED and VALIDATION_FAILED come with HTTP
+        500 and 400 and are answers, not errors."""
+        try:
+            body = await self.status_http.json("GET", f"/ingest/job/{part.remote_id}")
+        except (Rejected, Unavailable) as exc:
+            if (exc.status not in (400, 500)) or not isinstance(exc.body, dict):
+                raise
+            body = exc.body
+        info = body.get("message", body) if isinstance(body, dict) else {}
+        if not isinstance(info, dict) or not info.get("status"):
+            raise Unavailable(self.name, f"ingest job {part.remote_id}: status answer has none")
+        return info
+
     async def _await(self, job: Job, work: Work, part: Part) -> None:
         poll = self.cfg.poll
         delay = poll.initial
+        failures = 0
         while True:
             try:
-                body = await self.http.json("GET", f"/ingest/job/{part.remote_id}")
-            except Rejected as exc:
-                if exc.status != 400 or not isinstance(exc.body, dict):
+                info = await self._status(part)
+            except Unavailable:
+                failures += 1
+                if failures > max(self.cfg.retries, 1):
                     raise
-                body = exc.body  # VALIDATION_FAILED comes as a 400 with the job in its body
-            info = body.get("message", body) if isinstance(body, dict) else {}
+                await asyncio.sleep(delay)
+                delay = min(poll.max_interval, delay * 2)
+                continue
+            failures = 0
             status = str(info.get("status", "")).upper()
             if status == "SUCCESS":
                 await work.save(replace(part, state=PartState.DONE, detail="SUCCESS"))
                 return
-            if status in ("FAILED", "VALIDATION_FAILED", "VALIDATION_ERROR"):
+            if status == "FAILED":  # "Please retry ingestion.": the work, not the status read
+                detail = f"ingest job {part.remote_id} ended FAILED: {info.get('message')}"
+                await work.save(replace(part, state=PartState.PENDING, detail=detail))
+                raise Unavailable(self.name, f"file {part.seq + 1}: {detail}; will upload again")
+            if status in ("VALIDATION_FAILED", "VALIDATION_ERROR"):
                 detail = _errors_text(info.get("message"))
                 await work.save(replace(part, state=PartState.FAILED, detail=detail))
                 raise RemoteJobFailed(
