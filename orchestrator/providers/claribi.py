@@ -37,7 +37,7 @@ from orchestrator.errors import (
     Throttled,
 )
 from orchestrator.http import HttpClient
-from orchestrator.outputs import AtomicFile
+from orchestrator.outputs import AtomicFile, count_rows
 from orchestrator.providers.base import (
     OutcomeUnknown,
     Params,
@@ -464,7 +464,8 @@ class ClariBIAdapter(StagedAdapterBase):
         except BaseException:
             sink.abort()
             raise
-        return await _stored(work, part, sink, sink.csv_rows() if final.suffix == ".csv" else None)
+        rows = await asyncio.to_thread(count_rows, final, final.suffix.lstrip("."))
+        return await _stored(work, part, sink, rows)
 
     async def _write_refresh(self, job: Job, work: Work, part: Part) -> dict[str, Any]:
         record = {
