@@ -194,11 +194,19 @@ class ClariAdapter:
         self.name = cfg.name or "clari"
         headers = {"apikey": cfg.secret(), "Accept": "application/json"}
         self.http = HttpClient.for_provider(cfg, self.name, headers=headers)
+        # A create is never repeated blindly (a 5xx or a dropped connection may come after the
+        # export was made): its unknown outcome goes to reconciliation. A 429 made nothing, so
+        # it is retried as usual. Same request-rate windows as every other call of the account.
+        self.spend = HttpClient.for_provider(
+            cfg, self.name, headers=headers, retries=0, throttle_retries=cfg.retries
+        )
+        self.spend.limiter, self.spend.minute_limiter = self.http.limiter, self.http.minute_limiter
 
         self.ingest = ClariIngest(cfg, self.name)
 
     async def close(self) -> None:
         await self.http.close()
+        await self.spend.close()
         await self.ingest.close()
 
     async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
@@ -237,7 +245,7 @@ class ClariAdapter:
     async def submit(self, job: Job) -> str:
         path, body = self._request(job)
         try:
-            answer = await self.http.json("POST", path, json=body)
+            answer = await self.spend.json("POST", path, json=body)
         except Rejected as exc:
             if exc.status == 400 and exc.code in QUOTA_CODES:
                 raise QuotaExceeded(

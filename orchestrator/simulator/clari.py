@@ -626,10 +626,14 @@ class ClariSimulator:
         )
 
     async def sim_jobs(self, request: web.Request) -> web.Response:
-        """Every job as GET /export/jobs shows it, without auth or counting (test inspection)."""
+        """Every job as GET /export/jobs shows it, without auth or counting (test inspection),
+        with the body of the request that created it (`params`; a forecast's id in `title`)."""
         now = time.time()
         return web.json_response(
-            [j.to_json(now, self.config.expire_after) for j in self.jobs.values()]
+            [
+                {**j.to_json(now, self.config.expire_after), "params": j.params}
+                for j in self.jobs.values()
+            ]
         )
 
     async def sim_seed(self, request: web.Request) -> web.Response:

@@ -163,7 +163,7 @@ async def test_operator_resubmit_submits_again(
     code, _ = await asyncio.to_thread(_cli, cfg_path, "jobs", "resubmit", str(job_b.id))
     assert code == 0
     code, out = await asyncio.to_thread(_cli, cfg_path, "jobs", "resubmit", str(job_b.id))
-    assert code == 2 and "only a SUBMITTING job" in out
+    assert code == 2 and "no call of unknown outcome to decide" in out
     # Now a's submission is the only unresolved one of its module: one candidate, adopted.
     assert await run_once(cfg, once=False) == 0
     for job in await all_jobs(cfg):
