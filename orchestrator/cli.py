@@ -417,7 +417,7 @@ async def _operator_decides(lg: Ledger, job_id: int, remote_id: str | None) -> s
     job = await lg.get(job_id)
     if job is None:
         return f"no job {job_id}"
-    if job.state in (JobState.PENDING, JobState.RETRY_WAIT):
+    if job.state == JobState.RETRY_WAIT:  # between a staged job's looks (not while it runs)
         return await _operator_decides_part(lg, job, remote_id)
     if job.state != JobState.SUBMITTING:
         return f"job {job_id} is {job.state}; only a SUBMITTING job's outcome can be decided"

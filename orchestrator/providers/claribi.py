@@ -431,7 +431,8 @@ class ClariBIAdapter(StagedAdapterBase):
                     detail = f"last_refresh {d.get('last_refresh')} (adopted: answer lost)"
                     return {"refreshed": (last, None, detail)}
             return {}
-        taken = await work.ledger.part_remote_ids(job.provider)
+        own = {p.remote_id for p in await work.parts() if p.remote_id}
+        taken = await work.ledger.part_remote_ids(job.provider) - own  # other jobs' reports
         fmt = str(job.params.get("output_format", "pdf"))
         out: dict[str, tuple[float, int | None, str]] = {}
         for r in recent_reports(await self.list_reports(since), since, fmt, taken):
