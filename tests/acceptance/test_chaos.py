@@ -8,6 +8,7 @@ for concurrency, and no stray or partial file is left."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import signal
@@ -24,7 +25,7 @@ import pytest
 
 from orchestrator.simulator.claravine import CAMPAIGN_FIELDS
 from orchestrator.simulator.claro import ClaroDataset
-from tests.acceptance.helpers import cli, http_json, jobs_json, start_daemon
+from tests.acceptance.helpers import cli, http_json, start_daemon
 from tests.conftest import API_SECRET, free_port, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -219,7 +220,8 @@ def test_kill_9_at_30_moments_loses_nothing_duplicates_nothing_exceeds_nothing(
     final = cli("run", "--exit-when-idle", "--config", str(config))
     assert final.returncode == 0, final.stderr[-3000:]
 
-    jobs = jobs_json(config)
+    listed = cli("jobs", "list", "--json", "--limit", "100000", "--config", str(config), check=True)
+    jobs = json.loads(listed.stdout)
     assert jobs and all(j["state"] == "SUCCEEDED" for j in jobs), [
         (j["id"], j["pipeline"], j["state"], j["error"]) for j in jobs if j["state"] != "SUCCEEDED"
     ]
