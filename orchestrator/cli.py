@@ -8,6 +8,7 @@ import errno
 import json
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -15,7 +16,7 @@ import click
 
 from orchestrator import __version__
 from orchestrator.config import Config, load_config
-from orchestrator.domain import JobState
+from orchestrator.domain import Job, JobState, Part, PartState
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.ledger.store import Ledger, job_to_dict, part_to_dict, utcnow
 from orchestrator.runtime import set_umask
@@ -562,6 +563,104 @@ def jobs_cancel(config_path: str | None, job_id: int, as_json: bool) -> None:
         sys.exit(2)
     else:
         click.echo(f"job {job_id} is {state}: the daemon will cancel it at the provider")
+
+
+async def _operator_decides(lg: Ledger, job_id: int, remote_id: str | None) -> str | None:
+    """Conclude a SUBMITTING job whose outcome reconciliation could not prove: adopt the remote
+    job the operator names, or submit again. A running daemon notices on its next look at the
+    job (its reconcile pass) and polls the adopted job or frees the slot. None: done."""
+    job = await lg.get(job_id)
+    if job is None:
+        return f"no job {job_id}"
+    if job.state == JobState.RETRY_WAIT:  # between a staged job's looks (not while it runs)
+        return await _operator_decides_part(lg, job, remote_id)
+    if job.state != JobState.SUBMITTING:
+        return f"job {job_id} is {job.state}; only a SUBMITTING job's outcome can be decided"
+    try:
+        if remote_id is None:
+            await lg.transition(
+                job,
+                JobState.SUBMITTING,
+                JobState.PENDING,
+                reason="operator: resubmit (no remote job adopted)",
+                refund_quota=True,
+                attempts=max(0, job.attempts - 1),
+                error=None,
+            )
+            return None
+        owner = await lg.remote_owner(job.provider, remote_id)
+        if owner is not None and owner != job_id:
+            return f"remote job {remote_id} belongs to job {owner}"
+        await lg.transition(
+            job,
+            JobState.SUBMITTING,
+            JobState.RUNNING,
+            reason=f"operator: adopted remote job {remote_id}",
+            remote_id=remote_id,
+            error=None,
+        )
+    except Exception as exc:  # moved meanwhile (the daemon decided it), or owned meanwhile
+        return f"job {job_id} not changed: {exc}"
+    return None
+
+
+async def _operator_decides_part(lg: Ledger, job: Job, remote_id: str | None) -> str | None:
+    """The same for a staged job waiting on a call whose outcome is unknown (a part SENDING:
+    a clariBI generation): its next run uses the decision instead of looking again."""
+    sending = [p for p in await lg.parts(job.id) if p.state == PartState.SENDING]
+    if not sending:
+        return f"job {job.id} is {job.state} with no call of unknown outcome to decide"
+    part = sending[0]
+    if remote_id is None:
+        await lg.save_parts([Part(job_id=job.id, seq=part.seq, state=PartState.PENDING)])
+        return None
+    if remote_id in await lg.part_remote_ids(job.provider):
+        return f"remote job {remote_id} belongs to another job's part"
+    adopted = replace(
+        part, state=PartState.RUNNING, remote_id=remote_id, detail="adopted by the operator"
+    )
+    await lg.save_parts([adopted])
+    return None
+
+
+def _decide(config_path: str | None, job_id: int, remote_id: str | None, as_json: bool) -> None:
+    cfg = _load(config_path, secrets=False)
+    problem = _with_ledger(cfg, lambda lg: _operator_decides(lg, job_id, remote_id), create=False)
+    if problem is not None:
+        click.echo(printable(problem), err=True)
+        sys.exit(2)
+    state = JobState.PENDING if remote_id is None else JobState.RUNNING
+    state = _with_ledger(cfg, lambda lg: _state_of(lg, job_id), create=False) or state
+    if as_json:
+        click.echo(json.dumps({"id": job_id, "state": state.value, "remote_id": remote_id}))
+    elif remote_id is None:
+        click.echo(f"job {job_id} will be submitted again")
+    else:
+        click.echo(f"job {job_id} adopted remote job {printable(remote_id, newlines=False)}")
+
+
+async def _state_of(lg: Ledger, job_id: int) -> JobState | None:
+    job = await lg.get(job_id)
+    return None if job is None else job.state
+
+
+@jobs.command("adopt")
+@config_option
+@click.argument("job_id", type=int)
+@click.argument("remote_id")
+@click.option("--json", "as_json", is_flag=True)
+def jobs_adopt(config_path: str | None, job_id: int, remote_id: str, as_json: bool) -> None:
+    """Adopt REMOTE_ID as the remote job of a SUBMITTING job reconciliation could not decide."""
+    _decide(config_path, job_id, remote_id, as_json)
+
+
+@jobs.command("resubmit")
+@config_option
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_resubmit(config_path: str | None, job_id: int, as_json: bool) -> None:
+    """Submit a SUBMITTING job reconciliation could not decide again (adopting nothing)."""
+    _decide(config_path, job_id, None, as_json)
 
 
 @cli.command()

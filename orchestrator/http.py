@@ -447,6 +447,7 @@ class HttpClient:
             last = self._fail(cls, f"{where}: {message or 'no detail'}", code=code, status=status)
             if isinstance(last, Throttled):
                 last.retry_after = hint
+            last.body = body  # some 5xx answers carry data (Clari ingest: status FAILED)
             log.warning(
                 "http_retry",
                 where=where,

@@ -12,7 +12,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 QUOTA_WINDOW = timedelta(days=30)
@@ -58,16 +58,35 @@ class AccountBudget:
     """Admission state of one provider account.
 
     `in_flight` are our jobs holding a remote slot (SUBMITTING/RUNNING); `used` our submissions in
-    the rolling window. `remote` is the provider's last report; `since_*` what we did after it, so
-    the provider's view is extrapolated between refreshes instead of trusted stale.
+    the rolling window. `remote` is the provider's last report (a snapshot); what we did after it
+    is counted on top, so the provider's view is extrapolated between refreshes instead of
+    trusted stale — and never counted twice:
+
+    - a submission counts against the snapshot (`since_submitted`) unless its request was
+      answered before the limits request left (then the snapshot holds it);
+    - a slot released counts back (`since_released`) only for a job the snapshot provably
+      counted as occupying: one submitted after it, or one a poll *sent after the snapshot was
+      answered* still saw queued or running. A job that ended before the snapshot (typically
+      while the daemon was down, seen DONE by the first poll after a restart) frees nothing:
+      the snapshot already shows its slot free.
+
+    Every doubt resolves toward fewer free slots; the next refresh corrects it.
     """
 
     caps: Caps
     in_flight: int = 0
     used: int = 0
     remote: ProviderLimits | None = None
-    since_submitted: int = 0
     since_released: int = 0
+    refreshed_at: float = field(default=float("-inf"))  # monotonic: the snapshot's answer
+    _after: set[int] = field(default_factory=set)  # reserved and not in the snapshot
+    _in_air: set[int] = field(default_factory=set)  # reserved, request not answered yet
+    _seen: set[int] = field(default_factory=set)  # seen occupying by a poll after the snapshot
+    _ended: set[int] = field(default_factory=set)  # of `_after`: released already
+
+    @property
+    def since_submitted(self) -> int:
+        return len(self._after)
 
     def concurrency_limit(self) -> int | None:
         limits = [x for x in (self.caps.concurrency, self._remote_conc_limit()) if x is not None]
@@ -111,29 +130,62 @@ class AccountBudget:
         return None
 
     # --- events -----------------------------------------------------------------------------
-    def on_reserve(self) -> None:
+    def on_reserve(self, job_id: int) -> None:
         """A submission is about to leave: it holds a slot and a quota unit from now on."""
         self.in_flight += 1
         self.used += 1
-        self.since_submitted += 1
+        self._after.add(job_id)
+        self._in_air.add(job_id)
 
-    def on_unreserve(self) -> None:
-        """The provider refused the submission (nothing was created): give both back."""
+    def on_answered(self, job_id: int) -> None:
+        """The submission's request came back (whatever it said): the provider has decided."""
+        self._in_air.discard(job_id)
+
+    def on_unreserve(self, job_id: int) -> None:
+        """Nothing was created (refused, or provably never made): give both back."""
+        self._in_air.discard(job_id)
+        self._after.discard(job_id)
+        self._ended.discard(job_id)
         self.in_flight = max(0, self.in_flight - 1)
         self.used = max(0, self.used - 1)
-        self.since_submitted = max(0, self.since_submitted - 1)
 
-    def on_slot_released(self) -> None:
+    def on_seen_active(self, job_id: int, sent_at: float) -> None:
+        """A poll sent at monotonic `sent_at` saw the job queued or running at the provider."""
+        if sent_at >= self.refreshed_at:
+            self._seen.add(job_id)
+
+    def on_slot_released(self, job_id: int) -> None:
         """A remote job left the provider's queue (done, failed, cancelled)."""
         self.in_flight = max(0, self.in_flight - 1)
-        self.since_released += 1
+        self._in_air.discard(job_id)
+        if (job_id in self._after and job_id not in self._ended) or job_id in self._seen:
+            self.since_released += 1
+        if job_id in self._after:
+            self._ended.add(job_id)  # its quota unit stays spent; its slot is back
+        self._seen.discard(job_id)
 
-    def on_refresh(self, remote: ProviderLimits, *, in_flight: int, used: int) -> None:
+    def snapshot_token(self) -> set[int]:
+        """Call just before the limits request leaves; hand the result to on_refresh: the
+        submissions already answered then are in the provider's snapshot."""
+        return self._after - self._in_air
+
+    def on_refresh(
+        self,
+        remote: ProviderLimits,
+        *,
+        in_flight: int,
+        used: int,
+        token: set[int] | None = None,
+        now: float | None = None,
+    ) -> None:
         self.remote = remote
         self.in_flight = in_flight
         self.used = used
-        self.since_submitted = 0
+        self._after -= self._after if token is None else token
+        self._ended.clear()  # any left in `_after` count as occupying until the next refresh
         self.since_released = 0
+        self._seen.clear()
+        self.refreshed_at = time.monotonic() if now is None else now
 
     def on_provider_full(self) -> None:
         """The provider said 'quota or concurrency reached': trust it until the next refresh."""
@@ -151,8 +203,12 @@ class AccountBudget:
                 available_concurrent=0,
                 available_quota=0,
             )
-        self.since_submitted = 0
+        # Submissions still in the air may land after the refusal: keep counting them.
+        self._after &= self._in_air
+        self._ended.clear()
         self.since_released = 0
+        self._seen.clear()
+        self.refreshed_at = time.monotonic()
 
 
 class SlidingWindowLimiter:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -18,10 +17,8 @@ from pathlib import Path
 from typing import IO
 
 from orchestrator.domain import Job
+from orchestrator.rowcount import count_file
 from orchestrator.runtime import file_mode, make_dirs
-
-JSON_COUNT_LIMIT = 64 * 1024 * 1024  # count JSON records only up to this size (bounded memory)
-RECORD_KEYS = ("activities", "items", "rows", "data", "records")
 
 
 def result_path(root: Path, job: Job, ext: str) -> Path:
@@ -289,33 +286,10 @@ def _commit_group(batch: list[tuple[AtomicFile, asyncio.Future[None]]]) -> list[
 
 
 def count_rows(path: Path, ext: str) -> int | None:
-    """Data rows in a result file: CSV lines after the header; JSON records of the top-level
-    array (or of its records field). None when the file is too large to count cheaply."""
-    if ext == "csv":
-        lines = 0
-        last = b"\n"
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                lines += chunk.count(b"\n")
-                last = chunk[-1:]
-        if last != b"\n":
-            lines += 1
-        return max(0, lines - 1)
-    if ext == "json" and path.stat().st_size <= JSON_COUNT_LIMIT:
-        try:
-            data = json.loads(path.read_bytes())
-        except ValueError:
-            return None
-        if isinstance(data, list):
-            return len(data)
-        if isinstance(data, dict):
-            for key in RECORD_KEYS:
-                if isinstance(data.get(key), list):
-                    return len(data[key])
-    if ext == "jsonl":
-        with path.open("rb") as f:
-            return sum(1 for line in f if line.strip())
-    return None
+    """Records in a result file (orchestrator.rowcount: CSV records as a CSV parser sees them,
+    JSON array elements, JSON Lines), read streaming whatever its size. None for other formats
+    or a JSON file without a records array."""
+    return count_file(path, ext)
 
 
 def _data_span(f: IO[bytes], size: int) -> tuple[int, int]:

@@ -38,11 +38,15 @@ class Unbudgeted:
     def can_submit(self) -> bool:
         return True
 
-    def on_reserve(self) -> None: ...
+    def on_reserve(self, job_id: int) -> None: ...
 
-    def on_unreserve(self) -> None: ...
+    def on_answered(self, job_id: int) -> None: ...
 
-    def on_slot_released(self) -> None: ...
+    def on_unreserve(self, job_id: int) -> None: ...
+
+    def on_seen_active(self, job_id: int, sent_at: float) -> None: ...
+
+    def on_slot_released(self, job_id: int) -> None: ...
 
     def on_provider_full(self) -> None: ...
 
@@ -125,6 +129,7 @@ class Context:
         ]
         in_flight = await self.ledger.in_flight_count(provider, exclude_kinds=unbudgeted)
         used = len(await self.ledger.quota_times(provider, utcnow() - QUOTA_WINDOW))
+        token = budget.snapshot_token()  # submissions answered before the limits request leaves
         try:
             remote = await adapter.limits()
         except Exception as exc:  # limits are advisory: keep the old view, try again later
@@ -134,7 +139,7 @@ class Context:
         if remote is None:
             budget.in_flight, budget.used = in_flight, used
             return
-        budget.on_refresh(remote, in_flight=in_flight, used=used)
+        budget.on_refresh(remote, in_flight=in_flight, used=used, token=token)
         log.debug(
             "limits_refreshed",
             provider=provider,

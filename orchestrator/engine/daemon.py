@@ -66,6 +66,7 @@ class Daemon:
         self._signals = 0
         self._last_refresh: dict[str, float] = {}
         self._last_unresolved = 0.0
+        self._stuck: set[int] = set()  # jobs left waiting for the operator at an idle exit
 
     # --- lifecycle --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -136,7 +137,7 @@ class Daemon:
         if self._signals:  # a stop asked for (systemctl stop, docker stop) went as planned
             return 0
         failed = self.ctx.stats.finished.get(JobState.FAILED.value, 0)
-        return 1 if failed else 0
+        return 1 if failed or self._stuck else 0
 
     async def _start_environment(self) -> None:
         """The status port and the ledger: what the machine may refuse. A refusal is one line
@@ -214,24 +215,33 @@ class Daemon:
             if time.monotonic() - last_housekeeping >= interval:
                 last_housekeeping = time.monotonic()
                 await self._housekeeping()
-            await self.dispatcher.dispatch()
-            if self.exit_when_idle and await self._idle():
-                log.info("idle_exit")
+            started = await self.dispatcher.dispatch()
+            if self.exit_when_idle and await self._idle(started):
+                log.info("idle_exit", waiting_for_operator=sorted(self._stuck))
                 self.stop()
                 break
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self.ctx.wake_dispatch.wait()
 
-    async def _idle(self) -> bool:
+    async def _idle(self, started: int) -> bool:
         if self.dispatcher.busy or self.fetcher.busy or self.worker.busy or len(self.poller):
             return False
+        waiting = self.dispatcher.waiting_for_operator()
+        if waiting and not started and set(self.dispatcher.unresolved) == set(waiting):
+            # Nothing moves until the operator decides (jobs adopt / jobs resubmit): say so
+            # and exit 1 rather than wait forever; the next run resumes where this one stands.
+            for job_id, reason in waiting.items():
+                log.warning("waiting_for_operator", job_id=job_id, reason=reason)
+            self._stuck = set(waiting)
+            return True
         return not await self.ledger.has_unfinished()
 
     async def _housekeeping(self) -> None:
         await self._release_retries()
         await self._handle_cancels_and_deadlines()
         await self._refresh_limits()
+        await self.dispatcher.check_operator()
         await self._retry_unresolved()
 
     async def _release_retries(self) -> None:
@@ -268,7 +278,7 @@ class Daemon:
         except Exception as exc:
             log.info("cancel_raced", job_id=job.id, error=str(exc))
             return
-        self.ctx.budget_for(job).on_slot_released()
+        self.ctx.budget_for(job).on_slot_released(job.id)
         self.ctx.finished(job, to)
         self.ctx.wake_dispatch.set()
 
@@ -302,7 +312,7 @@ class Daemon:
         now = utcnow()
         # The provider freed the slot the moment the job ended: refill it without waiting for
         # our own bookkeeping to commit.
-        self.ctx.budget_for(job).on_slot_released()
+        self.ctx.budget_for(job).on_slot_released(job.id)
         self.ctx.wake_dispatch.set()
         try:
             await self.ledger.transition(
@@ -319,7 +329,7 @@ class Daemon:
 
     async def _on_remote_ended(self, job: Job, status: RemoteStatus) -> None:
         ctx = self.ctx
-        ctx.budget_for(job).on_slot_released()
+        ctx.budget_for(job).on_slot_released(job.id)
         ctx.wake_dispatch.set()
         error = (
             f"{job.provider}: remote job {job.remote_id} ended {status.raw_status or status.state}"

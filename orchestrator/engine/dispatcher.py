@@ -3,6 +3,12 @@
 Per provider account: never more jobs queued+running than the concurrency limit, never more
 submissions in the rolling 30 days than the quota (less the reserve). Fair across pipelines:
 each free slot goes to the next pipeline in turn, oldest job first.
+
+Per ambiguity class (adapter.ambiguity_class: what the provider's listing cannot tell apart, e.g.
+one Clari export module) at most one submission is ever in the air or unresolved: a POST of
+class C leaves only when no other job of C is between its SUBMITTING row and a known outcome. So
+a lost answer is matched to a unique remote job (orchestrator.reconcile); a job whose match is
+still not unique waits, holding its slot and its class, until the operator decides.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from orchestrator.engine.context import Context, budget_key
 from orchestrator.errors import ProviderError, QuotaExceeded, Rejected, Throttled
 from orchestrator.ledger.store import utcnow
 from orchestrator.providers import KINDS
+from orchestrator.reconcile import operator_hint
 
 log = structlog.get_logger(__name__)
 LOST_SUBMIT_CHECKS = 3
@@ -49,6 +56,8 @@ class Dispatcher:
         self._posting: dict[str, int] = defaultdict(int)  # submit requests in the air
         self._reconciling: set[str] = set()
         self._reconcile_lock = asyncio.Lock()
+        self._holders: dict[str, set[int]] = defaultdict(set)  # class -> jobs holding it
+        self._ambiguous: dict[int, str] = {}  # job -> the reason last written to the ledger
 
     @property
     def busy(self) -> int:
@@ -91,17 +100,12 @@ class Dispatcher:
             if name not in turn:
                 turn.append(name)
         started = 0
-        while (
-            any(queues.values())
-            and budget.can_submit()
-            and len(self._claimed) < self.ctx.cfg.daemon.max_submits
-        ):
-            name = turn[0]
-            turn.rotate(-1)
-            if not queues.get(name):
-                continue
-            job = queues[name].popleft()
-            budget.on_reserve()  # hold the slot and quota unit before the request leaves
+        while budget.can_submit() and len(self._claimed) < self.ctx.cfg.daemon.max_submits:
+            job = self._next_free(turn, queues)
+            if job is None:
+                break
+            self._hold(job)
+            budget.on_reserve(job.id)  # hold the slot and quota unit before the request leaves
             self._claimed.add(job.id)
             task = asyncio.create_task(self._submit(job), name=f"submit-{job.id}")
             self._tasks.add(task)
@@ -109,6 +113,61 @@ class Dispatcher:
             task.add_done_callback(functools.partial(self._release_claim, job.id))
             started += 1
         return started
+
+    def _next_free(self, turn: deque[str], queues: dict[str, deque[Job]]) -> Job | None:
+        """The next pipeline's oldest job whose ambiguity class is free (fair turns)."""
+        for _ in range(len(turn)):
+            name = turn[0]
+            turn.rotate(-1)
+            queue = queues.get(name)
+            for i, job in enumerate(queue or ()):
+                if self._class_free(job):
+                    assert queue is not None
+                    del queue[i]
+                    return job
+        return None
+
+    # --- ambiguity classes ------------------------------------------------------------------
+    def _class_of(self, job: Job) -> str | None:
+        adapter = self.ctx.adapters.get(job.provider)
+        cls = adapter.ambiguity_class(job) if adapter is not None else None
+        return None if cls is None else f"{job.provider}: {cls}"
+
+    def _class_free(self, job: Job) -> bool:
+        cls = self._class_of(job)
+        return cls is None or not (self._holders.get(cls, set()) - {job.id})
+
+    def _hold(self, job: Job) -> None:
+        cls = self._class_of(job)
+        if cls is not None:
+            self._holders[cls].add(job.id)
+
+    def _unhold(self, job: Job) -> None:
+        """The job's outcome is known (a remote id, a refusal, provably nothing): its class is
+        free for the next submission."""
+        cls = self._class_of(job)
+        if cls is not None and cls in self._holders:
+            self._holders[cls].discard(job.id)
+            if not self._holders[cls]:
+                del self._holders[cls]
+        self.ctx.wake_dispatch.set()
+
+    def add_unresolved(self, job: Job, error: str = "") -> None:
+        """A SUBMITTING job whose outcome is unknown (a lost answer; a previous process's): it
+        holds its slot and its class until reconciled."""
+        self.unresolved[job.id] = job
+        if error:
+            self._errors[job.id] = error
+        self._hold(job)
+
+    def waiting_for_operator(self) -> dict[int, str]:
+        return dict(self._ambiguous)
+
+    async def check_operator(self) -> None:
+        """One ledger read: did the operator decide any job waiting for them?"""
+        waiting = [self.unresolved[i] for i in self._ambiguous if i in self.unresolved]
+        if waiting:
+            await self._decided_elsewhere(waiting)
 
     def _release_claim(self, job_id: int, _task: object = None) -> None:
         self._claimed.discard(job_id)
@@ -121,6 +180,9 @@ class Dispatcher:
             except Exception:
                 log.exception("submit_crashed", job_id=job.id)
                 raise
+            finally:
+                if job.id not in self.unresolved:  # an unknown outcome keeps holding its class
+                    self._unhold(job)
 
     async def _submit_one(self, job: Job) -> None:
         ctx, budget = self.ctx, self.ctx.budget_for(job)
@@ -138,7 +200,7 @@ class Dispatcher:
                 error=None,
             )
         except Exception as exc:  # someone else moved it (cancelled from the CLI): give it back
-            budget.on_unreserve()
+            budget.on_unreserve(job.id)
             log.info("submit_skipped", job_id=job.id, reason=str(exc))
             return
         sub = replace(job, state=JobState.SUBMITTING, attempts=job.attempts + 1, submitted_at=now)
@@ -159,7 +221,7 @@ class Dispatcher:
             await self._refused(sub, exc, full=False)
             return
         except Rejected as exc:
-            budget.on_unreserve()
+            budget.on_unreserve(job.id)
             await ctx.ledger.transition(
                 sub,
                 JobState.SUBMITTING,
@@ -171,8 +233,9 @@ class Dispatcher:
             ctx.finished(sub, JobState.FAILED)
             return
         except ProviderError as exc:
-            await self._lost(sub, exc)
+            await self._lost(sub, exc)  # still "in the air" for the budget until reconciled
             return
+        budget.on_answered(job.id)
         await self.adopt(sub, remote_id, reason="submitted")
 
     async def _post(self, job: Job) -> str:
@@ -185,7 +248,12 @@ class Dispatcher:
     async def adopt(self, job: Job, remote_id: str, *, reason: str) -> None:
         ctx = self.ctx
         await ctx.ledger.transition(
-            job, JobState.SUBMITTING, JobState.RUNNING, reason=reason, remote_id=remote_id
+            job,
+            JobState.SUBMITTING,
+            JobState.RUNNING,
+            reason=reason,
+            remote_id=remote_id,
+            error=None,
         )
         ctx.stats.submissions += 1
         ctx.metrics.submissions.labels(job.provider, job.kind).inc()
@@ -195,7 +263,7 @@ class Dispatcher:
     async def _refused(self, job: Job, exc: ProviderError, *, full: bool) -> None:
         """The provider created nothing: back to waiting without spending an attempt."""
         ctx, budget = self.ctx, self.ctx.budget_for(job)
-        budget.on_unreserve()
+        budget.on_unreserve(job.id)
         if full:
             ctx.stats.quota_rejections += 1
             budget.on_provider_full()
@@ -234,8 +302,7 @@ class Dispatcher:
         """The request may or may not have created a remote job: ask the provider before any
         retry, so the same export is never made twice."""
         log.warning("submit_outcome_unknown", job_id=job.id, error=str(exc))
-        self.unresolved[job.id] = job
-        self._errors[job.id] = str(exc)
+        self.add_unresolved(job, str(exc))
         for attempt in range(1, LOST_SUBMIT_CHECKS + 1):
             if await self.reconcile(job.provider) or job.id not in self.unresolved:
                 return
@@ -254,6 +321,7 @@ class Dispatcher:
                 while self._posting.get(provider, 0) > 0:  # noqa: ASYNC110 (brief, rare wait)
                     await asyncio.sleep(0.02)
                 group = [j for j in self.unresolved.values() if j.provider == provider]
+                group = await self._decided_elsewhere(group)
                 if not group:
                     return True
                 try:
@@ -263,23 +331,63 @@ class Dispatcher:
                     log.warning("reconcile_failed", provider=provider, error=str(exc))
                     return False
                 for job in group:
-                    if job.id in found:
-                        log.info("reconciled", job_id=job.id, adopted=found[job.id] is not None)
-                        await self.settle(job, found[job.id], error=self._errors.get(job.id, ""))
+                    lookup = found.get(job.id)
+                    if lookup is None:
+                        continue
+                    if lookup.ambiguous is not None:
+                        await self._wait_for_operator(job, lookup.ambiguous)
+                        continue
+                    log.info("reconciled", job_id=job.id, adopted=lookup.remote_id)
+                    await self.settle(job, lookup.remote_id, error=self._errors.get(job.id, ""))
                 return True
         finally:
             self._reconciling.discard(provider)
             self.ctx.wake_dispatch.set()
 
-    async def settle(self, job: Job, remote_id: str | None, *, error: str) -> None:
-        """Conclude a SUBMITTING job whose outcome was unknown."""
+    async def _wait_for_operator(self, job: Job, reason: str) -> None:
+        """Not adopted, not resubmitted: the job keeps its slot and class, and says why."""
+        message = reason + operator_hint(job.id)
+        if self._ambiguous.get(job.id) != message:
+            self._ambiguous[job.id] = message
+            log.warning("reconcile_ambiguous", job_id=job.id, reason=reason)
+            await self.ctx.ledger.update_fields(job.id, error=message)
+
+    async def _decided_elsewhere(self, group: list[Job]) -> list[Job]:
+        """Drop the jobs the operator decided from another process (`jobs adopt` moved it to
+        RUNNING, `jobs resubmit` to PENDING); the rest are still ours to reconcile."""
+        current = await self.ctx.ledger.get_many([j.id for j in group])
+        still: list[Job] = []
+        for job in group:
+            now = current.get(job.id)
+            if now is not None and now.state == JobState.SUBMITTING:
+                still.append(job)
+                continue
+            self._forget_unresolved(job)
+            budget = self.ctx.budget_for(job)
+            if now is not None and now.state == JobState.RUNNING and now.remote_id:
+                budget.on_answered(job.id)
+                log.info("operator_adopted", job_id=job.id, remote_id=now.remote_id)
+                self.on_submitted(now)
+            else:
+                budget.on_unreserve(job.id)
+                log.info("operator_decided", job_id=job.id, state=now.state if now else None)
+        return still
+
+    def _forget_unresolved(self, job: Job) -> None:
         self.unresolved.pop(job.id, None)
         self._errors.pop(job.id, None)
+        self._ambiguous.pop(job.id, None)
+        self._unhold(job)
+
+    async def settle(self, job: Job, remote_id: str | None, *, error: str) -> None:
+        """Conclude a SUBMITTING job whose outcome was unknown."""
+        self._forget_unresolved(job)
         if remote_id is not None:
+            self.ctx.budget_for(job).on_answered(job.id)
             await self.adopt(job, remote_id, reason="adopted after an unanswered submit")
             return
         ctx = self.ctx
-        ctx.budget_for(job).on_unreserve()
+        ctx.budget_for(job).on_unreserve(job.id)
         if not error:  # a crash, not a failed request: the attempt never happened
             await ctx.ledger.transition(
                 job,
@@ -288,6 +396,7 @@ class Dispatcher:
                 reason="recovered: no remote job was created",
                 refund_quota=True,
                 attempts=max(0, job.attempts - 1),
+                error=None,
             )
             return
         if job.attempts >= job.max_attempts:

@@ -13,9 +13,21 @@ from orchestrator.engine.context import Context
 from orchestrator.errors import ProviderError, Rejected
 from orchestrator.ledger.store import utcnow
 from orchestrator.outputs import AtomicFile, FileCommitter, count_rows, result_path
+from orchestrator.rowcount import CsvCounter, RowCounter
 
 log = structlog.get_logger(__name__)
 FETCH_TRIES = 4
+
+
+class Counted:
+    """A sink that also feeds what it writes to a record counter."""
+
+    def __init__(self, sink: AtomicFile, counter: RowCounter) -> None:
+        self.sink, self.counter = sink, counter
+
+    async def write(self, data: bytes) -> None:
+        self.counter.feed(data)
+        self.sink.write_sync(data)
 
 
 class Fetcher:
@@ -55,8 +67,9 @@ class Fetcher:
         error: ProviderError | str | None = None
         for attempt in range(1, FETCH_TRIES + 1):
             sink = AtomicFile(final).open()
+            counted = Counted(sink, CsvCounter()) if ext == "csv" else None
             try:
-                await adapter.fetch(job, sink)
+                await adapter.fetch(job, counted or sink)
                 await sink.commit(self.committer)
             except Rejected as exc:  # the provider will not serve it (expired, unknown)
                 sink.abort()
@@ -83,8 +96,8 @@ class Fetcher:
                 error = ProviderError(job.provider, f"fetch crashed: {type(exc).__name__}")
                 await asyncio.sleep(ctx.retry_at(attempt).total_seconds())
                 continue
-            if ext == "csv":  # counted while streaming: no second pass over a big file
-                rows: int | None = sink.csv_rows()
+            if counted is not None:  # counted while streaming: no second pass over a big file
+                rows: int | None = counted.counter.result()
             else:
                 rows = await asyncio.to_thread(count_rows, final, ext)
             result = {"path": str(final), "bytes": sink.bytes, "sha256": sink.sha256, "rows": rows}

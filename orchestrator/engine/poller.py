@@ -30,7 +30,7 @@ HISTORY_TTL = 60.0  # seconds a pipeline's duration history is cached
 
 
 class Tracked:
-    __slots__ = ("id", "pipeline", "polls", "provider", "remote_id", "submitted")
+    __slots__ = ("due", "id", "pipeline", "polls", "provider", "remote_id", "submitted")
 
     def __init__(self, job: Job) -> None:
         self.id = job.id
@@ -39,6 +39,7 @@ class Tracked:
         self.remote_id = job.remote_id or ""
         self.submitted = job.submitted_at.timestamp() if job.submitted_at else time.time()
         self.polls = 0
+        self.due = 0.0  # monotonic time of its next poll (older heap entries are stale)
 
 
 class Poller:
@@ -100,8 +101,7 @@ class Poller:
         item = Tracked(job)
         self.jobs[job.id] = item
         delay = 0.0 if now else await self._delay(item)
-        heapq.heappush(self._heap, (time.monotonic() + delay, job.id))
-        self._wake.set()
+        self._push(item, delay)
 
     def add(self, job: Job) -> None:
         """Track a job just submitted, from a callback: at once when its pipeline's schedule is
@@ -114,7 +114,11 @@ class Poller:
             return
         item = Tracked(job)
         self.jobs[job.id] = item
-        heapq.heappush(self._heap, (time.monotonic() + self._delay_from(item, cached[1]), job.id))
+        self._push(item, self._delay_from(item, cached[1]))
+
+    def _push(self, item: Tracked, delay: float) -> None:
+        item.due = time.monotonic() + delay
+        heapq.heappush(self._heap, (item.due, item.id))
         self._wake.set()
 
     def _added(self, task: asyncio.Task[None]) -> None:
@@ -164,9 +168,9 @@ class Poller:
         due: list[Tracked] = []
         seen: set[int] = set()
         while self._heap and self._heap[0][0] <= now:
-            _, job_id = heapq.heappop(self._heap)
+            at, job_id = heapq.heappop(self._heap)
             item = self.jobs.get(job_id)
-            if item is not None and job_id not in seen:
+            if item is not None and job_id not in seen and at == item.due:
                 due.append(item)
                 seen.add(job_id)
         return due
@@ -198,6 +202,7 @@ class Poller:
         if adapter.batch_poll:
             asked = [t for t in self.jobs.values() if t.provider == provider]
         started = time.perf_counter()
+        sent = time.monotonic()
         try:
             statuses = await adapter.poll([t.remote_id for t in asked])
         except ProviderError as exc:
@@ -209,13 +214,21 @@ class Poller:
         self.ctx.metrics.poll_seconds.labels(provider).observe(time.perf_counter() - started)
         due_ids = {t.id for t in due}
         changed: list[tuple[Tracked, RemoteStatus]] = []
+        budget = self.ctx.budgets.get(provider)
         for item in asked:
             status = statuses.get(item.remote_id)
             if item.id in due_ids:
                 item.polls += 1
             if status is not None and status.state not in (RemoteState.QUEUED, RemoteState.RUNNING):
                 changed.append((item, status))
-            elif item.id in due_ids:
+                continue
+            if status is not None and budget is not None:
+                budget.on_seen_active(item.id, sent)  # its later release frees a slot
+            if item.id in due_ids or status is not None:
+                # A fresh answer for a job not due yet (one listing answers for all) counts
+                # as its poll: its next one is from now, so the account's jobs poll together
+                # instead of one listing each at staggered times (submissions of a module go
+                # one at a time).
                 await self._reschedule(item)
         if changed:
             await self._apply(changed)
@@ -244,4 +257,4 @@ class Poller:
 
     async def _reschedule(self, item: Tracked) -> None:
         if item.id in self.jobs:
-            heapq.heappush(self._heap, (time.monotonic() + await self._delay(item), item.id))
+            self._push(item, await self._delay(item))

@@ -1,10 +1,12 @@
 """On start, before any new work is claimed: reconcile whatever a dead process left mid-flight.
 
-SUBMITTING jobs are looked up at the provider (adapter.find): adopted if the remote job exists,
-returned to PENDING only when it provably does not. RUNNING jobs resume polling, FETCHING jobs
-resume downloading (from the start; a partial file never had its final name). Staged jobs
-(several remote calls, checkpointed as parts) resume in the worker from their first unfinished
-part; one caught in SUBMITTING had made no call yet and simply goes back to PENDING.
+SUBMITTING jobs are looked up at the provider (adapter.find): adopted if a remote job provably
+theirs exists, returned to PENDING only when it provably does not, and otherwise left waiting
+(slot and ambiguity class held, the reason in the job's `error`) for `jobs adopt`/`jobs resubmit`.
+RUNNING jobs resume polling, FETCHING jobs resume downloading (from the start; a partial file
+never had its final name). Staged jobs (several remote calls, checkpointed as parts) resume in
+the worker from their first unfinished part; one caught in SUBMITTING had made no call yet and
+simply goes back to PENDING.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ async def reconcile_submitting(ctx: Context, dispatcher: Dispatcher, jobs: list[
     Jobs of a provider that cannot be asked now stay unresolved (their slot held) and are tried
     again by the daemon."""
     for job in jobs:
-        if job.provider in ctx.adapters:
-            dispatcher.unresolved[job.id] = job
+        if job.provider in ctx.adapters and job.id not in dispatcher.unresolved:
+            dispatcher.add_unresolved(job)
     for provider in sorted({j.provider for j in jobs if j.provider in ctx.adapters}):
         await dispatcher.reconcile(provider)
 

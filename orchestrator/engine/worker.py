@@ -26,7 +26,7 @@ from orchestrator.errors import (
 )
 from orchestrator.ledger.store import utcnow
 from orchestrator.outputs import FileCommitter
-from orchestrator.providers.base import StagedAdapter, Work
+from orchestrator.providers.base import OutcomeUnknown, StagedAdapter, Work
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +77,19 @@ class Worker:
         log.info("work_started", job_id=job.id, pipeline=job.pipeline, kind=job.kind)
         try:
             result = await adapter.run(job, work)
+        except OutcomeUnknown as exc:
+            # A call that may have spent (credits, a report) and could not be looked up, or
+            # whose match is not unique: no attempt spent; the next run looks again first.
+            await self._end(
+                job,
+                JobState.RETRY_WAIT,
+                reason="waiting: outcome of a call unknown",
+                error=str(exc),
+                attempts=max(0, job.attempts - 1),
+                next_attempt_at=utcnow() + ctx.retry_at(max(1, job.attempts)),
+            )
+            log.warning("job_outcome_unknown", job_id=job.id, error=str(exc))
+            return
         except (QuotaExceeded, Throttled) as exc:
             # The provider has no room now (credits, a generation limit): wait, attempt unspent.
             wait = exc.retry_after if isinstance(exc, Throttled) else None
@@ -126,7 +139,7 @@ class Worker:
 
     async def _end(self, job: Job, to: JobState, *, reason: str, **kw: Any) -> None:
         ctx = self.ctx
-        ctx.budget_for(job).on_slot_released()
+        ctx.budget_for(job).on_slot_released(job.id)
         ctx.wake_dispatch.set()
         try:
             await ctx.ledger.transition(job, JobState.RUNNING, to, reason=reason, **kw)

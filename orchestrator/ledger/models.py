@@ -125,6 +125,19 @@ class QuotaUsageRow(Base):
     __table_args__ = (Index("ix_quota_usage_provider_at", "provider", "at"),)
 
 
+class RemoteJobRow(Base):
+    """Every remote job a ledger job ever owned (a job's `remote_id` holds only its latest
+    attempt's). Reconciliation never takes one of these for a lost submission's, and the key
+    makes one remote job owned by two ledger jobs impossible."""
+
+    __tablename__ = "remote_jobs"
+
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    remote_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+
+
 class JobPartRow(Base):
     """One piece of a job that takes several remote calls: a Claro export part (rows
     skip..skip+count, downloaded to a part file) or a Claravine chunk (a POST of ≤ 1,000 rows with

@@ -41,6 +41,7 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    literal,
     null,
     select,
     true,
@@ -68,6 +69,7 @@ from orchestrator.ledger.models import (
     NotificationRow,
     OpsStateRow,
     QuotaUsageRow,
+    RemoteJobRow,
     ResultRow,
     TransitionRow,
 )
@@ -83,6 +85,7 @@ parts_t: Table = JobPartRow.__table__  # type: ignore[assignment]
 j2 = jobs_t.alias("j2")  # the same table again, for correlated subqueries
 notify_t: Table = NotificationRow.__table__  # type: ignore[assignment]
 ops_t: Table = OpsStateRow.__table__  # type: ignore[assignment]
+remote_jobs_t: Table = RemoteJobRow.__table__  # type: ignore[assignment]
 
 MAX_BATCH = 2000
 T = TypeVar("T")
@@ -221,6 +224,8 @@ def _transition_sync(
         raise ValueError(f"not job columns: {sorted(unknown)}")
     if conn.dialect.name != "sqlite":
         _transition_one_statement(conn, job_id, src, dst, reason, values, now, quota)
+        if values.get("remote_id"):
+            _own_remote(conn, job_id, values["remote_id"], now)
         return
     keys = sorted(values)
     stamp = _db("at", now)
@@ -241,6 +246,26 @@ def _transition_sync(
             "INSERT INTO quota_usage (provider, job_id, at, refunded) VALUES (?, ?, ?, 0)",
             (quota, job_id, stamp),
         )
+    if values.get("remote_id"):  # owned for good; a second owner fails the primary key
+        cur.execute(
+            "INSERT INTO remote_jobs (provider, remote_id, job_id, at) "
+            "SELECT provider, ?, id, ? FROM jobs WHERE id = ?",
+            (values["remote_id"], stamp, job_id),
+        )
+
+
+def _own_remote(conn: Connection, job_id: int, remote_id: str, now: datetime) -> None:
+    """Record that `job_id` owns `remote_id` for good (PostgreSQL; SQLite does it on its raw
+    cursor): a second owner fails the primary key."""
+    owner = select(
+        jobs_t.c.provider,
+        literal(str(remote_id)),
+        jobs_t.c.id,
+        literal(_naive(now), DateTime()),
+    ).where(jobs_t.c.id == job_id)
+    conn.execute(
+        insert(remote_jobs_t).from_select(["provider", "remote_id", "job_id", "at"], owner)
+    )
 
 
 def _transition_one_statement(
@@ -814,6 +839,13 @@ class Ledger:
         async with self.read_engine.connect() as conn:
             return {str(r) for r in (await conn.execute(stmt)).scalars().all()}
 
+    async def jobs_sending(self, provider: str) -> list[Job]:
+        """Jobs of `provider` with a part whose call may have happened (SENDING): unresolved."""
+        sending = select(parts_t.c.job_id).where(parts_t.c.state == PartState.SENDING.value)
+        stmt = self._job_select().where(jobs_t.c.provider == provider, jobs_t.c.id.in_(sending))
+        async with self.read_engine.connect() as conn:
+            return [row_to_job(r) for r in (await conn.execute(stmt)).fetchall()]
+
     async def part_progress(self, job_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
         """(parts finished, parts planned) of each job that has parts."""
         finished = [PartState.DONE.value, PartState.SKIPPED.value]
@@ -1044,11 +1076,29 @@ class Ledger:
             return int((await conn.execute(stmt)).scalar_one())
 
     async def known_remote_ids(self, provider: str) -> set[str]:
-        stmt = select(jobs_t.c.remote_id).where(
-            jobs_t.c.provider == provider, jobs_t.c.remote_id.is_not(None)
+        """Every remote job of `provider` a ledger job owns or ever owned (earlier attempts')."""
+        stmt = union(
+            select(jobs_t.c.remote_id).where(
+                jobs_t.c.provider == provider, jobs_t.c.remote_id.is_not(None)
+            ),
+            select(remote_jobs_t.c.remote_id).where(remote_jobs_t.c.provider == provider),
         )
         async with self.read_engine.connect() as conn:
             return {r for r in (await conn.execute(stmt)).scalars().all() if r}
+
+    async def remote_owner(self, provider: str, remote_id: str) -> int | None:
+        """The ledger job that owns (or owned) a remote job, if any."""
+        stmt = union(
+            select(jobs_t.c.id).where(
+                jobs_t.c.provider == provider, jobs_t.c.remote_id == remote_id
+            ),
+            select(remote_jobs_t.c.job_id).where(
+                remote_jobs_t.c.provider == provider, remote_jobs_t.c.remote_id == remote_id
+            ),
+        )
+        async with self.read_engine.connect() as conn:
+            owner = (await conn.execute(stmt)).scalars().first()
+        return None if owner is None else int(owner)
 
     async def durations(self, pipeline: str, limit: int = 50) -> list[float]:
         """Seconds from submission to the provider reporting done, for the last successful runs."""

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.domain import Job, Part, RemoteStatus
-from orchestrator.errors import Rejected
+from orchestrator.errors import ProviderError, Rejected
 from orchestrator.limits import ProviderLimits
 from orchestrator.outputs import FileCommitter, result_path
+from orchestrator.reconcile import NOT_CREATED, Lookup
 
 if TYPE_CHECKING:
     from orchestrator.config import ProviderConfig
@@ -29,6 +30,13 @@ class Params(BaseModel):
     """Base of every kind's params model: provider field names, unknown keys refused."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class OutcomeUnknown(ProviderError):
+    """A spending call whose answer never came and whose outcome could not be looked up yet:
+    the job waits without spending an attempt; the next run looks again before any new call."""
+
+    retryable = True
 
 
 class Sink(Protocol):
@@ -57,9 +65,16 @@ class ProviderAdapter(Protocol):
 
     async def cancel(self, job: Job) -> None: ...
 
-    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
-        """After a crash: for each job caught in SUBMITTING, the remote id it created, or None if
-        it provably created nothing. A job left out of the answer could not be decided."""
+    def ambiguity_class(self, job: Job) -> str | None:
+        """Which of this account's submissions the provider's listing cannot tell apart from
+        this job's (Clari: one export module). At most one submission per class is ever
+        unresolved, so a lost answer is matched to a unique remote job. None: the job's
+        submission is identified by a name we chose, or it makes no remote job of its own."""
+        ...
+
+    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, Lookup]:
+        """After a lost answer or a crash: for each job caught in SUBMITTING, what it created
+        (see Lookup). A job left out of the answer could not be decided now (ask again later)."""
         ...
 
     def result_extension(self, job: Job) -> str: ...
@@ -156,8 +171,11 @@ class StagedAdapterBase:
     async def cancel(self, job: Job) -> None:
         return None  # nothing remote to withdraw: the worker stops making calls
 
-    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
-        return {job.id: None for job in jobs}  # a staged SUBMITTING job has sent nothing yet
+    def ambiguity_class(self, job: Job) -> str | None:
+        return None  # staged kinds reconcile their own calls, part by part, inside `run`
+
+    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, Lookup]:
+        return {job.id: NOT_CREATED for job in jobs}  # a staged SUBMITTING job sent nothing yet
 
 
 def expand_list(list_key: str, item_key: str) -> Expander:

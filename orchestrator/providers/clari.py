@@ -24,6 +24,7 @@ from orchestrator.providers.answers import Answer, RemoteId, answer, parse_answe
 from orchestrator.providers.base import Params, Sink, Work, register_kind, register_provider
 from orchestrator.providers.clari_ingest import KIND as INGEST
 from orchestrator.providers.clari_ingest import ClariIngest
+from orchestrator.reconcile import Candidate, Lookup, Lost, decide
 
 FORECAST, ACTIVITY, AUDIT = "clari.forecast_export", "clari.activity_export", "clari.audit_export"
 MODULES = {FORECAST: "FORECAST", ACTIVITY: "ACTIVITY", AUDIT: "AUDIT"}
@@ -229,39 +230,34 @@ def parse_limits(body: Any, provider: str = "clari") -> ProviderLimits:
 
 def match_lost_submissions(
     jobs: Sequence[Job], remote: Sequence[dict[str, Any]], known_remote_ids: set[str]
-) -> dict[int, str | None]:
-    """Pair jobs caught in SUBMITTING with remote jobs nobody in the ledger owns: same module,
-    created no earlier than the job's submit began. Oldest job takes the oldest candidate. A job
-    with no candidate provably created nothing (the listing holds every job of this token)."""
-    free = sorted(
-        (
-            (
-                _int(r.get("startTime")) or 0,
-                str(r.get("jobId", "")).rstrip(","),
-                str(r.get("module", "")).rstrip(","),
-            )
-            for r in remote
-            if str(r.get("jobId", "")).rstrip(",") not in known_remote_ids
-        ),
-    )
-    taken: set[str] = set()
-    out: dict[int, str | None] = {}
-    for job in sorted(jobs, key=lambda j: (j.submitted_at or j.created_at or datetime.min, j.id)):
-        since = (
-            int(job.submitted_at.timestamp() * 1000) - RECOVERY_SKEW_MS if job.submitted_at else 0
-        )
-        pick = next(
-            (
-                rid
-                for started, rid, module in free
-                if rid not in taken and module == MODULES.get(job.kind) and started >= since
+) -> dict[int, Lookup]:
+    """Jobs caught in SUBMITTING against `GET /export/jobs`, which echoes neither our params nor
+    any id of ours: only the module and the creation time. The dispatcher keeps at most one
+    submission per module unresolved, so the rule in orchestrator.reconcile decides: one unowned
+    remote job of the module created since the submit began is its; none means it created
+    nothing (the listing holds every job of this token); anything else is the operator's."""
+    lost = [
+        Lost(
+            job_id=job.id,
+            cls=MODULES.get(job.kind, job.kind),
+            since_ms=(
+                int(job.submitted_at.timestamp() * 1000) - RECOVERY_SKEW_MS
+                if job.submitted_at
+                else 0
             ),
-            None,
         )
-        if pick is not None:
-            taken.add(pick)
-        out[job.id] = pick
-    return out
+        for job in jobs
+    ]
+    candidates = [
+        Candidate(
+            remote_id=str(r.get("jobId", "")).rstrip(","),
+            cls=str(r.get("module", "")).rstrip(","),
+            created_ms=_int(r.get("startTime")) or 0,
+        )
+        for r in remote
+        if str(r.get("jobId", "")).rstrip(",")
+    ]
+    return decide(lost, candidates, known_remote_ids)
 
 
 @register_provider("clari", "https://api.clari.com/v4")
@@ -271,13 +267,20 @@ class ClariAdapter:
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "clari"
         headers = {"apikey": cfg.secret(), "Accept": "application/json"}
-        pace = AccountPace()  # one pause for the account's export and ingest calls
+        pace = AccountPace()  # one pause and rate window for every call of the account
         self.http = HttpClient.for_provider(cfg, self.name, headers=headers, pace=pace)
+        # A create is never repeated blindly (a 5xx or a dropped connection may come after the
+        # export was made): its unknown outcome goes to reconciliation. A 429 made nothing, so
+        # it is retried as usual. Same pause and request-rate windows as every other call.
+        self.spend = HttpClient.for_provider(
+            cfg, self.name, headers=headers, retries=0, throttle_retries=cfg.retries, pace=pace
+        )
 
         self.ingest = ClariIngest(cfg, self.name, pace=pace)
 
     async def close(self) -> None:
         await self.http.close()
+        await self.spend.close()
         await self.ingest.close()
 
     async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
@@ -316,7 +319,7 @@ class ClariAdapter:
     async def submit(self, job: Job) -> str:
         path, body = self._request(job)
         try:
-            submitted = await answer(self.http, ClariSubmitted, "POST", path, json=body)
+            submitted = await answer(self.spend, ClariSubmitted, "POST", path, json=body)
         except Rejected as exc:
             if exc.status == 400 and exc.code in QUOTA_CODES:
                 raise QuotaExceeded(
@@ -370,7 +373,11 @@ class ClariAdapter:
             if exc.code != "export_failed_to_cancel":
                 raise
 
-    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, str | None]:
+    def ambiguity_class(self, job: Job) -> str | None:
+        module = MODULES.get(job.kind)
+        return None if module is None else f"export module {module}"
+
+    async def find(self, jobs: Sequence[Job], known_remote_ids: set[str]) -> dict[int, Lookup]:
         return match_lost_submissions(jobs, await self.list_jobs(), known_remote_ids)
 
     def result_extension(self, job: Job) -> str:

@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 
 from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
-from orchestrator.errors import BadAnswer, Rejected, RemoteJobFailed
+from orchestrator.errors import BadAnswer, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient
 from orchestrator.limits import AccountPace
 from orchestrator.providers.answers import Answer, RemoteId, answer, parse_answer
@@ -217,9 +217,21 @@ class ClariIngest:
             requests_per_second=min(cfg.requests_per_second, 100.0),  # documented 100/s
             pace=pace,
         )
+        # Status reads answer FAILED with HTTP 500 ("Please retry ingestion."): that answer is
+        # read, not retried; other 5xx are retried here, on the poll's own schedule.
+        self.status_http = HttpClient.for_provider(
+            cfg,
+            name,
+            headers=headers,
+            base_url=ingest_base_url(cfg),
+            retries=0,
+            requests_per_second=min(cfg.requests_per_second, 100.0),
+            pace=pace,
+        )
 
     async def close(self) -> None:
         await self.http.close()
+        await self.status_http.close()
 
     async def check(self) -> str:
         """apikey + partnerkey accepted? An unknown job id answers the documented 404 (`{"error":
@@ -289,25 +301,43 @@ class ClariIngest:
         log.info("ingest_uploaded", job_id=job.id, part=part.seq, ingest_job=remote, last=last)
         return sent
 
+    async def _status(self, part: Part) -> IngestStatus:
+        """The ingestion job's status record; its FAILED and VALIDATION_FAILED come with HTTP
+        500 and 400 and are answers, not errors."""
+        path = f"/ingest/job/{quote(str(part.remote_id), safe='')}"
+        try:
+            body = await self.status_http.json("GET", path)
+        except (Rejected, Unavailable) as exc:
+            if (exc.status not in (400, 500)) or not isinstance(exc.body, dict):
+                raise
+            body = exc.body
+        return parse_answer(IngestStatus, body, provider=self.name, where="GET /ingest/job/{jobId}")
+
     async def _await(self, job: Job, work: Work, part: Part) -> None:
         poll = self.cfg.poll
         delay = poll.initial
+        failures = 0
         while True:
-            path = f"/ingest/job/{quote(str(part.remote_id), safe='')}"
             try:
-                body = await self.http.json("GET", path)
-            except Rejected as exc:
-                if exc.status != 400 or not isinstance(exc.body, dict):
+                info = await self._status(part)
+            except Unavailable:
+                failures += 1
+                if failures > max(self.cfg.retries, 1):
                     raise
-                body = exc.body  # VALIDATION_FAILED comes as a 400 with the job in its body
-            info = parse_answer(
-                IngestStatus, body, provider=self.name, where="GET /ingest/job/{jobId}"
-            )
+                await asyncio.sleep(delay)
+                delay = min(poll.max_interval, delay * 2)
+                continue
+            failures = 0
             status = info.status.upper()
             if status == "SUCCESS":
                 await work.save(replace(part, state=PartState.DONE, detail="SUCCESS"))
                 return
-            if status in ("FAILED", "VALIDATION_FAILED", "VALIDATION_ERROR"):
+            if status == "FAILED":  # "Please retry ingestion.": the work, not the status read
+                why = redact(str(info.message))[:500]
+                detail = f"ingest job {part.remote_id} ended FAILED: {why}"
+                await work.save(replace(part, state=PartState.PENDING, detail=detail))
+                raise Unavailable(self.name, f"file {part.seq + 1}: {detail}; will upload again")
+            if status in ("VALIDATION_FAILED", "VALIDATION_ERROR"):
                 detail = _errors_text(info.message)
                 await work.save(replace(part, state=PartState.FAILED, detail=detail))
                 raise RemoteJobFailed(

@@ -5,12 +5,16 @@ show enough credits for it (the estimate: `estimated_credits`, else the most thi
 lately); if not, or if clariBI answers 402, the job waits (attempt unspent) or fails with
 clariBI's message, as `when_out_of_credits` says. A call whose answer never came back may still
 have spent credits: before calling again the job looks for what it made (reports listed after the
-call began; a dashboard's `last_refresh`). The one generation is a part in the ledger, with the
+call began whose details name its template and data sources; a dashboard's `last_refresh`). One
+generation per class (generation_class) is in the air at a time, so what it finds is unique or
+nothing; anything else waits for the operator, and so does a lookup that fails: neither spends
+an attempt (OutcomeUnknown). The one generation is a part in the ledger, with the
 report id and the credits it consumed (`orchestrator quota` sums them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -36,9 +40,10 @@ from orchestrator.errors import (
 )
 from orchestrator.http import HttpClient
 from orchestrator.limits import AccountPace
-from orchestrator.outputs import AtomicFile
+from orchestrator.outputs import AtomicFile, count_rows
 from orchestrator.providers.answers import Answer, RemoteId, parse_answer
 from orchestrator.providers.base import (
+    OutcomeUnknown,
     Params,
     StagedAdapterBase,
     Work,
@@ -46,6 +51,7 @@ from orchestrator.providers.base import (
     register_kind,
     register_provider,
 )
+from orchestrator.reconcile import Candidate, Lost, decide, operator_hint
 from orchestrator.redaction import redact
 
 if TYPE_CHECKING:
@@ -152,6 +158,13 @@ class ClariBIReport(Answer):
     processing_credits_used: int | float | None = None
 
 
+class ClariBIReportDetail(Answer):
+    """`GET /reports/{id}/`: what a lost generation is matched on (template, data sources) is
+    read from its extra fields by same_generation."""
+
+    id: RemoteId
+
+
 class ClariBIReports(Answer):
     """`GET /reports/`: one page, newest first."""
 
@@ -191,18 +204,39 @@ def _ts(value: Any) -> float | None:
         return None
 
 
-def pick_report(
+def generation_class(job: Job) -> str:
+    """What clariBI's listings can tell apart of a generation: a report's template, data
+    sources and format (GET /reports/ and /reports/{id}/ echo them; report_parameters they do
+    not), a refresh's dashboard. At most one generation per class is unresolved at a time."""
+    p = job.params
+    if job.kind == REFRESH:
+        return f"dashboard {p['dashboard_id']}"
+    sources = ",".join(sorted(str(s) for s in p["data_source_ids"]))
+    return f"report of template {p['template_id']} on {sources} as {p.get('output_format', 'pdf')}"
+
+
+def recent_reports(
     reports: Sequence[dict[str, Any]], since: float, fmt: str, taken: set[str]
-) -> dict[str, Any] | None:
-    """The oldest report made after our call began, in our format, that no job owns."""
-    fits = [
+) -> list[dict[str, Any]]:
+    """Reports made since our call began (less skew), in our format, that no job owns."""
+    return [
         r
         for r in reports
         if str(r.get("id")) not in taken
         and r.get("output_format") == fmt
         and (_ts(r.get("created_at")) or 0) >= since - SKEW
     ]
-    return min(fits, key=lambda r: _ts(r.get("created_at")) or 0) if fits else None
+
+
+def same_generation(detail: dict[str, Any], job: Job) -> bool:
+    """A report's details name our template and (where echoed) our data sources."""
+    if str(detail.get("template")) != str(job.params["template_id"]):
+        return False
+    sources = detail.get("data_sources")
+    if not isinstance(sources, list):
+        return True
+    ids = {str(s.get("id")) if isinstance(s, dict) else str(s) for s in sources}
+    return ids == {str(s) for s in job.params["data_source_ids"]}
 
 
 @register_provider("claribi", "https://claribi.com/api/v1")
@@ -228,6 +262,7 @@ class ClariBIAdapter(StagedAdapterBase):
             request_deadline=max(cfg.request_deadline, SYNC_TIMEOUT + cfg.timeout),
         )
         self._tier: str | None = None
+        self._classes: dict[str, asyncio.Lock] = {}  # generation_class -> one call at a time
 
     async def close(self) -> None:
         await self.http.close()
@@ -331,12 +366,17 @@ class ClariBIAdapter(StagedAdapterBase):
 
     # --- the job --------------------------------------------------------------------------------
     async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
-        parts = await work.parts()
-        part = parts[0] if parts else Part(job_id=job.id, seq=0, state=PartState.PENDING)
-        if part.state == PartState.SENDING:
-            part = await self._settle_lost(job, work, part)
-        if part.remote_id is None:
-            part = await self._spend(job, work, part)
+        # Held from before the call is recorded SENDING until its outcome is known: a lost
+        # answer then has at most one candidate of its class (taken first thing, so a job
+        # resumed after a restart settles before a new one of its class may call).
+        cls = generation_class(job)
+        async with self._classes.setdefault(cls, asyncio.Lock()):
+            parts = await work.parts()
+            part = parts[0] if parts else Part(job_id=job.id, seq=0, state=PartState.PENDING)
+            if part.state == PartState.SENDING:
+                part = await self._settle_lost(job, work, part)
+            if part.remote_id is None:
+                part = await self._spend(job, work, part)
         if job.kind == REFRESH:
             return await self._write_refresh(job, work, part)
         return await self._download(job, work, part)
@@ -417,7 +457,7 @@ class ClariBIAdapter(StagedAdapterBase):
             log.warning("claribi_answer_lost", job_id=job.id, error=str(exc))
             settled = await self._settle_lost(job, work, sending)
             if settled.remote_id is None:
-                raise
+                raise  # provably nothing made: a failed attempt like any other
             return settled
         if isinstance(answer, ClariBIGenerated):
             remote = answer.report_id
@@ -442,54 +482,85 @@ class ClariBIAdapter(StagedAdapterBase):
         return done
 
     async def _settle_lost(self, job: Job, work: Work, part: Part) -> Part:
-        """A call that may have happened: adopt what it made, or record that it made nothing."""
+        """A call that may have happened: adopt what it provably made, record that it provably
+        made nothing, or raise OutcomeUnknown (the job waits, no attempt spent)."""
         since = int((part.name or "sent:0").split(":", 1)[1]) / 1000.0
-        if job.kind == REPORT:
-            taken = await work.ledger.part_remote_ids(job.provider)
-            found = pick_report(
-                await self.list_reports(since),
-                since,
-                str(job.params.get("output_format", "pdf")),
-                taken,
-            )
-            if found is not None:
-                credits = found.get("processing_credits_used")
-                adopted = Part(
-                    job_id=job.id,
-                    seq=0,
-                    state=PartState.RUNNING,
-                    name=part.name,
-                    remote_id=str(found["id"]),
-                    credits=int(credits) if isinstance(credits, int | float) else None,
-                    detail="adopted after a lost answer",
-                )
-                await work.save(adopted)
-                log.info("claribi_adopted", job_id=job.id, report_id=adopted.remote_id)
-                return adopted
-        else:
+        cls = generation_class(job)
+        try:
+            others = [
+                o
+                for o in await work.ledger.jobs_sending(job.provider)
+                if o.id != job.id and generation_class(o) == cls
+            ]
+            found = await self._made_since(job, work, since)
+        except ProviderError as exc:
+            raise OutcomeUnknown(
+                self.name, f"a generation's outcome is unknown, not looked up yet: {exc.message}"
+            ) from None
+        lost = [
+            Lost(job_id=j, cls=cls, since_ms=int((since - SKEW) * 1000))
+            for j in [job.id, *(o.id for o in others)]
+        ]
+        candidates = [
+            Candidate(remote_id=rid, cls=cls, created_ms=int(t * 1000))
+            for rid, (t, _credits, _detail) in found.items()
+        ]
+        lookup = decide(lost, candidates, set())[job.id]
+        if lookup.ambiguous is not None:
+            raise OutcomeUnknown(self.name, lookup.ambiguous + operator_hint(job.id))
+        if lookup.remote_id is None:
+            cleared = Part(job_id=job.id, seq=0, state=PartState.PENDING)
+            await work.save(cleared)
+            return cleared
+        _t, credits, detail = found[lookup.remote_id]
+        adopted = Part(
+            job_id=job.id,
+            seq=0,
+            state=PartState.RUNNING,
+            name=part.name,
+            remote_id=lookup.remote_id,
+            credits=credits,
+            detail=detail,
+        )
+        await work.save(adopted)
+        log.info("claribi_adopted", job_id=job.id, remote_id=adopted.remote_id)
+        return adopted
+
+    async def _made_since(
+        self, job: Job, work: Work, since: float
+    ) -> dict[str, tuple[float, int | None, str]]:
+        """What clariBI shows made by a generation like this job's since `since`:
+        remote id -> (created, credits, part detail)."""
+        if job.kind == REFRESH:
             listing = await self._json(ClariBIDashboards, "GET", "/dashboards/", "dashboards:read")
             target = str(job.params["dashboard_id"])
-            for d in (item.as_dict() for item in listing.results):
-                last = _ts(d.get("last_refresh")) if isinstance(d, dict) else None
-                if (
-                    isinstance(d, dict)
-                    and str(d.get("id")) == target
-                    and last
-                    and last >= since - SKEW
-                ):
-                    adopted = Part(
-                        job_id=job.id,
-                        seq=0,
-                        state=PartState.RUNNING,
-                        name=part.name,
-                        remote_id="refreshed",
-                        detail=f"last_refresh {d.get('last_refresh')} (adopted: answer lost)",
-                    )
-                    await work.save(adopted)
-                    return adopted
-        cleared = Part(job_id=job.id, seq=0, state=PartState.PENDING)
-        await work.save(cleared)
-        return cleared
+            for d in listing.results:
+                last = _ts(d.last_refresh)
+                if d.id == target and last and last >= since - SKEW:
+                    detail = f"last_refresh {d.last_refresh} (adopted: answer lost)"
+                    return {"refreshed": (last, None, detail)}
+            return {}
+        own = {p.remote_id for p in await work.parts() if p.remote_id}
+        taken = await work.ledger.part_remote_ids(job.provider) - own  # other jobs' reports
+        fmt = str(job.params.get("output_format", "pdf"))
+        out: dict[str, tuple[float, int | None, str]] = {}
+        for r in recent_reports(await self.list_reports(since), since, fmt, taken):
+            rid = str(r["id"])
+            report = await self._json(
+                ClariBIReportDetail,
+                "GET",
+                f"/reports/{quote(rid, safe='')}/",
+                "reports:read",
+                where="GET /reports/{id}/",
+            )
+            if same_generation(report.as_dict(), job):
+                credits = r.get("processing_credits_used")
+                out[rid] = (
+                    _ts(r.get("created_at")) or 0.0,
+                    int(credits) if isinstance(credits, int | float) else None,
+                    "adopted after a lost answer",
+                )
+        return out
 
     async def _download(self, job: Job, work: Work, part: Part) -> dict[str, Any]:
         final = work.result_path(self.result_extension(job))
@@ -510,7 +581,8 @@ class ClariBIAdapter(StagedAdapterBase):
         except BaseException:
             sink.abort()
             raise
-        return await _stored(work, part, sink, sink.csv_rows() if final.suffix == ".csv" else None)
+        rows = await asyncio.to_thread(count_rows, final, final.suffix.lstrip("."))
+        return await _stored(work, part, sink, rows)
 
     async def _write_refresh(self, job: Job, work: Work, part: Part) -> dict[str, Any]:
         record = {

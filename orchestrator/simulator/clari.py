@@ -61,6 +61,7 @@ class ClariSimConfig:
     lost_submit_rate: float = 0.0  # create the job, then drop the connection before answering
     download_drop_rate: float = 0.0  # drop a results download half way
     result_rows: int = 50
+    multiline_every: int = 0  # every Nth forecast row's Role holds a line break (quoted in CSV)
     result_bytes: int = 0  # when > 0, results are padded CSV of about this size (benchmarks)
     expire_after: float = 30 * 86400.0
     unknown_forecasts: list[str] = field(default_factory=lambda: ["no_such_forecast"])
@@ -114,6 +115,12 @@ class SimJob:
             "deliveryStatusMap": {},
             "currency": self.params.get("currency", "USD"),
         }
+
+
+def _csv_field(value: str) -> str:
+    if any(c in value for c in ',"\n\r'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
 
 
 def _err(code: str, message: str, namespace: str = "exports") -> dict[str, Any]:
@@ -527,6 +534,7 @@ class ClariSimulator:
     def result_rows(self, job: SimJob) -> list[dict[str, Any]]:
         rng = random.Random(job.job_id)
         n = self.config.result_rows
+        every = self.config.multiline_every
         if job.module == "FORECAST":
             return [
                 dict(
@@ -536,7 +544,7 @@ class ClariSimulator:
                             f"Rep {i}",
                             f"rep{i}@example.com",
                             f"005{i:012d}",
-                            "Sales Rep",
+                            ('Sales Rep\nWest, "Bay"' if every and i % every == 0 else "Sales Rep"),
                             "CEO",
                             job.params.get("timePeriod", "current"),
                             "Commit",
@@ -582,7 +590,7 @@ class ClariSimulator:
         rows = self.result_rows(job)
         if job.module == "FORECAST" and job.fmt == "CSV":
             lines = [",".join(FORECAST_HEADER)] + [
-                ",".join(str(r[h]) for h in FORECAST_HEADER) for r in rows
+                ",".join(_csv_field(str(r[h])) for h in FORECAST_HEADER) for r in rows
             ]
             return ("\n".join(lines) + "\n").encode()
         if job.module == "FORECAST":
@@ -618,10 +626,14 @@ class ClariSimulator:
         )
 
     async def sim_jobs(self, request: web.Request) -> web.Response:
-        """Every job as GET /export/jobs shows it, without auth or counting (test inspection)."""
+        """Every job as GET /export/jobs shows it, without auth or counting (test inspection),
+        with the body of the request that created it (`params`; a forecast's id in `title`)."""
         now = time.time()
         return web.json_response(
-            [j.to_json(now, self.config.expire_after) for j in self.jobs.values()]
+            [
+                {**j.to_json(now, self.config.expire_after), "params": j.params}
+                for j in self.jobs.values()
+            ]
         )
 
     async def sim_seed(self, request: web.Request) -> web.Response:

@@ -34,6 +34,7 @@ class IngestSimConfig:
     reject_ids: list[str] = field(default_factory=list)  # records Clari's schema refuses
     queue_delay: float = 0.05
     duration: float = 0.15
+    fail_next: int = 0  # the next N ingestion jobs end FAILED (status read: HTTP 500)
 
 
 @dataclass(kw_only=True)
@@ -46,6 +47,7 @@ class IngestJob:
     records: int
     errors: list[dict[str, str]]
     file_name: str
+    fails: bool = False
 
     def status(self, now: float, c: IngestSimConfig) -> str:
         age = now - self.created
@@ -53,7 +55,9 @@ class IngestJob:
             return "QUEUED"
         if age < c.queue_delay + c.duration:
             return "IN_PROGRESS"
-        return "VALIDATION_FAILED" if self.errors else "SUCCESS"
+        if self.errors:
+            return "VALIDATION_FAILED"
+        return "FAILED" if self.fails else "SUCCESS"
 
 
 def validate_payload(data: Any) -> tuple[int, list[dict[str, str]]]:
@@ -128,6 +132,7 @@ class ClariIngestSimulator:
             "status_requests": 0,
             "max_active": 0,
             "last_batches": 0,
+            "failed_jobs": 0,
         }
 
     def app(self) -> web.Application:
@@ -243,8 +248,12 @@ class ClariIngestSimulator:
             records=count,
             errors=errors,
             file_name=str(getattr(upload, "filename", "data.json")),
+            fails=not errors and self.config.fail_next > 0,
         )
-        if not errors:
+        if self.jobs[job_id].fails:
+            self.config.fail_next -= 1
+            self.stats["failed_jobs"] += 1
+        elif not errors:
             for block in data:
                 self.received.setdefault(entity, []).extend(block["records"])
         self.stats["uploads"] += 1
@@ -266,6 +275,7 @@ class ClariIngestSimulator:
             "SUCCESS": "Ingestion successfully completed.",
             "QUEUED": "Bulk ingestion job is queued",
             "IN_PROGRESS": "Bulk ingestion job is in progress",
+            "FAILED": "Bulk ingestion job failed. Please retry ingestion.",
         }.get(status, j.errors)
         body = {
             "message": {
@@ -282,7 +292,7 @@ class ClariIngestSimulator:
                 "message": message,
             }
         }
-        code = 202 if not done else (400 if status == "VALIDATION_FAILED" else 200)
+        code = {"VALIDATION_FAILED": 400, "FAILED": 500}.get(status, 202 if not done else 200)
         return web.json_response(body, status=code)
 
     async def sim_stats(self, request: web.Request) -> web.Response:

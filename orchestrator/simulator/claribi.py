@@ -62,6 +62,7 @@ class Report:
     credits: int
     template: str
     data_sources: list[str]
+    body: dict[str, Any] = field(default_factory=dict)  # the generate request, as sent
 
 
 @dataclass(kw_only=True)
@@ -78,6 +79,8 @@ class ClariBISimConfig:
     general_limit: int | None = None  # None: the tier's
     generation_limit: int | None = None
     lost_answer_rate: float = 0.0  # generate/refresh, then drop the connection
+    error_after_generate_rate: float = 0.0  # generate (credits spent), then answer 500
+    reports_listing_down: bool = False  # GET /reports/ answers 503
     dashboards: list[str] = field(
         default_factory=lambda: [
             "550e8400-e29b-41d4-a716-446655440020",
@@ -253,6 +256,10 @@ class ClariBISimulator:
     async def list_reports(self, request: web.Request) -> web.Response:
         if (denied := self._need("reports:read")) is not None:
             return denied
+        if self.config.reports_listing_down:
+            return web.json_response(
+                {"error": "Service Unavailable", "message": "try later"}, status=503
+            )
         try:
             page = int(request.query.get("page", "1"))
             size = int(request.query.get("page_size", "20"))
@@ -313,6 +320,7 @@ class ClariBISimulator:
             credits=cost,
             template=str(body["template_id"]),
             data_sources=[str(s) for s in sources or []],
+            body=body,
         )
         self.reports[rid] = report
         self.config.credits_used += cost
@@ -320,6 +328,11 @@ class ClariBISimulator:
         if self.faults.roll(self.config.lost_answer_rate):
             self.faults.counts["lost_answer"] += 1
             return drop(request)
+        if self.faults.roll(self.config.error_after_generate_rate):
+            self.faults.counts["error_after_generate"] += 1
+            return web.json_response(
+                {"error": "Internal Server Error", "message": "Something went wrong"}, status=500
+            )
         return web.json_response(
             {
                 "success": True,
@@ -348,7 +361,10 @@ class ClariBISimulator:
         r = self._report(request)
         if isinstance(r, web.Response):
             return r
-        return web.json_response({**self._summary(r), "template": r.template})
+        sources = [{"id": s, "name": f"Source {s[:8]}", "type": "database"} for s in r.data_sources]
+        return web.json_response(
+            {**self._summary(r), "template": r.template, "data_sources": sources}
+        )
 
     def content(self, r: Report) -> tuple[bytes, str]:
         rows = [("region", "revenue"), ("EMEA", "1200"), ("AMER", "3400"), ("APAC", "800")]

@@ -312,3 +312,17 @@ async def test_secret_never_reaches_ledger_or_errors(
     assert API_KEY.encode() not in blob
     for job in await all_jobs(cfg):
         assert API_KEY not in (job.error or "")
+
+
+async def test_csv_rows_are_records_not_lines(
+    make_config: Callable[..., Config], sim: SimulatorServer
+) -> None:
+    """A quoted field with a line break in it: 50 records, 60 lines."""
+    sim.sims.clari.config.multiline_every = 5
+    cfg = make_config([forecast("fc")])
+    assert await run_once(cfg) == 0
+    (job,) = await all_jobs(cfg)
+    assert_result_intact(job)
+    text = Path(job.result_path or "").read_text()
+    assert text.count("\n") == 1 + 50 + 10
+    assert job.result_rows == 50 == len(list(csv.reader(text.splitlines(keepends=True)))) - 1

@@ -166,3 +166,21 @@ async def test_restart_mid_ingest_sends_at_most_the_file_in_flight_again(
     assert {r["id"] for r in ing(sim).received["account"]} == {
         record(i)["id"] for i in range(2_000)
     }
+
+
+async def test_an_ingestion_that_ends_failed_is_uploaded_again(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    """Clari answers the status read with HTTP 500 and status FAILED, 'Please retry
+    ingestion.': that is the work failing (upload the file again), not the read."""
+    ing(sim).config.fail_next = 1
+    write_jsonl(tmp_path / "in" / "a.jsonl", [record(i) for i in range(20)])
+    cfg = config(tmp_path, sim, [{**ingest("acct", f"{tmp_path}/in/*.jsonl"), "max_attempts": 2}])
+    assert await run_once(cfg, timeout=60) == 0
+    (job,) = await all_jobs(cfg)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert ing(sim).stats["failed_jobs"] == 1
+    assert ing(sim).stats["uploads"] == 2  # the file went again after the FAILED
+    assert {r["id"] for r in ing(sim).received["account"]} == {record(i)["id"] for i in range(20)}
+    (part,) = await job_parts(cfg, job.id)
+    assert part.state == PartState.DONE

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from orchestrator.domain import Job, JobState
 from orchestrator.http import error_fields
 from orchestrator.providers.clari_ingest import check_record, split_files
-from orchestrator.providers.claribi import pick_report
+from orchestrator.providers.claribi import generation_class, recent_reports, same_generation
 from orchestrator.providers.clayva import check_event
 
 T0 = 1_700_000_000_000
@@ -71,7 +72,7 @@ def test_ingest_files_stay_under_the_limit_and_keep_every_record(
     assert sorted(seen) == sorted((e, r["id"]) for e, r, _ in records)
 
 
-def test_report_matching_takes_the_oldest_unowned_after_the_call() -> None:
+def test_report_candidates_are_the_unowned_made_after_the_call_in_our_format() -> None:
     reports = [
         {"id": "a", "output_format": "pdf", "created_at": "2026-11-22T10:00:00Z"},
         {"id": "b", "output_format": "pdf", "created_at": "2026-11-22T10:05:00Z"},
@@ -79,9 +80,36 @@ def test_report_matching_takes_the_oldest_unowned_after_the_call() -> None:
         {"id": "d", "output_format": "csv", "created_at": "2026-11-22T10:05:30Z"},
     ]
     since = 1795341840.0  # 2026-11-22T10:04:00Z
-    assert pick_report(reports, since, "pdf", set())["id"] == "b"  # type: ignore[index]
-    assert pick_report(reports, since, "pdf", {"b"})["id"] == "c"  # type: ignore[index]
-    assert pick_report(reports, since, "json", set()) is None
+    assert [r["id"] for r in recent_reports(reports, since, "pdf", set())] == ["b", "c"]
+    assert [r["id"] for r in recent_reports(reports, since, "pdf", {"b"})] == ["c"]
+    assert recent_reports(reports, since, "json", set()) == []
+
+
+def test_a_report_is_ours_only_if_its_details_name_our_template_and_sources() -> None:
+    job = Job(
+        id=1,
+        pipeline="p",
+        kind="claribi.report",
+        provider="claribi",
+        state=JobState.RUNNING,
+        params={"template_id": "t1", "data_source_ids": ["s2", "s1"], "output_format": "pdf"},
+        idempotency_key="k",
+    )
+    src = [{"id": "s1", "name": "x"}, {"id": "s2", "name": "y"}]
+    assert same_generation({"template": "t1", "data_sources": src}, job)
+    assert same_generation({"template": "t1"}, job)  # sources not echoed: template decides
+    assert not same_generation({"template": "t2", "data_sources": src}, job)
+    assert not same_generation({"template": "t1", "data_sources": src[:1]}, job)
+    other = Job(
+        id=2,
+        pipeline="p",
+        kind="claribi.report",
+        provider="claribi",
+        state=JobState.RUNNING,
+        params={"template_id": "t1", "data_source_ids": ["s1", "s2"], "output_format": "pdf"},
+        idempotency_key="k2",
+    )
+    assert generation_class(job) == generation_class(other)  # one class: never both in the air
 
 
 def test_error_fields_read_clari_ingest_arrays() -> None:
