@@ -24,6 +24,7 @@ from orchestrator.engine.recovery import reconcile_submitting, recover
 from orchestrator.engine.worker import Worker
 from orchestrator.errors import ConfigError, ProviderError
 from orchestrator.ledger import migrate
+from orchestrator.ledger.single import DaemonLock, LedgerInUse, lock_path
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.notify import DaemonView, Notifications
 from orchestrator.retention import run_daily
@@ -67,6 +68,8 @@ class Daemon:
         self._last_refresh: dict[str, float] = {}
         self._last_unresolved = 0.0
         self._stuck: set[int] = set()  # jobs left waiting for the operator at an idle exit
+        path = lock_path(self.ledger.url)
+        self._lock = DaemonLock(path) if path is not None else None
 
     # --- lifecycle --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -142,6 +145,22 @@ class Daemon:
     async def _start_environment(self) -> None:
         """The status port and the ledger: what the machine may refuse. A refusal is one line
         naming the config key (ConfigError), not a traceback."""
+        if self._lock is not None:  # one daemon per SQLite ledger (ledger/single.py)
+            try:
+                self._lock.acquire()
+            except LedgerInUse as exc:
+                where = self.cfg.where("ledger", "url")
+                raise ConfigError(
+                    [
+                        f"{where}: ledger.url: another daemon runs on this ledger ({exc}); "
+                        "a SQLite ledger takes one daemon — stop that one first"
+                    ]
+                ) from None
+            except OSError as exc:
+                where = self.cfg.where("ledger", "url")
+                raise ConfigError(
+                    [f"{where}: ledger.url: cannot lock {self._lock.path}: {exc.strerror}"]
+                ) from None
         web = self.cfg.web
         if web.enabled and not self.exit_when_idle:
             # Up before migrating, so /readyz can say "not yet" instead of nothing.
@@ -202,6 +221,8 @@ class Daemon:
         await self.notifications.close()
         await self.ctx.close()
         await self.ledger.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("daemon_stopped", finished=dict(self.ctx.stats.finished))
 
     # --- the claim loop ---------------------------------------------------------------------

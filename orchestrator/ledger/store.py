@@ -73,6 +73,7 @@ from orchestrator.ledger.models import (
     ResultRow,
     TransitionRow,
 )
+from orchestrator.redaction import redact
 from orchestrator.runtime import file_mode, make_dirs
 
 log = structlog.get_logger(__name__)
@@ -700,6 +701,12 @@ class Ledger:
         """
         job_id = job if isinstance(job, int) else job.id
         now = utcnow()
+        # The last safety net for text from outside: whatever built it, no registered secret
+        # (in any of its encodings) is stored in an error or a reason.
+        if reason:
+            reason = redact(reason)
+        if isinstance(values.get("error"), str):
+            values["error"] = redact(values["error"])
 
         def apply(conn: Connection) -> None:
             _transition_sync(conn, job_id, src, dst, reason, values, now, quota)
@@ -772,7 +779,7 @@ class Ledger:
                 "path": p.path,
                 "bytes": p.bytes,
                 "sha256": p.sha256,
-                "detail": p.detail,
+                "detail": redact(p.detail) if p.detail else p.detail,
                 "credits": p.credits,
                 "updated_at": now,
             }

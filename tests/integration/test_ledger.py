@@ -377,3 +377,45 @@ async def test_aware_times_in_any_zone_compare_as_utc_in_queries(ledger: Ledger)
             await conn.execute(select(jobs_t.c.id).where(jobs_t.c.fire_time == same_instant))
         ).scalars()
         assert list(found) == [job]
+
+
+async def test_no_registered_secret_is_stored_in_errors_reasons_or_part_details(
+    ledger: Ledger,
+) -> None:
+    """The ledger's own safety net: text built anywhere (a part detail, a reason) is redacted in
+    every encoding before it is written, even where its builder forgot."""
+    import base64
+    import json as json_module
+    from urllib.parse import quote
+
+    from orchestrator import redaction
+
+    secret = "ledger-secret-Vb7Qx2Lm/+="
+    redaction.register([secret])  # stays registered: harmless, nothing else uses it
+    job = await enqueue(ledger, "redact")
+    assert job
+    echoed = [
+        secret,
+        quote(secret, safe=""),
+        json_module.dumps(secret)[1:-1],
+        base64.b64encode(f"user:{secret}".encode()).decode(),
+    ]
+    await ledger.transition(
+        job,
+        JobState.PENDING,
+        JobState.SUBMITTING,
+        reason=f"attempt 1 {echoed[1]}",
+        error=" | ".join(echoed),
+    )
+    await ledger.save_parts(
+        [Part(job_id=job, seq=0, state=PartState.FAILED, detail=f"400 {echoed[3]}")]
+    )
+    stored = await ledger.get(job)
+    assert stored is not None and stored.error is not None
+    details = [p.detail or "" for p in await ledger.parts(job)]
+    history = await ledger.transitions(job)
+    texts = [stored.error, *details, *(t["reason"] or "" for t in history)]
+    assert redaction.MASK in stored.error and redaction.MASK in details[0]
+    for text_ in texts:
+        for form in echoed:
+            assert form not in text_
