@@ -354,7 +354,7 @@ def jobs_watch(config_path: str | None, interval: float, iterations: int) -> Non
         n = 0
         while True:
             for line in _watch_changes(await _watch_jobs(lg), seen):
-                click.echo(line)
+                click.echo(printable(line, newlines=False))
             n += 1
             if iterations and n >= iterations:
                 return

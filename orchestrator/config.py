@@ -41,10 +41,12 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 MAX_DURATION = 366 * 86400.0  # longer is a typo, and infinity breaks timers (ceil(inf))
+MAX_RETENTION = 100 * 366 * 86400.0  # retention is counted in years; still finite
 
 
-def parse_duration(value: str | float | int) -> float:
-    """'90s', '15m', '1h30m', '250ms' or a number of seconds → seconds (at most a year)."""
+def parse_duration(value: str | float | int, *, most: float = MAX_DURATION) -> float:
+    """'90s', '15m', '1h30m', '250ms' or a number of seconds → seconds (at most `most`: a year
+    unless said otherwise)."""
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("must not be negative")
@@ -53,8 +55,8 @@ def parse_duration(value: str | float | int) -> float:
         raise ValueError(f"{value[:40]!r} is not a duration like '30s', '15m', '2h' or '1h30m'")
     else:
         seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(value))
-    if not seconds <= MAX_DURATION:  # also NaN
-        raise ValueError("must be at most 366 days")
+    if not seconds <= most:  # also NaN
+        raise ValueError(f"must be at most {most / 86400:,.0f} days")
     return seconds
 
 
@@ -291,7 +293,7 @@ class RetentionConfig(_Model):
     @field_validator("results", "jobs", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> float | None:
-        return None if v is None else parse_duration(v)
+        return None if v is None else parse_duration(v, most=MAX_RETENTION)
 
 
 NotifyEvent = Literal["failed", "recovered", "late", "quota_low", "credits_low"]

@@ -248,22 +248,35 @@ def _transition_sync(
             (quota, job_id, stamp),
         )
     if values.get("remote_id"):  # owned for good; a second owner fails the primary key
+        # (the same job given the same id again, by a provider that answers a resubmission
+        # with the id it gave before, or an operator's adopt, is no second owner)
+        rid = values["remote_id"]
         cur.execute(
             "INSERT INTO remote_jobs (provider, remote_id, job_id, at) "
-            "SELECT provider, ?, id, ? FROM jobs WHERE id = ?",
-            (values["remote_id"], stamp, job_id),
+            "SELECT provider, ?, id, ? FROM jobs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM "
+            "remote_jobs r WHERE r.provider = jobs.provider AND r.remote_id = ? AND r.job_id = ?)",
+            (rid, stamp, job_id, rid, job_id),
         )
 
 
 def _own_remote(conn: Connection, job_id: int, remote_id: str, now: datetime) -> None:
     """Record that `job_id` owns `remote_id` for good (PostgreSQL; SQLite does it on its raw
     cursor): a second owner fails the primary key."""
+    already = (
+        select(remote_jobs_t.c.job_id)
+        .where(
+            remote_jobs_t.c.provider == jobs_t.c.provider,
+            remote_jobs_t.c.remote_id == str(remote_id),
+            remote_jobs_t.c.job_id == job_id,
+        )
+        .exists()
+    )
     owner = select(
         jobs_t.c.provider,
         literal(str(remote_id)),
         jobs_t.c.id,
         literal(_naive(now), DateTime()),
-    ).where(jobs_t.c.id == job_id)
+    ).where(jobs_t.c.id == job_id, ~already)
     conn.execute(
         insert(remote_jobs_t).from_select(["provider", "remote_id", "job_id", "at"], owner)
     )

@@ -55,6 +55,7 @@ def test_check_config_warnings_and_uncapped_projection(tmp_path: Path) -> None:
     as_json = json.loads(cli("check-config", "--json", "--config", str(config)).stdout)
     assert as_json["ok"] is True and as_json["warnings"] == warnings
 
+    assert cli("db", "upgrade", "--config", str(config)).returncode == 0  # read-only: needs one
     quota = json.loads(cli("quota", "--json", "--offline", "--config", str(config)).stdout)
     assert quota["clari"]["projected_30d"] == 2_592_000  # not capped at 100,000
     assert quota["clari"]["quota_warning"] == (
@@ -110,6 +111,7 @@ def test_run_once_json_summary_log_level_and_watch_lines(tmp_path: Path, simulat
         api_key=API_KEY,
         daemon={"log_level": "WARNING"},
     )
+    assert cli("db", "upgrade", "--config", str(config)).returncode == 0  # watch needs a ledger
     watch = subprocess.Popen(  # off a terminal: plain lines, one per change
         [
             sys.executable,

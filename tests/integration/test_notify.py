@@ -69,6 +69,9 @@ def config_with_hook(tmp_path: Path, sim: SimulatorServer, hook: Hook, forecast_
 async def test_failure_then_recovery_reach_the_webhook_with_retries(
     tmp_path: Path, sim: SimulatorServer, hook: Hook, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    from orchestrator.logging import configure
+
+    configure(json=True, level="INFO")  # whatever an earlier test of this process set
     hook.fail_next = 1  # the first delivery attempt is refused: the outbox keeps it
     bad = load_config(config_with_hook(tmp_path, sim, hook, "no_such_forecast"))
     ledger = Ledger(bad.ledger.url)

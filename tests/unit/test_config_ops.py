@@ -54,7 +54,7 @@ url = "ftp://x"
         "did you mean 'drain_timeout'?",
         f"{path}:14: pipeline 'a': schedul: Extra inputs are not permitted; "
         "did you mean 'schedule'?",
-        f"{path}:20: [[notify]] #1: url: Value error, is not an http(s) URL",
+        f"{path}:20: [[notify]] #1: url: is not an http(s) URL",
         f"{path}:9: retension: Extra inputs are not permitted; did you mean 'retention'?",
         f"{path}:18: pipeline 'b': kind: unknown kind 'clari.nope'; known: "
         + found[-1].split("known: ", 1)[1],
