@@ -194,6 +194,15 @@ class Planner:
         return span
 
 
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error a task group collected (its own groups opened): what callers that
+    decide on the error's type (retry, fail, wait) must see."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -127,9 +127,26 @@ def validate_table(
 
 
 def records_header(records: Iterator[Row]) -> list[str]:
-    header = getattr(records, "header", None)
-    assert header is not None
+    header: list[str] | None = getattr(records, "header", None)
+    if header is None:
+        raise TypeError("a JSON Lines reader knows its header once it gave a row")
     return list(header)
+
+
+def read_fields(path: Path) -> list[str]:
+    """The fields of a source: its CSV header, or the keys of its first JSON Lines record.
+    SourceError if there is none (validation says why in full)."""
+    problems = Problems(path)
+    with open_source(path) as f:
+        lines = Lines(f)
+        if not is_jsonl(path):
+            header = _csv_header(lines, problems)
+        else:
+            rows = _jsonl_rows(lines, problems, None)
+            header = records_header(rows) if next(rows, None) is not None else None
+    if header is None:
+        raise problems.error("problems") if problems else SourceError(f"{path}: no records")
+    return header
 
 
 def read_span(path: Path, fields: list[str], span: Span) -> tuple[list[Row], list[int]]:

@@ -30,10 +30,10 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient
+from orchestrator.imports.streams import SourceError
 from orchestrator.providers.base import Work, register_kind
 from orchestrator.providers.sources import (
     FileImportParams,
-    SourceError,
     expand_sources,
     load_source,
 )

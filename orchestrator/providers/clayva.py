@@ -30,6 +30,7 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import Rejected
 from orchestrator.http import HttpClient
+from orchestrator.imports.streams import SourceError
 from orchestrator.outputs import AtomicFile
 from orchestrator.providers.base import (
     StagedAdapterBase,
@@ -40,7 +41,6 @@ from orchestrator.providers.base import (
 from orchestrator.providers.claravine import chunk_hash
 from orchestrator.providers.sources import (
     FileImportParams,
-    SourceError,
     expand_sources,
     load_source,
 )

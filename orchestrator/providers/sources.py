@@ -15,16 +15,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.domain import JobState
+from orchestrator.imports.streams import SourceError
 from orchestrator.providers.base import Params
 
 if TYPE_CHECKING:
     from orchestrator.ledger.store import Ledger
 
 T = TypeVar("T")
-
-
-class SourceError(ValueError):
-    """Bad input file; the message names the file and line."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,9 +91,10 @@ def test_csv_any_bytes_same_verdict_as_the_whole_file_reader(
     _same_as_oracle(path, per)
 
 
-JSON_VALUE = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.text(max_size=5)
-)
+# The old reader split lines with str.splitlines (at U+0085, U+2028, ...) even inside JSON
+# strings: it refused such records; the streaming one reads them. Leave those out here.
+ONE_LINE = st.text(max_size=5).filter(lambda t: len(f"a{t}a".splitlines()) == 1)
+JSON_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20), ONE_LINE)
 
 
 @SETTINGS
