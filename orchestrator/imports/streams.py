@@ -31,12 +31,16 @@ class Problems:
     limit: int = MAX_PROBLEMS
     shown: list[str] = field(default_factory=list)
     count: int = 0
+    sink: Callable[[str], None] | None = None  # is given every problem (a side file)
 
     def add(self, line: int | None, what: str) -> None:
         self.count += 1
-        if len(self.shown) < self.limit:
-            where = f"{self.path}:{line}" if line is not None else f"{self.path}"
-            self.shown.append(f"{where}: {what}")
+        if len(self.shown) < self.limit or self.sink is not None:
+            text = f"{self.path}:{line}: {what}" if line is not None else f"{self.path}: {what}"
+            if len(self.shown) < self.limit:
+                self.shown.append(text)
+            if self.sink is not None:
+                self.sink(text)
 
     def __bool__(self) -> bool:
         return self.count > 0
