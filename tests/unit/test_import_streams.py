@@ -12,9 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orchestrator.imports.events import read_events, read_header, validate_events
+from orchestrator.imports.records import upload_files, validate_records
 from orchestrator.imports.streams import Problems, SourceError
 from orchestrator.imports.tables import read_span, validate_table
-from tests.unit.oracle_readers import read_rows
+from tests.unit.oracle_readers import parse_events, parse_records, read_rows
 
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -157,3 +159,145 @@ def test_problems_count_past_the_limit() -> None:
     for n in range(5):
         p.add(n + 1, "bad")
     assert p.listing() == "f.csv:1: bad\nf.csv:2: bad\n… and 3 more"
+
+
+# --- Clayva events ----------------------------------------------------------------------------
+
+EVENT = st.fixed_dictionaries(
+    {"event": st.sampled_from(["Signed Up", "", " "])},
+    optional={
+        "userId": st.sampled_from(["u1", "", None]),
+        "anonymousId": st.sampled_from(["a1"]),
+        "timestamp": st.sampled_from(["2026-11-21T10:30:00Z", "2026-11-21", "later"]),
+        "properties": st.one_of(
+            st.dictionaries(st.sampled_from("pq"), st.integers()), st.just([1])
+        ),
+    },
+)
+
+
+def _events_both_ways(path: Path, per: int) -> None:
+    try:
+        events, lines, rejects = parse_events(path, path.read_text())
+    except SourceError as exc:
+        with pytest.raises(SourceError) as got:
+            validate_events(path, per)
+        assert str(got.value) == str(exc)
+        return
+    seen: list[str] = []
+    plan = validate_events(path, per, reject=seen.append)
+    assert sorted(seen) == sorted(rejects)
+    assert plan.rejects is not None and plan.rejects.count == len(rejects)
+    header = read_header(path)
+    got_events: list[dict[str, object]] = []
+    got_lines: list[int] = []
+    for span in plan.spans:
+        assert 0 < span.row_count <= per
+        e, n = read_events(path, span, header)
+        got_events += e
+        got_lines += n
+    assert (got_events, got_lines) == (events, lines)
+    assert plan.rows == len(events)
+
+
+@SETTINGS
+@given(
+    events=st.lists(st.one_of(EVENT, st.just("junk"), st.just([1])), max_size=30),
+    per=st.integers(1, 7),
+)
+def test_jsonl_events_same_events_and_rejects_as_the_whole_file_reader(
+    tmp_path: Path, events: list[object], per: int
+) -> None:
+    path = tmp_path / "e.jsonl"
+    text = [e if e == "junk" else json.dumps(e) for e in events]
+    path.write_text("\n".join(str(t) for t in text))
+    _events_both_ways(path, per)
+
+
+@SETTINGS
+@given(events=st.lists(EVENT, max_size=30), per=st.integers(1, 7))
+def test_csv_events_same_events_and_rejects_as_the_whole_file_reader(
+    tmp_path: Path, events: list[dict[str, object]], per: int
+) -> None:
+    path = tmp_path / "e.csv"
+    columns = ["event", "userId", "anonymousId", "timestamp", "properties"]
+    rows = [
+        [json.dumps(e[c]) if c == "properties" and c in e else str(e.get(c) or "") for c in columns]
+        for e in events
+    ]
+    path.write_bytes(_csv(columns, rows, crlf=False))
+    _events_both_ways(path, per)
+
+
+# --- Clari ingest records ---------------------------------------------------------------------
+
+T0 = 1_700_000_000_000
+RECORD = st.builds(
+    lambda i, dt, pad: {"id": str(i), "createdAt": T0, "updatedAt": T0 + dt, "pad": "x" * pad},
+    st.integers(0, 40),
+    st.integers(-1, 5),
+    st.integers(0, 200),
+)
+
+
+def _array(records: list[tuple[str, dict[str, object]]]) -> bytes:
+    blocks: dict[str, list[dict[str, object]]] = {}
+    for entity, rec in records:
+        blocks.setdefault(entity, []).append(rec)
+    return json.dumps([{"sourceEntity": e, "records": r} for e, r in blocks.items()]).encode()
+
+
+def _jsonl(records: list[tuple[str, dict[str, object]]]) -> bytes:
+    return "\n".join(json.dumps({"sourceEntity": e, **r}) for e, r in records).encode()
+
+
+@SETTINGS
+@given(
+    records=st.lists(st.tuples(st.sampled_from(["Account", "Opp"]), RECORD), max_size=40),
+    array=st.booleans(),
+)
+def test_ingest_files_carry_exactly_the_records_and_the_old_problems(
+    tmp_path: Path, records: list[tuple[str, dict[str, object]]], array: bool
+) -> None:
+    path = tmp_path / ("r.json" if array else "r.jsonl")
+    path.write_bytes(_array(records) if array else _jsonl(records))
+    limit = 1 << 20  # one upload file: the old whole-file duplicate check is the same check
+    try:
+        expected = parse_records(path, path.read_text())
+    except SourceError as exc:
+        with pytest.raises(SourceError) as got:
+            validate_records(path, limit)
+        old, new = str(exc).splitlines(), str(got.value).splitlines()
+        assert old[0] == new[0]
+        assert sorted(old[1:21]) == sorted(new[1:21]) or len(old) > 21
+        return
+    plan = validate_records(path, limit)
+    sent = []
+    for _, data, _ in upload_files(path, plan.spans):
+        for block in json.loads(data):
+            sent += [(block["sourceEntity"], r) for r in block["records"]]
+    assert sorted(sent, key=repr) == sorted(((e, r) for e, r, _ in expected), key=repr)
+
+
+@SETTINGS
+@given(
+    records=st.lists(st.tuples(st.sampled_from(["A", "B"]), RECORD), min_size=1, max_size=60),
+    limit=st.integers(1_024, 4_096),
+    array=st.booleans(),
+    skip=st.integers(0, 5),
+)
+def test_ingest_plan_splits_under_the_limit_and_resumes_at_any_file(
+    tmp_path: Path, records: list[tuple[str, dict[str, object]]], limit: int, array: bool, skip: int
+) -> None:
+    unique = {(e, r["id"]): (e, {**r, "updatedAt": T0}) for e, r in records}
+    records = list(unique.values())
+    path = tmp_path / ("r.json" if array else "r.jsonl")
+    path.write_bytes(_array(records) if array else _jsonl(records))
+    plan = validate_records(path, limit)
+    files = list(upload_files(path, plan.spans))
+    assert all(len(data) <= limit for _, data, _ in files)
+    assert sum(n for _, _, n in files) == plan.rows == len(records)
+    later = plan.spans[min(skip, len(plan.spans) - 1) :]  # a restart: the first files were sent
+    assert [data for _, data, _ in upload_files(path, later)] == [
+        data for span, data, _ in files if span in later
+    ]
