@@ -197,6 +197,19 @@ class ImportProgress:
         left = self.rows_validated - self.rows_confirmed - self.rows_rejected
         return max(0, left) / self.rate
 
+    def summary(self) -> str:
+        """One line for `jobs list`, `jobs watch` and the status page."""
+        if self.phase == "validating":
+            return f"validating: {self.rows_validated:,} rows so far"
+        text = (
+            f"{self.rows_validated:,} validated · {self.rows_sent:,} sent · "
+            f"{self.rows_confirmed:,} confirmed · {self.rows_rejected:,} rejected"
+        )
+        if self.phase == "sending" and self.rate:
+            eta = self.eta_seconds or 0.0
+            text += f" · {self.rate:,.0f} rows/s · ETA {_duration(eta)}"
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "phase": self.phase,
@@ -208,3 +221,12 @@ class ImportProgress:
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds),
             "rejects_path": self.rejects_path,
         }
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

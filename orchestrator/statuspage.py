@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from html import escape
 from typing import Any
 
-from orchestrator.domain import IN_FLIGHT, TERMINAL, Job, JobState
+from orchestrator.domain import IN_FLIGHT, TERMINAL, ImportProgress, Job, JobState
 from orchestrator.ledger.store import utcnow
 
 CSS = """
@@ -92,10 +92,14 @@ def render(
     budgets: dict[str, dict[str, Any]],
     title: str,
     progress: dict[int, tuple[int, int]] | None = None,
+    imports: dict[int, ImportProgress] | None = None,
 ) -> str:
     progress = progress or {}
+    imports = imports or {}
 
     def where(j: Job) -> str:
+        if j.id in imports:
+            return imports[j.id].summary()
         if j.id in progress:
             done, total = progress[j.id]
             return f"parts {done}/{total}"

@@ -67,8 +67,14 @@ class StatusServer:
             for name, b in d.ctx.budgets.items()
         }
         progress = await d.ledger.part_progress([j.id for j in in_flight])
+        imports = await d.ledger.import_progress([j.id for j in in_flight])
         html = statuspage.render(
-            counts=counts, jobs=jobs, budgets=budgets, title="orchestrator", progress=progress
+            counts=counts,
+            jobs=jobs,
+            budgets=budgets,
+            title="orchestrator",
+            progress=progress,
+            imports=imports,
         )
         return web.Response(text=html, content_type="text/html")
 
@@ -132,8 +138,15 @@ class StatusServer:
             states=states, pipeline=q.get("pipeline"), limit=limit, offset=offset
         )
         headers = {"X-Next-Offset": str(offset + limit)} if len(jobs) == limit else {}
+        imports = await self.daemon.ledger.import_progress([j.id for j in jobs])
+        out = []
+        for j in jobs:
+            row = job_to_dict(j)
+            if j.id in imports:  # imports: rows validated, sent, confirmed, rejected; ETA
+                row["import"] = imports[j.id].to_dict()
+            out.append(row)
         return web.Response(
-            text=json.dumps([job_to_dict(j) for j in jobs]),
+            text=json.dumps(out),
             content_type="application/json",
             headers=headers,
         )
