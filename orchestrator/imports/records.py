@@ -11,6 +11,7 @@ files the later record updates the earlier one, as Clari's ingest does by id."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -49,55 +50,75 @@ def render_item(rec: Record) -> str:
 
 
 class FileCutter:
-    """Where upload files end: the byte accounting of `split_files`, one record at a time."""
+    """Where upload files end: each record costs its JSON and a comma, and a block around it
+    (`{"sourceEntity":…,"records":[…]}`) when its entity differs from the record before it."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.size = 2  # "[]"
-        self.entities: set[str] = set()
+        self.last: str | None = None  # the entity of the open block
         self.ids: set[tuple[str, str]] = set()
 
     def cost(self, entity: str, item: str, where: str) -> int:
-        size = len(item.encode()) if not item.isascii() else len(item)
-        overhead = size + 1 + (0 if entity in self.entities else len(entity) + ENTITY_OVERHEAD)
-        if size + 1 + len(entity) + ENTITY_OVERHEAD + 2 > self.limit:
+        size = len(item) if item.isascii() else len(item.encode())
+        block = len(entity) + ENTITY_OVERHEAD
+        if size + 1 + block + 2 > self.limit:
             raise SourceError(
                 f"{where}: one record is larger than a file may be ({self.limit} bytes)"
             )
-        return overhead
+        return size + 1 + (0 if entity == self.last else block)
 
     def starts_new(self, entity: str, item: str, where: str) -> bool:
         """Add a record; True if it opens a new file (the one before it is complete)."""
         overhead = self.cost(entity, item, where)
-        new = bool(self.entities) and self.size + overhead > self.limit
+        new = self.last is not None and self.size + overhead > self.limit
         if new:
-            self.size, self.entities, self.ids = 2, set(), set()
+            self.size, self.last, self.ids = 2, None, set()
             overhead = self.cost(entity, item, where)
-        self.entities.add(entity)
+        self.last = entity
         self.size += overhead
         return new
 
 
+class FileWriter:
+    """One upload file, rendered as records come (no list of them is kept): the API's JSON
+    shape, a block per run of records of one entity."""
+
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+        self.buf.write(b"[")
+        self.last: str | None = None
+        self.records = 0
+
+    def add(self, entity: str, item: str) -> None:
+        w = self.buf.write
+        if entity != self.last:
+            if self.last is not None:
+                w(b"]},")
+            w(b'{"sourceEntity":' + json.dumps(entity).encode() + b',"records":[')
+            self.last = entity
+        else:
+            w(b",")
+        w(item.encode())
+        self.records += 1
+
+    def close(self) -> bytes:
+        self.buf.write(b"]}]" if self.last is not None else b"]")
+        return self.buf.getvalue()
+
+
 def split_files(records: list[tuple[str, Record, str]], limit: int) -> Iterator[bytes]:
-    """The API's JSON shape, grouped by sourceEntity, in files of at most `limit` bytes."""
+    """The API's JSON shape in files of at most `limit` bytes."""
     cutter = FileCutter(limit)
-    blocks: dict[str, list[str]] = {}
+    out = FileWriter()
     for entity, rec, where in records:
         item = render_item(rec)
         if cutter.starts_new(entity, item, where):
-            yield render(blocks)
-            blocks = {}
-        blocks.setdefault(entity, []).append(item)
-    if blocks:
-        yield render(blocks)
-
-
-def render(blocks: dict[str, list[str]]) -> bytes:
-    parts = [
-        '{"sourceEntity":' + json.dumps(entity) + ',"records":[' + ",".join(items) + "]}"
-        for entity, items in blocks.items()
-    ]
-    return ("[" + ",".join(parts) + "]").encode()
+            yield out.close()
+            out = FileWriter()
+        out.add(entity, item)
+    if out.records:
+        yield out.close()
 
 
 @dataclass
@@ -205,19 +226,17 @@ def _take(it: Iterator[Any], n: int) -> Iterator[Any]:
 
 
 def _file_of(path: Path, span: Span, records: Iterator[Any]) -> tuple[Span, bytes, int]:
-    blocks: dict[str, list[str]] = {}
-    n = 0
+    out = FileWriter()
     for entity, rec, _, _ in records:
-        if check_record(rec) is not None:
-            continue
-        blocks.setdefault(entity, []).append(render_item(rec))
-        n += 1
+        if check_record(rec) is None:
+            out.add(entity, render_item(rec))
+    n = out.records
     if n != span.row_count:
         raise SourceError(
             f"{path}: records {span.first_row + 1}-{span.first_row + span.row_count} no longer "
             f"read as they were validated ({n}); the file changed"
         )
-    return span, render(blocks), n
+    return span, out.close(), n
 
 
 Found = tuple[str, Record, str, tuple[int, int, int]]  # entity, record, where, (line, start, end)

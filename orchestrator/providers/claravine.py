@@ -55,7 +55,7 @@ THROTTLE_RETRIES = 4
 UNANSWERED_TRIES = 3  # POSTs of one chunk whose answer was lost (each looked up first)
 DEFAULT_KEY_HEADER, DEFAULT_SECRET_HEADER = "X-API-Key", "X-API-Secret"
 STATUS_DONE, STATUS_FAILED = "complete", "failed"
-SEND_WINDOW = 4  # POSTs of one job in flight at once (each holds one chunk's rows)
+SEND_WINDOW = 16  # POSTs of one job in flight at once (each holds one chunk's rows)
 POLL_BATCH = 32  # statuses asked at once; the rate window spaces them
 __all__ = ["chunk_hash"]  # shared with clayva
 
