@@ -280,6 +280,11 @@ def worker(config_path: Path) -> dict[str, Any]:
 # --- the rows ---------------------------------------------------------------------------------
 
 
+# The JSON array form goes through ijson's events one by one in Python (about a tenth of the
+# speed of JSON Lines): 500 MB is its big file, to keep the suite's time in bounds.
+ARRAY_BIG = 500 * 10**6
+
+
 def memory_rows(sizes: dict[str, int] = SIZES) -> tuple[list[Row], dict[str, Any]]:
     raw: dict[str, Any] = {}
     rows: list[Row] = []
@@ -307,7 +312,12 @@ def memory_rows(sizes: dict[str, int] = SIZES) -> tuple[list[Row], dict[str, Any
         }
         for label, (name, kind, write, params) in KINDS.items():
             got: dict[str, Any] = {}
-            for size_label, size in sizes.items():
+            these = dict(sizes)
+            if "array" in label and max(sizes.values()) > ARRAY_BIG:
+                big = max(these, key=lambda k: these[k])
+                del these[big]
+                these["500 MB"] = ARRAY_BIG
+            for size_label, size in these.items():
                 with scratch() as tmp:
                     d = Path(tmp)
                     src = d / name
@@ -320,14 +330,14 @@ def memory_rows(sizes: dict[str, int] = SIZES) -> tuple[list[Row], dict[str, Any
                 got[size_label] = res
                 print(f"  {label} {size_label}: {res}", file=sys.stderr)
             raw[label] = got
-            small, big = (got[k] for k in sizes)
+            small, big = (got[k] for k in these)
             ok = all(r["state"] == "SUCCEEDED" for r in (small, big))
             peak = max(small["peak_rss_mib"], big["peak_rss_mib"])
             spread = abs(big["peak_rss_mib"] - small["peak_rss_mib"])
             rows.append(
                 {
                     "bench": 8,
-                    "what": f"import peak RSS, {label}: " + " vs ".join(sizes),
+                    "what": f"import peak RSS, {label}: " + " vs ".join(these),
                     "value": f"{small['peak_rss_mib']:.0f} / {big['peak_rss_mib']:.0f} MiB",
                     "target": "<= 150 MiB, within 20 MiB",
                     "pass": ok and peak <= 150 and spread <= 20,
