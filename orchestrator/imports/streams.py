@@ -8,7 +8,9 @@ parses only that. Memory is one chunk plus the plan, whatever the file's size.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,7 +214,11 @@ def sha256_hex(data: bytes) -> str:
 
 
 def open_source(path: Path) -> IO[bytes]:
+    """The one place an import source is opened: for reading, never through a symlink."""
     try:
-        return path.open("rb")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SourceError(f"{path}: is a symbolic link; import sources must not be") from None
         raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return os.fdopen(fd, "rb")

@@ -212,16 +212,16 @@ class _CsvRows:
         while True:
             try:
                 for row in reader:
+                    if lines.overlong != long:  # a line of this record was cut out
+                        long = lines.overlong
+                        problems.add(long, "line longer than 16 MiB")
+                        prev = reader.line_num
+                        continue
                     if len(row) != width:
                         if row:
                             problems.add(
                                 base + prev + 1, f"{len(row)} values, the header has {width}"
                             )
-                        prev = reader.line_num
-                        continue
-                    if lines.overlong != long:
-                        long = lines.overlong
-                        problems.add(long, "line longer than 16 MiB")
                         prev = reader.line_num
                         continue
                     self.first = base + prev + 1

@@ -1,13 +1,18 @@
 """Claravine submissions (imports) and transaction exports (api-docs/claravine-api.txt).
 
 `claravine.submission`: one job per new source file (keyed by its sha256, so a file is imported
-once). The file is read and validated whole before anything is sent, then split into chunks of at
-most 1,000 rows (the API's limit per POST). Each chunk is a part in the ledger with its own
-`transactionName` (pipeline, file, chunk) and transaction uuid: SENDING is recorded before the
-POST, so after a crash the chunk is looked up by name and never sent twice. Claravine fails
-invalid data silently, so every chunk is polled until Complete or Failed; a Failed chunk is
-reported with the file's line range and the API's detail. Chunks whose exact rows an earlier job
-of the pipeline already imported are skipped: re-running a fixed file sends only what failed.
+once). The file is never held in memory (orchestrator/imports/tables.py): one streaming pass
+checks every row (all problems reported, nothing sent if there is one) and plans chunks of at
+most 1,000 rows (the API's limit per POST) as byte ranges; each chunk is re-read from its range
+when it is sent. Each chunk is a part in the ledger with its own `transactionName` (pipeline,
+file, chunk), transaction uuid and byte range: SENDING is recorded before the POST, so after a
+crash the chunk is looked up by name and never sent twice, and a restart resumes from the plan
+without reading the file again (unless its size or mtime moved: then its sha256 is checked).
+Claravine fails invalid data silently, so every chunk is polled until Complete or Failed; POSTs
+(a few in flight) and status polls (every chunk due, at once) share the account's request
+rate. A Failed chunk is reported with the file's line range and the API's detail. Chunks whose
+exact rows an earlier job of the pipeline already imported are skipped: re-running a fixed file
+sends only what failed.
 
 `claravine.transactions_export`: the transactions of a dataset in a date window; the data of each
 Complete one is fetched (a part each, resumable) and written as one CSV or JSON Lines file.

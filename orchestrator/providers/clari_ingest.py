@@ -2,9 +2,11 @@
 
 `clari.ingest`: one job per new source file of records — JSON in the API's own shape
 (`[{"sourceEntity": ..., "records": [...]}]`) or JSON Lines, one record per line with its
-`sourceEntity`. Records are checked first (`id`, `createdAt`, `updatedAt` in milliseconds,
-`updatedAt >= createdAt`, no id twice in a source entity); the records, grouped by source entity,
-are split into files of at most 10 MB, each a part in the ledger: `POST /ingest/bulk/entity/
+`sourceEntity`. The source is read streaming (orchestrator/imports/records.py; ijson for the
+JSON form): one pass checks every record first (`id`, `createdAt`, `updatedAt` in milliseconds,
+`updatedAt >= createdAt`, no id twice in a source entity within an upload file) and plans the
+upload files of at most 10 MB as ranges of the source; each file is rendered when it is sent,
+each a part in the ledger: `POST /ingest/bulk/entity/
 {entity}` (multipart `FileData`, `mode`, `isLastBatch` on the last file of an initial load), then
 `GET /ingest/job/{jobId}` until SUCCESS, FAILED or VALIDATION_FAILED (whose errorCode /
 errorSummary list is recorded). Files go one at a time, in order — `isLastBatch` must come last —

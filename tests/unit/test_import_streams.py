@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orchestrator.imports import streams
 from orchestrator.imports.events import read_events, read_header, validate_events
 from orchestrator.imports.records import upload_files, validate_records
 from orchestrator.imports.streams import Problems, SourceError
@@ -301,3 +302,35 @@ def test_ingest_plan_splits_under_the_limit_and_resumes_at_any_file(
     assert [data for _, data, _ in upload_files(path, later)] == [
         data for span, data, _ in files if span in later
     ]
+
+
+def test_a_symlinked_source_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real.csv"
+    real.write_text("a,b\n1,2\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    with pytest.raises(SourceError, match="is a symbolic link"):
+        validate_table(link, 10)
+
+
+def test_an_overlong_line_is_a_problem_not_a_reason_to_hold_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streams, "MAX_LINE", 64)
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2\n" + "x" * 500 + ",y\n3,4\n")
+    with pytest.raises(SourceError) as exc:
+        validate_table(path, 10)
+    assert str(exc.value).splitlines()[1:] == [f"{path}:3: line longer than 16 MiB"]
+    path.write_text("a,b\n1,2\n" + "x" * 500 + ",y\n3,4,5\n")  # the row after it is read
+    with pytest.raises(SourceError) as exc:
+        validate_table(path, 10)
+    assert str(exc.value).splitlines()[1:] == [
+        f"{path}:3: line longer than 16 MiB",
+        f"{path}:4: 3 values, the header has 2",
+    ]
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"a": 1}\n{"a": "' + "x" * 500 + '"}\n{"a": 2}\n')
+    with pytest.raises(SourceError) as exc:
+        validate_table(jsonl, 10)
+    assert str(exc.value).splitlines()[1:] == [f"{jsonl}:2: line longer than 16 MiB"]
