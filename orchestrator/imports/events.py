@@ -22,8 +22,6 @@ from orchestrator.imports.tables import (
     Progress,
     _CsvRows,
     is_jsonl,
-    json_problem,
-    parse_json,
 )
 
 CSV_COLUMNS = ("event", "userId", "anonymousId", "timestamp", "properties", "context")
@@ -134,7 +132,7 @@ def _events(
 ) -> Iterator[tuple[int, Event]]:
     """(line, event) of every valid event; a CSV's first item is its header (when not known)."""
     if is_jsonl(path):
-        raw_events: Iterator[tuple[int, Any]] = _jsonl_events(lines, problems)
+        raw_events: Iterator[tuple[int, Any]] = ((n, v) for n, _, v in lines.objects(problems))
     else:
         if not header_known:
             header = _csv_header(path, lines)
@@ -149,19 +147,6 @@ def _events(
             problems.add(n, why)
             continue
         yield n, {k: v for k, v in e.items() if v is not None and v != ""}
-
-
-def _jsonl_events(lines: Lines, problems: Problems) -> Iterator[tuple[int, Any]]:
-    long = lines.overlong
-    for raw in lines:
-        if lines.overlong != long:
-            long = lines.overlong
-            problems.add(long, "line longer than 16 MiB")
-        try:
-            yield lines.line, parse_json(raw)
-        except ValueError as exc:
-            if raw.strip():
-                problems.add(lines.line, json_problem(raw, exc))
 
 
 def _csv_header(path: Path, lines: Lines) -> list[str]:

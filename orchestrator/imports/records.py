@@ -22,7 +22,7 @@ import ijson
 import orjson
 
 from orchestrator.imports.streams import Lines, Problems, SourceError, Span, open_source
-from orchestrator.imports.tables import PROGRESS_EVERY, Progress, is_jsonl, json_problem, parse_json
+from orchestrator.imports.tables import PROGRESS_EVERY, Progress, is_jsonl
 
 Record = dict[str, Any]
 ENTITY_OVERHEAD = 40  # bytes of `{"sourceEntity":…,"records":[…]}` around an entity's name
@@ -249,23 +249,12 @@ def _records(path: Path, f: IO[bytes], lines: Lines, problems: Problems) -> Iter
 
 
 def _jsonl_records(path: Path, lines: Lines, problems: Problems) -> Iterator[Found]:
-    long = lines.overlong
-    for raw in lines:
-        n = lines.line
-        if lines.overlong != long:
-            long = lines.overlong
-            problems.add(long, "line longer than 16 MiB")
-        try:
-            rec = parse_json(raw)
-        except ValueError as exc:
-            if raw.strip():
-                problems.add(n, json_problem(raw, exc))
-            continue
-        if not isinstance(rec, dict) or not rec.get("sourceEntity"):
+    for n, start, rec in lines.objects(problems):
+        if rec.__class__ is not dict or not rec.get("sourceEntity"):
             problems.add(n, "each line must be a record with its sourceEntity")
             continue
         entity = str(rec.pop("sourceEntity"))
-        yield entity, rec, "", (n, lines.pos - len(raw), lines.pos)
+        yield entity, rec, "", (n, start, lines.pos)
 
 
 class _Events:

@@ -265,21 +265,11 @@ class _JsonlRows:
         self.lines, self.problems, self.header = lines, problems, fields
 
     def __iter__(self) -> Iterator[Row]:
-        lines, problems = self.lines, self.problems
+        problems = self.problems
         keys = set(self.header or ())
-        long = lines.overlong
-        for raw in lines:
-            if lines.overlong != long:
-                long = lines.overlong
-                problems.add(long, "line longer than 16 MiB")
-            try:
-                obj = parse_json(raw)
-            except ValueError as exc:
-                if raw.strip():
-                    problems.add(lines.line, json_problem(raw, exc))
-                continue
-            if not isinstance(obj, dict):
-                problems.add(lines.line, "each line must be a JSON object")
+        for n, _, obj in self.lines.objects(problems):
+            if obj.__class__ is not dict:
+                problems.add(n, "each line must be a JSON object")
                 continue
             header = self.header
             if header is None:
@@ -289,13 +279,15 @@ class _JsonlRows:
                 extra = sorted(set(obj) - keys)
                 missing = sorted(keys - set(obj))
                 problems.add(
-                    lines.line,
+                    n,
                     "keys differ from line 1"
                     + (f"; extra {extra}" if extra else "")
                     + (f"; missing {missing}" if missing else ""),
                 )
                 continue
-            yield ["" if obj[k] is None else str(obj[k]) for k in header]
+            yield [
+                "" if (v := obj[k]) is None else v if v.__class__ is str else str(v) for k in header
+            ]
 
 
 def _jsonl_rows(lines: Lines, problems: Problems, fields: list[str] | None) -> Iterator[Row]:
