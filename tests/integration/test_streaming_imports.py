@@ -148,8 +148,8 @@ async def test_posts_and_polls_run_at_the_accounts_request_rate(
     # The steady part, from the 5th POST to the 35th (start-up and the last polls left out).
     t0, r0, _ = next(x for x in samples if x[2] >= 5)
     t1, r1, _ = next(x for x in samples if x[2] >= 35)
-    # One at a time would be 10/s (50%); pipelined it measured 88-91%. 80% here: this test
-    # shares two cores with everything else (bench 8 measures the 85% of the issue).
+    # One at a time would be 10/s (50%); pipelined it passed 85% on a quiet machine. 80% here:
+    # this test shares two cores with everything else (bench 8 measures the 85% of the issue).
     assert (r1 - r0) / (t1 - t0) >= 0.80 * 20, (r1 - r0, t1 - t0)
     progress = await progress_of(cfg, job.id)
     assert (progress.phase, progress.rows_validated) == ("done", 40_000)
