@@ -98,11 +98,14 @@ def render(
     imports = imports or {}
 
     def where(j: Job) -> str:
-        if j.id in imports:
-            return imports[j.id].summary()
+        text = ""
         if j.id in progress:
             done, total = progress[j.id]
-            return f"parts {done}/{total}"
+            text = f"parts {done}/{total}"
+        if j.id in imports:
+            text += (" · " if text else "") + imports[j.id].summary()
+        if text:
+            return text
         return j.remote_id or ""
 
     now = utcnow()

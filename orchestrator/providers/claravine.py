@@ -11,8 +11,8 @@ without reading the file again (unless its size or mtime moved: then its sha256 
 Claravine fails invalid data silently, so every chunk is polled until Complete or Failed; POSTs
 (a few in flight) and status polls (every chunk due, at once) share the account's request
 rate. A Failed chunk is reported with the file's line range and the API's detail. Chunks whose
-exact rows an earlier job of the pipeline already imported are skipped: re-running a fixed file
-sends only what failed.
+exact rows an earlier job of the pipeline already imported are skipped (each chunk's content
+hash is taken when it is read to be sent): re-running a fixed file sends only what failed.
 
 `claravine.transactions_export`: the transactions of a dataset in a date window; the data of each
 Complete one is fetched (a part each, resumable) and written as one CSV or JSON Lines file.
@@ -311,25 +311,9 @@ class ClaravineAdapter(StagedAdapterBase):
                 )
                 for old, new in zip(parts, planned, strict=True)
             ]
-        else:
-            done = await work.ledger.done_content(
-                job.pipeline, [c.content_sha256 for c in planned if c.content_sha256]
-            )
-            planned = [
-                replace(
-                    c,
-                    state=PartState.SKIPPED,
-                    remote_id=done[c.content_sha256].remote_id,
-                    detail=f"imported by job {done[c.content_sha256].job_id}",
-                )
-                if c.content_sha256 in done
-                else c
-                for c in planned
-            ]
         await work.save(*planned)
         tracker.set(phase="sending")
-        skipped = sum(c.state == PartState.SKIPPED for c in planned)
-        log.info("claravine_planned", job_id=job.id, chunks=len(planned), skipped=skipped)
+        log.info("claravine_planned", job_id=job.id, chunks=len(planned))
         return planned
 
     async def _pipeline(
@@ -361,7 +345,21 @@ class ClaravineAdapter(StagedAdapterBase):
         tracker.confirmed(0)
 
         async def send_one(chunk: Part) -> None:
-            rows, _ = await asyncio.to_thread(read_span, src.path, fields, span_of(chunk))
+            rows, digest = await asyncio.to_thread(_read_chunk, src.path, fields, chunk)
+            if chunk.state == PartState.PENDING:  # rows an earlier job already imported?
+                done = (await work.ledger.done_content(job.pipeline, [digest])).get(digest)
+                if done is not None:
+                    skipped = replace(
+                        chunk,
+                        state=PartState.SKIPPED,
+                        content_sha256=digest,
+                        remote_id=done.remote_id,
+                        detail=f"imported by job {done.job_id}",
+                    )
+                    await work.save(skipped)
+                    by_seq[chunk.seq] = skipped
+                    return
+            chunk = replace(chunk, content_sha256=digest)
             sent = await self._send(job, work, dataset, chunk, fields, rows)
             by_seq[sent.seq] = sent
             polls.add(sent.seq)
@@ -520,6 +518,12 @@ class ClaravineAdapter(StagedAdapterBase):
             )
         parts = await work.parts()
         return await asyncio.to_thread(_write_export, work, parts, fmt)
+
+
+def _read_chunk(path: Path, fields: list[str], chunk: Part) -> tuple[list[list[str]], str]:
+    """A chunk's rows, from its byte range, and the hash of its content (blocking)."""
+    rows, _ = read_span(path, fields, span_of(chunk))
+    return rows, chunk_hash(fields, rows)
 
 
 class _Polls:
