@@ -80,7 +80,7 @@ def validate_events(
     with open_source(path) as f:
         lines = Lines(f)
         events = _events(path, lines, problems, header_known=False)
-        chunker = Chunker(lines, per_batch, batch_hash)
+        chunker = Chunker(lines, per_batch, None)  # hashed when read to be sent
         if is_jsonl(path):
             chunker.start, chunker.first_line = 0, 1
         else:

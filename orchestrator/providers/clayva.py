@@ -29,7 +29,13 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import Rejected
 from orchestrator.http import HttpClient
-from orchestrator.imports.events import check_event, read_events, read_header, validate_events
+from orchestrator.imports.events import (
+    batch_hash,
+    check_event,
+    read_events,
+    read_header,
+    validate_events,
+)
 from orchestrator.imports.flow import Opened, open_import
 from orchestrator.imports.streams import SourceError
 from orchestrator.outputs import AtomicFile
@@ -187,17 +193,6 @@ class ClayvaAdapter(StagedAdapterBase):
                 else c
                 for c in planned
             ]
-        else:
-            found = await work.ledger.done_content(
-                job.pipeline, [b.content_sha256 for b in planned if b.content_sha256]
-            )
-            done = {digest: part.job_id for digest, part in found.items()}
-            planned = [
-                replace(b, state=PartState.SKIPPED, detail=f"sent by job {done[b.content_sha256]}")
-                if b.content_sha256 in done
-                else b
-                for b in planned
-            ]
         await work.save(*planned)
         tracker.set(phase="sending")
         return planned
@@ -225,6 +220,20 @@ class ClayvaAdapter(StagedAdapterBase):
             for i, batch in enumerate(todo):
                 events, lines = await read(batch) if ahead is None else await ahead
                 ahead = read(todo[i + 1]) if i + 1 < len(todo) else None
+                digest = batch_hash(events)
+                if batch.state == PartState.PENDING:  # events this pipeline already delivered?
+                    done = (await work.ledger.done_content(job.pipeline, [digest])).get(digest)
+                    if done is not None:
+                        await work.save(
+                            replace(
+                                batch,
+                                state=PartState.SKIPPED,
+                                content_sha256=digest,
+                                detail=f"sent by job {done.job_id}",
+                            )
+                        )
+                        continue
+                batch = replace(batch, content_sha256=digest)
                 await self._send(job, work, batch, events, lines)
                 tracker.confirmed(len(events))
                 await tracker.save()

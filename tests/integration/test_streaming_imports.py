@@ -24,7 +24,7 @@ from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import API_SECRET, write_config
 from tests.integration.helpers import all_jobs, job_parts, run_once, start, stop_hard
 from tests.integration.test_claravine import config, cv, row, submission, write_csv
-from tests.integration.test_clayva import event, events_import, write_jsonl
+from tests.integration.test_clayva import cl, event, events_import, write_jsonl
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -196,3 +196,25 @@ async def test_skipped_rejects_are_counted_and_listed_on_the_job(
     (got,) = json.loads(listed.output)
     assert got["import"]["rows_rejected"] == 150
     assert got["import"]["rows_validated"] == 150
+
+
+async def test_batches_already_delivered_are_skipped_when_the_file_comes_back(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    src = write_jsonl(tmp_path / "in" / "ev.jsonl", [event(i) for i in range(2_500)])
+    provider = {"base_url": sim.base_url("clayva"), "requests_per_minute": 6000}
+    path = write_config(
+        tmp_path,
+        sim.base_url("clari"),
+        [events_import("ev", str(src))],
+        providers={"clayva": provider},
+    )
+    assert await run_once(load_config(path)) == 0
+    with src.open("a") as f:  # the file comes back with one more event: a new file
+        f.write(json.dumps(event(2_500)) + "\n")
+    assert await run_once(load_config(path)) == 0
+    _, second = await all_jobs(load_config(path))
+    assert second.state == JobState.SUCCEEDED, second.error
+    states = [p.state for p in await job_parts(load_config(path), second.id)]
+    assert states == [PartState.SKIPPED, PartState.SKIPPED, PartState.DONE]
+    assert cl(sim).stats["events"] == 2_500 + 501  # the last batch again, with the new event
