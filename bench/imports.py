@@ -526,6 +526,11 @@ def main() -> None:
         small, big = (int(float(x)) for x in os.environ["BENCH_IMPORT_SIZES"].split(","))
         SIZES.clear()
         SIZES.update({f"{small / 1e6:.0f} MB": small, f"{big / 1e6:.0f} MB": big})
+    if os.environ.get("BENCH_IMPORT_KINDS"):  # e.g. "Claravine,Clayva": those kinds only
+        wanted = os.environ["BENCH_IMPORT_KINDS"].split(",")
+        for label in list(KINDS):
+            if not any(label.startswith(w) for w in wanted):
+                del KINDS[label]
     fns = {"rate": rate_rows, "validation": validation_rows, "memory": memory_rows}
     for name, fn in fns.items():
         if only and name not in only:

@@ -628,6 +628,19 @@ class Ledger:
             rows = (await conn.execute(stmt)).fetchall()
         return [_row_to_part(r) for r in rows]
 
+    async def parts_after(self, job_id: int, after_seq: int, limit: int) -> list[Part]:
+        """Up to `limit` parts of a job with seq > `after_seq`, in order: a plan read a page at
+        a time (an import of many GB has tens of thousands of chunks)."""
+        stmt = (
+            select(parts_t)
+            .where(parts_t.c.job_id == job_id, parts_t.c.seq > after_seq)
+            .order_by(parts_t.c.seq)
+            .limit(limit)
+        )
+        async with self.read_engine.connect() as conn:
+            rows = (await conn.execute(stmt)).fetchall()
+        return [_row_to_part(r) for r in rows]
+
     async def done_content(self, pipeline: str, hashes: Sequence[str]) -> dict[str, Part]:
         """Parts of this pipeline's earlier jobs already DONE, by content hash: an import never
         sends the same rows twice, even when a fixed file comes back as a new job."""

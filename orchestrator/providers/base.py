@@ -89,6 +89,9 @@ class Work:
     async def save(self, *parts: Part) -> None:
         await self.ledger.save_parts(parts)
 
+    async def parts_after(self, after_seq: int, limit: int) -> list[Part]:
+        return await self.ledger.parts_after(self.job.id, after_seq, limit)
+
     async def import_progress(self) -> ImportProgress | None:
         return (await self.ledger.import_progress([self.job.id])).get(self.job.id)
 

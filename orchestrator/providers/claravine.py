@@ -27,7 +27,7 @@ import io
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +62,7 @@ DEFAULT_KEY_HEADER, DEFAULT_SECRET_HEADER = "X-API-Key", "X-API-Secret"
 STATUS_DONE, STATUS_FAILED = "complete", "failed"
 SEND_WINDOW = 16  # POSTs of one job in flight at once (each holds one chunk's rows)
 POLL_BATCH = 32  # statuses asked at once; the rate window spaces them
+PAGE = 1000  # chunks of the plan read from (and written to) the ledger at a time
 __all__ = ["chunk_hash"]  # shared with clayva
 
 
@@ -93,9 +94,10 @@ def transaction_name(pipeline: str, file_sha: str, job_id: int, seq: int, total:
     return f"orchestrator/{pipeline}/{file_sha[:16]}/job{job_id}/{seq + 1}-of-{total}"
 
 
-def plan_chunks(job: Job, spans: Sequence[Span]) -> list[Part]:
-    """One part per planned chunk, carrying its byte range and lines in the source."""
-    total = max(1, len(spans))
+def plan_chunks(job: Job, spans: Sequence[Span], total: int | None = None) -> list[Part]:
+    """One part per planned chunk (of `total` in the plan), carrying its byte range and lines
+    in the source."""
+    total = max(1, len(spans) if total is None else total)
     file_sha = str(job.params.get("sha256") or "")
     return [
         Part(
@@ -262,26 +264,28 @@ class ClaravineAdapter(StagedAdapterBase):
                     f"{path}:1: column {unknown[0]!r} is not a field of template {dataset} "
                     f"(fields: {', '.join(known)})",
                 )
-        parts = await work.parts()
-        if not src.planned or not parts:
-            parts = await self._plan(job, work, src, parts)
+        if not src.planned or not await work.parts_after(-1, 1):
+            await self._plan(job, work, src)
         await src.tracker.save(force=True)
-        parts = await self._pipeline(job, work, dataset, fields, src, parts)
-        failed = [c for c in parts if c.state == PartState.FAILED]
+        outcome = await self._pipeline(job, work, dataset, fields, src)
         src.tracker.set(phase="done")
         await src.tracker.save(force=True)
-        if failed:
-            listed = "\n".join(describe_failure(str(path), c, c.detail or "Failed") for c in failed)
+        if outcome.failed:
+            listed = "\n".join(
+                describe_failure(str(path), c, c.detail or "Failed") for c in outcome.shown
+            )
+            more = outcome.failed - len(outcome.shown)
             raise RemoteJobFailed(
                 self.name,
-                f"{len(failed)} of {len(parts)} chunks Failed at Claravine "
-                f"(the other rows were imported):\n{listed}",
+                f"{outcome.failed} of {outcome.total} chunks Failed at Claravine "
+                f"(the other rows were imported):\n{listed}"
+                + (f"\n… and {more} more (jobs show lists every chunk)" if more > 0 else ""),
             )
         return src.result(src.tracker.progress.rows_validated)
 
-    async def _plan(self, job: Job, work: Work, src: Opened, parts: list[Part]) -> list[Part]:
+    async def _plan(self, job: Job, work: Work, src: Opened) -> None:
         """Validate the whole file (streaming; nothing sent if anything is wrong) and store the
-        chunk plan, chunks an earlier job of the pipeline imported marked SKIPPED."""
+        chunk plan, PAGE chunks per write."""
         tracker = src.tracker
         tracker.set(phase="validating")
 
@@ -295,52 +299,41 @@ class ClaravineAdapter(StagedAdapterBase):
                 tracker.validated = plan.rows
         except SourceError as exc:
             raise Rejected(self.name, str(exc)) from None
-        planned = plan_chunks(job, plan.spans)
-        if parts:  # planned before (an older version, or a crash before the plan was marked)
-            if [(c.first_row, c.row_count) for c in parts] != [
-                (c.first_row, c.row_count) for c in planned
-            ]:
-                raise Rejected(self.name, f"{src.path}: no longer splits as it was planned")
-            planned = [
-                replace(
-                    old,
-                    byte_start=new.byte_start,
-                    byte_end=new.byte_end,
-                    first_line=new.first_line,
-                    last_line=new.last_line,
+        old = {c.seq: c for c in await work.parts()}  # planned before: by an older version
+        if old and [(c.first_row, c.row_count) for c in old.values()] != [
+            (s.first_row, s.row_count) for s in plan.spans
+        ]:
+            raise Rejected(self.name, f"{src.path}: no longer splits as it was planned")
+        total = len(plan.spans)
+        for at in range(0, total, PAGE):
+            planned = plan_chunks(job, plan.spans[at : at + PAGE], total)
+            await work.save(
+                *(
+                    replace(
+                        old[c.seq],
+                        byte_start=c.byte_start,
+                        byte_end=c.byte_end,
+                        first_line=c.first_line,
+                        last_line=c.last_line,
+                    )
+                    if c.seq in old
+                    else c
+                    for c in planned
                 )
-                for old, new in zip(parts, planned, strict=True)
-            ]
-        await work.save(*planned)
+            )
         tracker.set(phase="sending")
-        log.info("claravine_planned", job_id=job.id, chunks=len(planned))
-        return planned
+        log.info("claravine_planned", job_id=job.id, chunks=total)
 
     async def _pipeline(
-        self,
-        job: Job,
-        work: Work,
-        dataset: str,
-        fields: list[str],
-        src: Opened,
-        parts: list[Part],
-    ) -> list[Part]:
+        self, job: Job, work: Work, dataset: str, fields: list[str], src: Opened
+    ) -> _Outcome:
         """Send every unsent chunk (a few POSTs in flight) while polling the sent ones (every
         due status at once): both draw on the account's one request-rate window, so the
-        import runs at the provider's rate, not at the pace of one chunk's round trip."""
-        by_seq = {c.seq: c for c in parts}
-        unsure = [c for c in parts if c.state == PartState.SENDING]
-        found = await self._find_sent(job, dataset, unsure) if unsure else {}
+        import runs at the provider's rate, not at the pace of one chunk's round trip. The
+        plan is read from the ledger a page at a time; only chunks in flight are held."""
+        flight: dict[int, Part] = {}  # sent, not settled
+        outcome = _Outcome()
         polls = _Polls(self.cfg.poll.initial, self.cfg.poll.max_interval)
-        for c in parts:
-            if c.state == PartState.SENDING and c.name in found:
-                c = replace(c, state=PartState.RUNNING, remote_id=found[c.name])
-                await work.save(c)
-                log.info("claravine_adopted", job_id=job.id, chunk=c.seq)
-                by_seq[c.seq] = c
-            if c.state == PartState.RUNNING:
-                polls.add(c.seq)
-        todo = [c for c in by_seq.values() if c.state in (PartState.PENDING, PartState.SENDING)]
         tracker = src.tracker
         tracker.confirmed(0)
 
@@ -349,19 +342,19 @@ class ClaravineAdapter(StagedAdapterBase):
             if chunk.state == PartState.PENDING:  # rows an earlier job already imported?
                 done = (await work.ledger.done_content(job.pipeline, [digest])).get(digest)
                 if done is not None:
-                    skipped = replace(
-                        chunk,
-                        state=PartState.SKIPPED,
-                        content_sha256=digest,
-                        remote_id=done.remote_id,
-                        detail=f"imported by job {done.job_id}",
+                    await work.save(
+                        replace(
+                            chunk,
+                            state=PartState.SKIPPED,
+                            content_sha256=digest,
+                            remote_id=done.remote_id,
+                            detail=f"imported by job {done.job_id}",
+                        )
                     )
-                    await work.save(skipped)
-                    by_seq[chunk.seq] = skipped
                     return
             chunk = replace(chunk, content_sha256=digest)
             sent = await self._send(job, work, dataset, chunk, fields, rows)
-            by_seq[sent.seq] = sent
+            flight[sent.seq] = sent
             polls.add(sent.seq)
 
         async def sender() -> None:
@@ -374,23 +367,32 @@ class ClaravineAdapter(StagedAdapterBase):
                     window.release()
 
             async with asyncio.TaskGroup() as tg:
-                for chunk in todo:
-                    await window.acquire()
-                    tg.create_task(guarded(chunk), name=f"claravine-send-{job.id}-{chunk.seq}")
+                after = -1
+                while page := await work.parts_after(after, PAGE):
+                    after = page[-1].seq
+                    for chunk in await self._settle_page(job, work, dataset, page, outcome):
+                        if chunk.state == PartState.RUNNING:
+                            flight[chunk.seq] = chunk
+                            polls.add(chunk.seq)
+                            continue
+                        await window.acquire()
+                        tg.create_task(guarded(chunk), name=f"claravine-send-{job.id}-{chunk.seq}")
             polls.sending_done()
 
         async def poller() -> None:
             while (due := await polls.next_due(POLL_BATCH)) is not None:
                 changed = await self._poll_chunks(
-                    src.path, dataset, fields, [by_seq[s] for s in due]
+                    src.path, dataset, fields, [flight[s] for s in due]
                 )
                 for c in changed:
-                    by_seq[c.seq] = c
+                    del flight[c.seq]
                     polls.remove(c.seq)
                     if c.state == PartState.DONE:
                         tracker.confirmed(c.row_count or 0)
+                    else:
+                        outcome.fail(c)
                 for s in due:
-                    if by_seq[s].state == PartState.RUNNING:
+                    if s in flight:
                         polls.backoff(s)
                 if changed:
                     await work.save(*changed)
@@ -402,7 +404,30 @@ class ClaravineAdapter(StagedAdapterBase):
                 tg.create_task(poller(), name=f"claravine-poller-{job.id}")
         except BaseExceptionGroup as group:
             raise first_error(group) from None
-        return [by_seq[s] for s in sorted(by_seq)]
+        return outcome
+
+    async def _settle_page(
+        self, job: Job, work: Work, dataset: str, page: list[Part], outcome: _Outcome
+    ) -> list[Part]:
+        """Of one page of the plan: the chunks still to send or to poll (a chunk left SENDING
+        by a crash is looked up by name first, and adopted if it was created); settled ones
+        are counted."""
+        unsure = [c for c in page if c.state == PartState.SENDING]
+        found = await self._find_sent(job, dataset, unsure) if unsure else {}
+        out = []
+        for c in page:
+            outcome.total += 1
+            if c.state == PartState.FAILED:
+                outcome.fail(c)
+                continue
+            if c.state in (PartState.DONE, PartState.SKIPPED):
+                continue
+            if c.state == PartState.SENDING and c.name in found:
+                c = replace(c, state=PartState.RUNNING, remote_id=found[c.name])
+                await work.save(c)
+                log.info("claravine_adopted", job_id=job.id, chunk=c.seq)
+            out.append(c)
+        return out
 
     async def _poll_chunks(
         self, path: Path, dataset: str, fields: list[str], chunks: list[Part]
@@ -524,6 +549,20 @@ def _read_chunk(path: Path, fields: list[str], chunk: Part) -> tuple[list[list[s
     """A chunk's rows, from its byte range, and the hash of its content (blocking)."""
     rows, _ = read_span(path, fields, span_of(chunk))
     return rows, chunk_hash(fields, rows)
+
+
+@dataclass
+class _Outcome:
+    """What a submission came to: chunks in all, and those Failed (the first 100 kept)."""
+
+    total: int = 0
+    failed: int = 0
+    shown: list[Part] = field(default_factory=list)
+
+    def fail(self, chunk: Part) -> None:
+        self.failed += 1
+        if len(self.shown) < 100:
+            self.shown.append(chunk)
 
 
 class _Polls:

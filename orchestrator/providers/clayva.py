@@ -53,6 +53,7 @@ KIND = "clayva.events_import"
 MAX_BATCH = 1000
 DEFAULT_BATCH_RPM = 10.0  # "Batch Events" on the free tier; raise it for Pro (100)
 MAX_REJECTS_SHOWN = 20
+PAGE = 1000  # batches of the plan read from (and written to) the ledger at a time
 __all__ = ["check_event"]
 
 
@@ -107,9 +108,8 @@ class ClayvaAdapter(StagedAdapterBase):
             header = await asyncio.to_thread(read_header, src.path)
         except SourceError as exc:
             raise Rejected(self.name, str(exc)) from None
-        parts = await work.parts()
-        if not src.planned or not parts:
-            parts = await self._plan(job, work, src, parts)
+        if not src.planned or not await work.parts_after(-1, 1):
+            await self._plan(job, work, src)
         rejected = src.tracker.progress.rows_rejected
         if rejected and p.get("on_invalid", "fail") == "fail":
             shown = "\n".join(src.tracker.progress.rejects[:MAX_REJECTS_SHOWN])
@@ -121,14 +121,15 @@ class ClayvaAdapter(StagedAdapterBase):
                 + (f"\n… and {more} more" if more > 0 else ""),
             )
         await src.tracker.save(force=True)
-        await self._send_all(job, work, src, header, parts)
+        src.tracker.confirmed(0)
+        await self._send_all(job, work, src, header)
         if rejected:
             log.warning("clayva_rejects_skipped", job_id=job.id, rejects=rejected)
         src.tracker.set(phase="done")
         await src.tracker.save(force=True)
         return src.result(src.tracker.progress.rows_validated)
 
-    async def _plan(self, job: Job, work: Work, src: Opened, parts: list[Part]) -> list[Part]:
+    async def _plan(self, job: Job, work: Work, src: Opened) -> None:
         """Check every event (streaming), writing rejects to the side file as they are met;
         plan the valid ones in batches; batches this pipeline already delivered are SKIPPED."""
         tracker = src.tracker
@@ -164,48 +165,49 @@ class ClayvaAdapter(StagedAdapterBase):
             )
         else:
             side.abort()
-        planned = [
-            Part(
-                job_id=job.id,
-                seq=span.seq,
-                state=PartState.PENDING,
-                first_row=span.first_row,
-                row_count=span.row_count,
-                content_sha256=span.digest,
-                byte_start=span.start,
-                byte_end=span.end,
-                first_line=span.first_line,
-                last_line=span.last_line,
-            )
-            for span in plan.spans
-        ]
-        if parts:  # planned before by an older version: keep its states, add the ranges
-            old = {c.seq: c for c in parts}
-            planned = [
-                replace(
-                    old[c.seq],
-                    byte_start=c.byte_start,
-                    byte_end=c.byte_end,
-                    first_line=c.first_line,
-                    last_line=c.last_line,
+        old = {c.seq: c for c in await work.parts()}  # planned before by an older version
+        for at in range(0, len(plan.spans), PAGE):
+            await work.save(
+                *(
+                    replace(
+                        old[span.seq],
+                        byte_start=span.start,
+                        byte_end=span.end,
+                        first_line=span.first_line,
+                        last_line=span.last_line,
+                    )
+                    if span.seq in old
+                    else Part(
+                        job_id=job.id,
+                        seq=span.seq,
+                        state=PartState.PENDING,
+                        first_row=span.first_row,
+                        row_count=span.row_count,
+                        byte_start=span.start,
+                        byte_end=span.end,
+                        first_line=span.first_line,
+                        last_line=span.last_line,
+                    )
+                    for span in plan.spans[at : at + PAGE]
                 )
-                if c.seq in old
-                else c
-                for c in planned
-            ]
-        await work.save(*planned)
+            )
         tracker.set(phase="sending")
-        return planned
 
-    async def _send_all(
-        self, job: Job, work: Work, src: Opened, header: list[str] | None, parts: list[Part]
-    ) -> None:
+    async def _send_all(self, job: Job, work: Work, src: Opened, header: list[str] | None) -> None:
         """Every batch not delivered yet, in file order, one POST at a time (the per-minute
         window is the brake; at most one batch is ever left SENDING by a crash), the next batch
-        read from its byte range while the current one is on its way."""
+        read from its byte range while the current one is on its way. The plan is read from
+        the ledger a page at a time."""
+        after = -1
+        while page := await work.parts_after(after, PAGE):
+            after = page[-1].seq
+            todo = [b for b in page if b.state not in (PartState.DONE, PartState.SKIPPED)]
+            await self._send_page(job, work, src, header, todo)
+
+    async def _send_page(
+        self, job: Job, work: Work, src: Opened, header: list[str] | None, todo: list[Part]
+    ) -> None:
         tracker = src.tracker
-        tracker.confirmed(0)
-        todo = [b for b in parts if b.state not in (PartState.DONE, PartState.SKIPPED)]
 
         def read(batch: Part) -> asyncio.Task[tuple[list[dict[str, Any]], list[int]]]:
             return asyncio.create_task(
