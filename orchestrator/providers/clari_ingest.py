@@ -183,7 +183,9 @@ class ClariIngest:
         log.info("ingest_planned", job_id=job.id, files=len(planned), records=plan.rows)
         return planned
 
-    async def _upload(self, job: Job, work: Work, part: Part, data: bytes, last: bool) -> Part:
+    async def _upload(
+        self, job: Job, work: Work, part: Part, data: bytes | memoryview, last: bool
+    ) -> Part:
         if part.state == PartState.SENDING:
             log.warning("ingest_resending", job_id=job.id, part=part.seq)  # records keyed by id
         part = replace(part, bytes=len(data))

@@ -275,7 +275,7 @@ def test_ingest_files_carry_exactly_the_records_and_the_old_problems(
     plan = validate_records(path, limit)
     sent = []
     for _, data, _ in upload_files(path, plan.spans):
-        for block in json.loads(data):
+        for block in json.loads(bytes(data)):
             sent += [(block["sourceEntity"], r) for r in block["records"]]
     assert sorted(sent, key=repr) == sorted(((e, r) for e, r, _ in expected), key=repr)
 
