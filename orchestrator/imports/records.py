@@ -84,8 +84,8 @@ class FileWriter:
     """One upload file, rendered as records come (no list of them is kept): the API's JSON
     shape, a block per run of records of one entity."""
 
-    def __init__(self) -> None:
-        self.buf = io.BytesIO()
+    def __init__(self, out: IO[bytes] | None = None) -> None:
+        self.buf: IO[bytes] = io.BytesIO() if out is None else out
         self.buf.write(b"[")
         self.last: str | None = None
         self.records = 0
@@ -102,13 +102,14 @@ class FileWriter:
         w(item.encode())
         self.records += 1
 
-    def close(self) -> bytes:
-        return bytes(self.view())
-
-    def view(self) -> memoryview:
-        """The finished file without a copy of it (10 MB less held while it is uploaded)."""
+    def finish(self) -> None:
         self.buf.write(b"]}]" if self.last is not None else b"]")
-        return self.buf.getbuffer()
+
+    def close(self) -> bytes:
+        """The finished file (written to memory)."""
+        self.finish()
+        buf = self.buf
+        return buf.getvalue() if isinstance(buf, io.BytesIO) else b""
 
 
 def split_files(records: list[tuple[str, Record, str]], limit: int) -> Iterator[bytes]:
@@ -202,16 +203,18 @@ def _report(problems: Problems, line: int, where: str, what: str) -> None:
 
 
 def upload_files(
-    path: Path, spans: list[Span]
-) -> Generator[tuple[Span, memoryview, int], None, None]:
-    """(span, upload file, records in it) for each of `spans` (in file order): JSON Lines by
-    seeking to each span's bytes; the array form in one parse past everything before."""
+    path: Path, spans: list[Span], into: Path
+) -> Generator[tuple[Span, Path, int], None, None]:
+    """(span, upload file, records in it) for each of `spans` (in file order), each file
+    written to the directory `into` (a 10 MB file is not held in memory while it is sent):
+    JSON Lines by seeking to each span's bytes; the array form in one parse past everything
+    before. The caller deletes each file once sent."""
     problems = Problems(path)
     with open_source(path) as f:
         if is_jsonl(path):
             for span in spans:
                 lines = Lines(f, start=span.start, end=span.end, line=span.first_line - 1)
-                yield _file_of(path, span, _records(path, f, lines, problems))
+                yield _file_of(path, span, _records(path, f, lines, problems), into)
             return
         records = _records(path, f, Lines(f), problems)
         index = 0
@@ -219,7 +222,7 @@ def upload_files(
             while index < span.first_row:
                 next(records, None)
                 index += 1
-            yield _file_of(path, span, _take(records, span.row_count))
+            yield _file_of(path, span, _take(records, span.row_count), into)
             index += span.row_count
 
 
@@ -231,18 +234,21 @@ def _take(it: Iterator[Any], n: int) -> Iterator[Any]:
         yield item
 
 
-def _file_of(path: Path, span: Span, records: Iterator[Any]) -> tuple[Span, memoryview, int]:
-    out = FileWriter()
-    for entity, rec, _, _ in records:
-        if check_record(rec) is None:
-            out.add(entity, render_item(rec))
+def _file_of(path: Path, span: Span, records: Iterator[Any], into: Path) -> tuple[Span, Path, int]:
+    target = into / f"upload-{span.seq + 1:05d}.json"
+    with target.open("wb") as f:
+        out = FileWriter(f)
+        for entity, rec, _, _ in records:
+            if check_record(rec) is None:
+                out.add(entity, render_item(rec))
+        out.finish()
     n = out.records
     if n != span.row_count:
         raise SourceError(
             f"{path}: records {span.first_row + 1}-{span.first_row + span.row_count} no longer "
             f"read as they were validated ({n}); the file changed"
         )
-    return span, out.view(), n
+    return span, target, n
 
 
 Found = tuple[str, Record, str, tuple[int, int, int]]  # entity, record, where, (line, start, end)

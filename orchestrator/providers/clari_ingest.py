@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -112,22 +113,28 @@ class ClariIngest:
         tracker.confirmed(0)
         last_seq = parts[-1].seq
         to_send = [span_of(p) for p in parts if p.state not in (PartState.DONE, PartState.RUNNING)]
-        files = upload_files(src.path, to_send)
+        scratch = work.scratch_dir()
+        await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
+        files = upload_files(src.path, to_send, scratch)
         try:
             for part in parts:
                 if part.state == PartState.DONE:
                     continue
                 if part.state != PartState.RUNNING:
                     try:
-                        _, data, _ = await asyncio.to_thread(next, files)
+                        _, upload, _ = await asyncio.to_thread(next, files)
                     except SourceError as exc:
                         raise Rejected(self.name, str(exc)) from None
-                    part = await self._upload(job, work, part, data, part.seq == last_seq)
+                    try:
+                        part = await self._upload(job, work, part, upload, part.seq == last_seq)
+                    finally:
+                        await asyncio.to_thread(upload.unlink, missing_ok=True)
                 await self._await(job, work, part)
                 tracker.confirmed(part.row_count or 0)
                 await tracker.save()
         finally:
             await asyncio.to_thread(files.close)
+        await asyncio.to_thread(work.drop_scratch)
         tracker.set(phase="done")
         await tracker.save(force=True)
         return src.result(tracker.progress.rows_validated)
@@ -183,25 +190,30 @@ class ClariIngest:
         log.info("ingest_planned", job_id=job.id, files=len(planned), records=plan.rows)
         return planned
 
-    async def _upload(
-        self, job: Job, work: Work, part: Part, data: bytes | memoryview, last: bool
-    ) -> Part:
+    async def _upload(self, job: Job, work: Work, part: Part, upload: Path, last: bool) -> Part:
         if part.state == PartState.SENDING:
             log.warning("ingest_resending", job_id=job.id, part=part.seq)  # records keyed by id
-        part = replace(part, bytes=len(data))
+        part = replace(part, bytes=(await asyncio.to_thread(upload.stat)).st_size)
         await work.save(replace(part, state=PartState.SENDING))
         mode = str(job.params.get("mode", "incremental"))
         query = {"mode": mode}
         if mode == "initial":
             query["isLastBatch"] = "true" if last else "false"
         form = aiohttp.FormData()
-        form.add_field(
-            "FileData", data, filename=f"part-{part.seq + 1}.json", content_type="application/json"
-        )
-        entity = job.params["entity"]
-        answer = await self.http.json(
-            "POST", f"/ingest/bulk/entity/{entity}", params=query, data=form
-        )
+        data = await asyncio.to_thread(upload.open, "rb")  # streamed from disk by aiohttp
+        try:
+            form.add_field(
+                "FileData",
+                data,
+                filename=f"part-{part.seq + 1}.json",
+                content_type="application/json",
+            )
+            entity = job.params["entity"]
+            answer = await self.http.json(
+                "POST", f"/ingest/bulk/entity/{entity}", params=query, data=form
+            )
+        finally:
+            data.close()
         remote = str(answer.get("jobId") or "") if isinstance(answer, dict) else ""
         if not remote:
             raise Unavailable(self.name, "ingest answer has no jobId")

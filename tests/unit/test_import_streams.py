@@ -274,8 +274,8 @@ def test_ingest_files_carry_exactly_the_records_and_the_old_problems(
         return
     plan = validate_records(path, limit)
     sent = []
-    for _, data, _ in upload_files(path, plan.spans):
-        for block in json.loads(bytes(data)):
+    for _, upload, _ in upload_files(path, plan.spans, tmp_path):
+        for block in json.loads(upload.read_bytes()):
             sent += [(block["sourceEntity"], r) for r in block["records"]]
     assert sorted(sent, key=repr) == sorted(((e, r) for e, r, _ in expected), key=repr)
 
@@ -295,11 +295,14 @@ def test_ingest_plan_splits_under_the_limit_and_resumes_at_any_file(
     path = tmp_path / ("r.json" if array else "r.jsonl")
     path.write_bytes(_array(records) if array else _jsonl(records))
     plan = validate_records(path, limit)
-    files = list(upload_files(path, plan.spans))
+    first, again = tmp_path / "first", tmp_path / "again"
+    first.mkdir(exist_ok=True)
+    again.mkdir(exist_ok=True)
+    files = [(s, f.read_bytes(), n) for s, f, n in upload_files(path, plan.spans, first)]
     assert all(len(data) <= limit for _, data, _ in files)
     assert sum(n for _, _, n in files) == plan.rows == len(records)
     later = plan.spans[min(skip, len(plan.spans) - 1) :]  # a restart: the first files were sent
-    assert [data for _, data, _ in upload_files(path, later)] == [
+    assert [f.read_bytes() for _, f, _ in upload_files(path, later, again)] == [
         data for span, data, _ in files if span in later
     ]
 
