@@ -21,6 +21,7 @@ from typing import Any
 
 from bench import ledger, polling
 from bench.common import ROOT, Simulator, scratch, write_config
+from bench.imports import b8_imports
 
 RESULTS = ROOT / "bench" / "results"
 Row = dict[str, Any]
@@ -452,6 +453,7 @@ SUITE: list[tuple[str, Callable[[], tuple[list[Row], dict[str, Any]]]]] = [
     ("slots", b4_slots),
     ("inflight", b5_b7_inflight),
     ("download", b6_download),
+    ("imports", b8_imports),
 ]
 
 

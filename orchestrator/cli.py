@@ -296,6 +296,7 @@ def print_jobs_table(rows: list[dict[str, Any]], title: str | None = None) -> No
                     j["result_bytes"],
                     _fmt_duration(j),
                     (f"parts {j['parts']['done']}/{j['parts']['total']} " if j.get("parts") else "")
+                    + (f"{j['import_summary']} " if j.get("import_summary") else "")
                     + (j["result_path"] or j["error"] or ""),
                 ),
             )
@@ -322,15 +323,21 @@ def jobs_list(
     async def fetch(lg: Ledger) -> list[dict[str, Any]]:
         found = await lg.list_jobs(states=states, pipeline=pipeline, limit=limit)
         progress = await lg.part_progress([j.id for j in found if not j.terminal])
+        imports = await lg.import_progress([j.id for j in found])
         rows = [job_to_dict(j) for j in found]
         for row in rows:  # multi-part jobs in flight: how far along
             if row["id"] in progress:
                 done, total = progress[row["id"]]
                 row["parts"] = {"done": done, "total": total}
+            if row["id"] in imports:  # imports: rows validated, sent, confirmed, rejected; ETA
+                row["import"] = imports[row["id"]].to_dict()
+                row["import_summary"] = imports[row["id"]].summary()
         return rows
 
     rows = _with_ledger(cfg, fetch, create=False)
     if as_json:
+        for row in rows:
+            row.pop("import_summary", None)
         click.echo(json.dumps(rows, indent=2))
     else:
         print_jobs_table(rows)
@@ -418,6 +425,7 @@ async def _watch_table(lg: Ledger) -> Any:
         states=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED], limit=10
     )
     progress = await lg.part_progress([j.id for j in flight])
+    imports = await lg.import_progress([j.id for j in flight])
     summary = "  ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no jobs"
     table = Table(title=f"orchestrator jobs — {summary}")
     for col in ("id", "pipeline", "state", "attempt", "age", "remote id / result / error"):
@@ -431,6 +439,8 @@ async def _watch_table(lg: Ledger) -> Any:
         where = job.remote_id or ""
         if in_flight and job.id in progress:
             where = "parts {}/{} done".format(*progress[job.id])
+        if in_flight and job.id in imports:
+            where = imports[job.id].summary()
         table.add_row(
             *map(
                 cell,
@@ -460,7 +470,11 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
         if job is None:
             return None
         parts = [part_to_dict(p) for p in await lg.parts(job_id)]
-        return {**job_to_dict(job), "parts": parts, "transitions": await lg.transitions(job_id)}
+        data = {**job_to_dict(job), "parts": parts, "transitions": await lg.transitions(job_id)}
+        progress = (await lg.import_progress([job_id])).get(job_id)
+        if progress is not None:  # an import: its counts, and the rejects it skipped
+            data["import"] = {**progress.to_dict(), "rejects": list(progress.rejects)}
+        return data
 
     data = _with_ledger(cfg, get, create=False)
     if data is None:
@@ -470,8 +484,10 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     for key, value in data.items():
-        if key not in ("transitions", "parts"):
+        if key not in ("transitions", "parts", "import"):
             click.echo(f"{key:>16}: {printable(value) if value is not None else ''}")
+    if data.get("import"):
+        _echo_import(data["import"])
     if data["parts"]:
         click.echo("           parts:")
         for part in data["parts"]:
@@ -489,6 +505,25 @@ def jobs_show(config_path: str | None, job_id: int, as_json: bool) -> None:
     for t in data["transitions"]:
         reason = printable(t["reason"] or "")
         click.echo(f"  {t['at']}  {t['from'] or '-':>10} -> {t['to']:<10} {reason}")
+
+
+def _echo_import(imp: dict[str, Any]) -> None:
+    eta = imp["eta_seconds"]
+    click.echo(
+        f"          import: {imp['phase']}: {imp['rows_validated']:,} validated, "
+        f"{imp['rows_sent']:,} sent, {imp['rows_confirmed']:,} confirmed, "
+        f"{imp['rows_rejected']:,} rejected"
+        + (f", {imp['rate_rows_per_s']:,} rows/s" if imp["rate_rows_per_s"] else "")
+        + (f", ETA {eta}s" if eta else "")
+    )
+    if imp["rejects"]:
+        shown = len(imp["rejects"])
+        click.echo(
+            f"         rejects: first {shown} of {imp['rows_rejected']:,} "
+            f"(all in {imp['rejects_path'] or 'the side file'}):"
+        )
+        for line in imp["rejects"]:
+            click.echo(f"  {printable(line)}")
 
 
 @jobs.command("retry")

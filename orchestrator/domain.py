@@ -164,6 +164,10 @@ class Part:
     sha256: str | None = None
     detail: str | None = None
     credits: int | None = None
+    byte_start: int | None = None  # an import chunk's byte range and lines in its source
+    byte_end: int | None = None
+    first_line: int | None = None
+    last_line: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -177,3 +181,65 @@ class PipelineRuns:
     last_success_at: datetime | None = None
     consecutive_failures: int = 0  # FAILED jobs that finished after the last success
     first_created_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ImportProgress:
+    """How far an import is: rows validated, sent, confirmed by the provider, rejected (by
+    validation with `skip`, or by the provider), and the recent rate of confirmations."""
+
+    job_id: int
+    phase: str = "validating"  # validating, sending, done
+    rows_validated: int = 0
+    rows_sent: int = 0
+    rows_confirmed: int = 0
+    rows_rejected: int = 0
+    rejects_path: str | None = None
+    rejects: tuple[str, ...] = ()
+    source_size: int | None = None
+    source_mtime_ns: int | None = None
+    rate: float | None = None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Time left at the current rate (None while validating or before a rate is known)."""
+        if self.phase == "done":
+            return 0.0
+        if self.phase != "sending" or not self.rate:
+            return None
+        left = self.rows_validated - self.rows_confirmed - self.rows_rejected
+        return max(0, left) / self.rate
+
+    def summary(self) -> str:
+        """One line for `jobs list`, `jobs watch` and the status page."""
+        if self.phase == "validating":
+            return f"validating: {self.rows_validated:,} rows so far"
+        text = (
+            f"{self.rows_validated:,} validated · {self.rows_sent:,} sent · "
+            f"{self.rows_confirmed:,} confirmed · {self.rows_rejected:,} rejected"
+        )
+        if self.phase == "sending" and self.rate:
+            eta = self.eta_seconds or 0.0
+            text += f" · {self.rate:,.0f} rows/s · ETA {_duration(eta)}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "rows_validated": self.rows_validated,
+            "rows_sent": self.rows_sent,
+            "rows_confirmed": self.rows_confirmed,
+            "rows_rejected": self.rows_rejected,
+            "rate_rows_per_s": None if self.rate is None else round(self.rate, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds),
+            "rejects_path": self.rejects_path,
+        }
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

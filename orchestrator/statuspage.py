@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from html import escape
 from typing import Any
 
-from orchestrator.domain import IN_FLIGHT, TERMINAL, Job, JobState
+from orchestrator.domain import IN_FLIGHT, TERMINAL, ImportProgress, Job, JobState
 from orchestrator.ledger.store import utcnow
 
 CSS = """
@@ -170,13 +170,20 @@ def render(
     title: str,
     progress: dict[int, tuple[int, int]] | None = None,
     pipelines: list[dict[str, Any]] | None = None,
+    imports: dict[int, ImportProgress] | None = None,
 ) -> str:
     progress = progress or {}
+    imports = imports or {}
 
     def where(j: Job) -> str:
+        text = ""
         if j.id in progress:
             done, total = progress[j.id]
-            return f"parts {done}/{total}"
+            text = f"parts {done}/{total}"
+        if j.id in imports:
+            text += (" · " if text else "") + imports[j.id].summary()
+        if text:
+            return text
         return j.remote_id or ""
 
     now = utcnow()

@@ -187,6 +187,7 @@ class StatusServer:
             {**s.to_dict(), "schedule_words": schedule_in_words(s.config.schedule, tz)}
             for s in await statuses(d.cfg, d.ledger)
         ]
+        imports = await d.ledger.import_progress([j.id for j in in_flight])
         html = statuspage.render(
             counts=counts,
             jobs=jobs,
@@ -194,6 +195,7 @@ class StatusServer:
             title="orchestrator",
             progress=progress,
             pipelines=pipelines,
+            imports=imports,
         )
         return web.Response(text=html, content_type="text/html")
 
@@ -259,8 +261,15 @@ class StatusServer:
             states=states, pipeline=q.get("pipeline"), limit=limit, offset=offset
         )
         headers = {"X-Next-Offset": str(offset + limit)} if len(jobs) == limit else {}
+        imports = await self.daemon.ledger.import_progress([j.id for j in jobs])
+        out = []
+        for j in jobs:
+            row = job_to_dict(j)
+            if j.id in imports:  # imports: rows validated, sent, confirmed, rejected; ETA
+                row["import"] = imports[j.id].to_dict()
+            out.append(row)
         return web.Response(
-            text=json.dumps([job_to_dict(j) for j in jobs]),
+            text=json.dumps(out),
             content_type="application/json",
             headers=headers,
         )

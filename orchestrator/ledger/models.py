@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -158,6 +159,12 @@ class JobPartRow(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
     credits: Mapped[int | None] = mapped_column(Integer)  # provider credits it consumed (clariBI)
+    # An import chunk's place in its source file: bytes [byte_start, byte_end) on lines
+    # first_line..last_line, so sending re-reads only that range (migration 0008).
+    byte_start: Mapped[int | None] = mapped_column(BigInteger)
+    byte_end: Mapped[int | None] = mapped_column(BigInteger)
+    first_line: Mapped[int | None] = mapped_column(BigInteger)
+    last_line: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_job_parts_content", "content_sha256"),)
@@ -194,3 +201,22 @@ class OpsStateRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class ImportProgressRow(Base):
+    """An import job's reading of its source (migration 0008): rows validated so far, rows
+    rejected (Clayva `skip`), the side file listing them, the file's size and mtime when its
+    plan was made (a restart re-validates only if they changed), the current send rate."""
+
+    __tablename__ = "import_progress"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16))  # validating, sending, done
+    rows_validated: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    rejects_path: Mapped[str | None] = mapped_column(Text)
+    rejects: Mapped[str | None] = mapped_column(Text)  # the first 100, one a line
+    source_size: Mapped[int | None] = mapped_column(BigInteger)
+    source_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    rate: Mapped[float | None] = mapped_column(Float)  # rows/s confirmed, recent
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

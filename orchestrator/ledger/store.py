@@ -55,6 +55,7 @@ from orchestrator.domain import (
     IN_FLIGHT,
     TERMINAL,
     IllegalTransition,
+    ImportProgress,
     Job,
     JobState,
     Part,
@@ -64,6 +65,7 @@ from orchestrator.domain import (
     check_transition,
 )
 from orchestrator.ledger.models import (
+    ImportProgressRow,
     JobPartRow,
     JobRow,
     NotificationRow,
@@ -87,6 +89,7 @@ j2 = jobs_t.alias("j2")  # the same table again, for correlated subqueries
 notify_t: Table = NotificationRow.__table__  # type: ignore[assignment]
 ops_t: Table = OpsStateRow.__table__  # type: ignore[assignment]
 remote_jobs_t: Table = RemoteJobRow.__table__  # type: ignore[assignment]
+progress_t: Table = ImportProgressRow.__table__  # type: ignore[assignment]
 
 MAX_BATCH = 2000
 T = TypeVar("T")
@@ -794,6 +797,10 @@ class Ledger:
                 "sha256": p.sha256,
                 "detail": redact(p.detail) if p.detail else p.detail,
                 "credits": p.credits,
+                "byte_start": p.byte_start,
+                "byte_end": p.byte_end,
+                "first_line": p.first_line,
+                "last_line": p.last_line,
                 "updated_at": now,
             }
             for p in parts
@@ -814,6 +821,19 @@ class Ledger:
     # --- reads ------------------------------------------------------------------------------
     async def parts(self, job_id: int) -> list[Part]:
         stmt = select(parts_t).where(parts_t.c.job_id == job_id).order_by(parts_t.c.seq)
+        async with self.read_engine.connect() as conn:
+            rows = (await conn.execute(stmt)).fetchall()
+        return [_row_to_part(r) for r in rows]
+
+    async def parts_after(self, job_id: int, after_seq: int, limit: int) -> list[Part]:
+        """Up to `limit` parts of a job with seq > `after_seq`, in order: a plan read a page at
+        a time (an import of many GB has tens of thousands of chunks)."""
+        stmt = (
+            select(parts_t)
+            .where(parts_t.c.job_id == job_id, parts_t.c.seq > after_seq)
+            .order_by(parts_t.c.seq)
+            .limit(limit)
+        )
         async with self.read_engine.connect() as conn:
             rows = (await conn.execute(stmt)).fetchall()
         return [_row_to_part(r) for r in rows]
@@ -882,6 +902,73 @@ class Ledger:
             return {}
         async with self.read_engine.connect() as conn:
             return {int(j): (int(d), int(n)) for j, d, n in (await conn.execute(stmt)).all()}
+
+    async def save_import_progress(self, progress: ImportProgress) -> None:
+        """Insert or replace an import's progress row (rows sent and confirmed are not stored:
+        `import_progress` counts them from the parts)."""
+        row = {
+            "job_id": progress.job_id,
+            "phase": progress.phase,
+            "rows_validated": progress.rows_validated,
+            "rows_rejected": progress.rows_rejected,
+            "rejects_path": progress.rejects_path,
+            "rejects": "\n".join(progress.rejects) or None,
+            "source_size": progress.source_size,
+            "source_mtime_ns": progress.source_mtime_ns,
+            "rate": progress.rate,
+            "updated_at": _naive(utcnow()),
+        }
+
+        def apply(conn: Connection) -> None:
+            conn.execute(delete(progress_t).where(progress_t.c.job_id == row["job_id"]))
+            conn.execute(insert(progress_t), [row])
+
+        await self._submit(apply)
+
+    async def import_progress(self, job_ids: Sequence[int]) -> dict[int, ImportProgress]:
+        """Progress of each import job among `job_ids`: its progress row, with rows sent,
+        confirmed and rejected by the provider counted from its parts."""
+        if not job_ids:
+            return {}
+        ids = list(job_ids)
+        sent = [PartState.RUNNING.value, PartState.DONE.value, PartState.FAILED.value]
+        confirmed = [PartState.DONE.value, PartState.SKIPPED.value]
+        rows = func.coalesce(parts_t.c.row_count, 0)
+        sums = (
+            select(
+                parts_t.c.job_id,
+                func.sum(case((parts_t.c.state.in_(sent), rows), else_=0)),
+                func.sum(case((parts_t.c.state.in_(confirmed), rows), else_=0)),
+                func.sum(case((parts_t.c.state == PartState.FAILED.value, rows), else_=0)),
+            )
+            .where(parts_t.c.job_id.in_(ids))
+            .group_by(parts_t.c.job_id)
+        )
+        async with self.read_engine.connect() as conn:
+            base = (
+                await conn.execute(select(progress_t).where(progress_t.c.job_id.in_(ids)))
+            ).fetchall()
+            counted = {
+                int(j): (int(a), int(b), int(c)) for j, a, b, c in (await conn.execute(sums)).all()
+            }
+        out = {}
+        for r in base:
+            m = r._mapping
+            s_, c_, f_ = counted.get(int(m["job_id"]), (0, 0, 0))
+            out[int(m["job_id"])] = ImportProgress(
+                job_id=int(m["job_id"]),
+                phase=str(m["phase"]),
+                rows_validated=int(m["rows_validated"]),
+                rows_sent=s_,
+                rows_confirmed=c_,
+                rows_rejected=int(m["rows_rejected"]) + f_,
+                rejects_path=m["rejects_path"],
+                rejects=tuple(str(m["rejects"] or "").splitlines()),
+                source_size=m["source_size"],
+                source_mtime_ns=m["source_mtime_ns"],
+                rate=m["rate"],
+            )
+        return out
 
     async def part_send_times(self, provider: str, since: float) -> list[float]:
         """Epoch seconds at which this provider's parts were sent (parts named `sent:<ms>`,
@@ -1424,6 +1511,10 @@ def _row_to_part(row: Any) -> Part:
         sha256=m["sha256"],
         detail=m["detail"],
         credits=m["credits"],
+        byte_start=m["byte_start"],
+        byte_end=m["byte_end"],
+        first_line=m["first_line"],
+        last_line=m["last_line"],
     )
 
 
@@ -1440,6 +1531,8 @@ def part_to_dict(part: Part) -> dict[str, Any]:
         "sha256": part.sha256,
         "detail": part.detail,
         "credits": part.credits,
+        "first_line": part.first_line,
+        "last_line": part.last_line,
     }
 
 

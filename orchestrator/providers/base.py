@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.domain import Job, Part, RemoteStatus
+from orchestrator.domain import ImportProgress, Job, Part, RemoteStatus
 from orchestrator.errors import ProviderError, Rejected
 from orchestrator.limits import ProviderLimits
 from orchestrator.outputs import FileCommitter, result_path
@@ -103,6 +103,15 @@ class Work:
 
     async def save(self, *parts: Part) -> None:
         await self.ledger.save_parts(parts)
+
+    async def parts_after(self, after_seq: int, limit: int) -> list[Part]:
+        return await self.ledger.parts_after(self.job.id, after_seq, limit)
+
+    async def import_progress(self) -> ImportProgress | None:
+        return (await self.ledger.import_progress([self.job.id])).get(self.job.id)
+
+    async def save_progress(self, progress: ImportProgress) -> None:
+        await self.ledger.save_import_progress(progress)
 
     def result_path(self, ext: str) -> Path:
         return result_path(self.output_dir, self.job, ext)

@@ -1,13 +1,18 @@
 """Claravine submissions (imports) and transaction exports (api-docs/claravine-api.txt).
 
 `claravine.submission`: one job per new source file (keyed by its sha256, so a file is imported
-once). The file is read and validated whole before anything is sent, then split into chunks of at
-most 1,000 rows (the API's limit per POST). Each chunk is a part in the ledger with its own
-`transactionName` (pipeline, file, chunk) and transaction uuid: SENDING is recorded before the
-POST, so after a crash the chunk is looked up by name and never sent twice. Claravine fails
-invalid data silently, so every chunk is polled until Complete or Failed; a Failed chunk is
-reported with the file's line range and the API's detail. Chunks whose exact rows an earlier job
-of the pipeline already imported are skipped: re-running a fixed file sends only what failed.
+once). The file is never held in memory (orchestrator/imports/tables.py): one streaming pass
+checks every row (all problems reported, nothing sent if there is one) and plans chunks of at
+most 1,000 rows (the API's limit per POST) as byte ranges; each chunk is re-read from its range
+when it is sent. Each chunk is a part in the ledger with its own `transactionName` (pipeline,
+file, chunk), transaction uuid and byte range: SENDING is recorded before the POST, so after a
+crash the chunk is looked up by name and never sent twice, and a restart resumes from the plan
+without reading the file again (unless its size or mtime moved: then its sha256 is checked).
+Claravine fails invalid data silently, so every chunk is polled until Complete or Failed; POSTs
+(a few in flight) and status polls (every chunk due, at once) share the account's request
+rate. A Failed chunk is reported with the file's line range and the API's detail. Chunks whose
+exact rows an earlier job of the pipeline already imported are skipped (each chunk's content
+hash is taken when it is read to be sent): re-running a fixed file sends only what failed.
 
 `claravine.transactions_export`: the transactions of a dataset in a date window; the data of each
 Complete one is fetched (a part each, resumable) and written as one CSV or JSON Lines file.
@@ -16,15 +21,16 @@ Complete one is fetched (a part each, resumable) and written as one CSV or JSON 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
-import hashlib
 import io
 import json
+import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 import structlog
@@ -34,6 +40,9 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import BadAnswer, ProviderError, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient, loads_json
+from orchestrator.imports.flow import Opened, open_import
+from orchestrator.imports.streams import SourceError, Span, first_error
+from orchestrator.imports.tables import chunk_hash, read_fields, read_span, validate_table
 from orchestrator.ledger.store import utcnow
 from orchestrator.limits import AccountPace
 from orchestrator.outputs import AtomicFile
@@ -45,17 +54,8 @@ from orchestrator.providers.base import (
     register_kind,
     register_provider,
 )
-from orchestrator.providers.sources import (
-    FileImportParams,
-    SourceError,
-    expand_sources,
-    load_source,
-    read_source,
-)
+from orchestrator.providers.sources import FileImportParams, expand_sources
 from orchestrator.redaction import redact
-
-if TYPE_CHECKING:
-    pass
 
 log = structlog.get_logger(__name__)
 SUBMISSION, EXPORT = "claravine.submission", "claravine.transactions_export"
@@ -64,6 +64,10 @@ THROTTLE_RETRIES = 4
 UNANSWERED_TRIES = 3  # POSTs of one chunk whose answer was lost (each looked up first)
 DEFAULT_KEY_HEADER, DEFAULT_SECRET_HEADER = "X-API-Key", "X-API-Secret"
 STATUS_DONE, STATUS_FAILED = "complete", "failed"
+SEND_WINDOW = 16  # POSTs of one job in flight at once (each holds one chunk's rows)
+POLL_BATCH = 32  # statuses asked at once; the rate window spaces them
+PAGE = 1000  # chunks of the plan read from (and written to) the ledger at a time
+__all__ = ["chunk_hash"]  # shared with clayva
 
 
 class SubmissionParams(FileImportParams):
@@ -85,92 +89,7 @@ class TransactionsExportParams(Params):
         return self
 
 
-# --- reading source files (pure, no network) ----------------------------------------------------
-
-
-def read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
-    """(fields, rows, line number of each row) from a CSV (header row) or JSON Lines file."""
-    return parse_rows(path, read_source(path).text)
-
-
-def parse_rows(path: Path, text: str) -> tuple[list[str], list[list[str]], list[int]]:
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        return _read_jsonl(path, text)
-    return _read_csv(path, text)
-
-
-def _read_csv(path: Path, text: str) -> tuple[list[str], list[list[str]], list[int]]:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
-            raise SourceError(f"{path}:1: no header row")
-        header = [h.strip() for h in header]
-        if (what := header_problem(header)) is not None:
-            raise SourceError(f"{path}:1: header has {what}")
-        rows, lines = [], []
-        start = reader.line_num + 1
-        for row in reader:
-            if not row:  # blank line
-                start = reader.line_num + 1
-                continue
-            if len(row) != len(header):
-                raise SourceError(
-                    f"{path}:{start}: {len(row)} values, the header has {len(header)}"
-                )
-            rows.append(row)
-            lines.append(start)
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise SourceError(f"{path}:{reader.line_num}: {exc}") from None
-    return header, rows, lines
-
-
-def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[list[str]], list[int]]:
-    header: list[str] | None = None
-    rows, lines = [], []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise SourceError(f"{path}:{n}: each line must be a JSON object")
-        if header is None:
-            header = list(obj)
-        elif set(obj) != set(header):
-            extra = len(set(obj) - set(header))
-            missing = len(set(header) - set(obj))
-            raise SourceError(
-                f"{path}:{n}: keys differ from line 1"
-                + (f"; {extra} more" if extra else "")
-                + (f"; {missing} missing" if missing else "")
-            )
-        rows.append(["" if obj[k] is None else str(obj[k]) for k in header])
-        lines.append(n)
-    if header is None:
-        raise SourceError(f"{path}: no records")
-    return header, rows, lines
-
-
-def header_problem(header: list[str]) -> str | None:
-    """What is wrong with a CSV header, naming columns by position only: a file that was never
-    meant as a header (a key file, say) must not have its first line quoted in the error."""
-    first: dict[str, int] = {}
-    for i, name in enumerate(header, start=1):
-        if not name:
-            return f"an empty column name (column {i})"
-        if name in first:
-            return f"repeated column (columns {first[name]} and {i})"
-        first[name] = i
-    return None
-
-
-def chunk_hash(fields: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    data = json.dumps([list(fields), [list(r) for r in rows]], separators=(",", ":"))
-    return hashlib.sha256(data.encode()).hexdigest()
+# --- planning (pure, no network): orchestrator/imports/tables.py reads the file ---------------
 
 
 def transaction_name(pipeline: str, file_sha: str, job_id: int, seq: int, total: int) -> str:
@@ -179,22 +98,40 @@ def transaction_name(pipeline: str, file_sha: str, job_id: int, seq: int, total:
     return f"orchestrator/{pipeline}/{file_sha[:16]}/job{job_id}/{seq + 1}-of-{total}"
 
 
-def plan_chunks(job: Job, fields: list[str], rows: list[list[str]], per_post: int) -> list[Part]:
-    total = max(1, -(-len(rows) // per_post))
+def plan_chunks(job: Job, spans: Sequence[Span], total: int | None = None) -> list[Part]:
+    """One part per planned chunk (of `total` in the plan), carrying its byte range and lines
+    in the source."""
+    total = max(1, len(spans) if total is None else total)
     file_sha = str(job.params.get("sha256") or "")
     return [
         Part(
             job_id=job.id,
-            seq=i,
+            seq=span.seq,
             state=PartState.PENDING,
-            name=transaction_name(job.pipeline, file_sha, job.id, i, total),
-            first_row=i * per_post,
-            row_count=len(rows[i * per_post : (i + 1) * per_post]),
-            content_sha256=chunk_hash(fields, rows[i * per_post : (i + 1) * per_post]),
+            name=transaction_name(job.pipeline, file_sha, job.id, span.seq, total),
+            first_row=span.first_row,
+            row_count=span.row_count,
+            content_sha256=span.digest,
+            byte_start=span.start,
+            byte_end=span.end,
+            first_line=span.first_line,
+            last_line=span.last_line,
         )
-        for i in range(total)
-        if rows[i * per_post : (i + 1) * per_post]
+        for span in spans
     ]
+
+
+def span_of(part: Part) -> Span:
+    return Span(
+        seq=part.seq,
+        first_row=part.first_row or 0,
+        row_count=part.row_count or 0,
+        start=part.byte_start or 0,
+        end=part.byte_end or 0,
+        first_line=part.first_line or 1,
+        last_line=part.last_line or 1,
+        digest=part.content_sha256,
+    )
 
 
 register_kind(
@@ -287,15 +224,14 @@ class ClaravineTable(Answer):
     rows: list[list[Any]]
 
 
-def describe_failure(path: str, lines: list[int], part: Part, detail: str) -> str:
+def describe_failure(path: str, part: Part, detail: str) -> str:
     first = part.first_row or 0
     count = part.row_count or 0
-    lo = lines[first] if first < len(lines) else first + 2
-    hi = lines[first + count - 1] if 0 < count and first + count - 1 < len(lines) else lo
+    lo, hi = part.first_line or first + 2, part.last_line or first + count + 1
     return f"{path}: lines {lo}-{hi} (rows {first + 1}-{first + count}): {detail}"
 
 
-def _errors_text(body: dict[str, Any], lines: list[int], first: int) -> str:
+def _errors_text(body: dict[str, Any], lines: list[int]) -> str:
     """The API's own detail, with its row numbers (1-based within the chunk) as file lines."""
     errors = body.get("errors") or []
     parts = []
@@ -304,8 +240,8 @@ def _errors_text(body: dict[str, Any], lines: list[int], first: int) -> str:
             continue
         row = err.get("row")
         where = ""
-        if isinstance(row, int) and 0 < row and first + row - 1 < len(lines):
-            where = f"line {lines[first + row - 1]}: "
+        if isinstance(row, int) and 0 < row <= len(lines):
+            where = f"line {lines[row - 1]}: "
         field = f"{err['field']}: " if err.get("field") else ""
         parts.append(f"{where}{field}{err.get('message', '')}")
     more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
@@ -315,9 +251,7 @@ def _errors_text(body: dict[str, Any], lines: list[int], first: int) -> str:
 
 @register_provider("claravine", "https://api.claravine.com/v1")
 class ClaravineAdapter(StagedAdapterBase):
-    default_concurrency = (
-        2  # jobs at once unless `concurrency` is set: chunks are polled one by one
-    )
+    default_concurrency = 2  # jobs at once unless `concurrency` is set
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.name = cfg.name or "claravine"
@@ -341,6 +275,8 @@ class ClaravineAdapter(StagedAdapterBase):
             throttle_retries=THROTTLE_RETRIES,
             pace=pace,
         )
+        # POSTs and status polls draw on one window: the account's requests_per_second.
+        self.post_http.limiter = self.http.limiter
         self._templates: dict[str, list[str] | None] | None = None
 
     async def close(self) -> None:
@@ -393,7 +329,8 @@ class ClaravineAdapter(StagedAdapterBase):
         p = job.params
         dataset = str(p["dataset"])
         try:
-            src, (fields, rows, lines) = await asyncio.to_thread(load_source, p, parse_rows)
+            src = await open_import(work)
+            fields = await asyncio.to_thread(read_fields, src.path)
         except SourceError as exc:
             raise Rejected(self.name, str(exc)) from None
         path = src.path
@@ -406,64 +343,189 @@ class ClaravineAdapter(StagedAdapterBase):
                     f"{path}:1: column {unknown[0]} is not a field of template {dataset} "
                     f"(fields: {', '.join(known)})",
                 )
-        parts = await work.parts()
-        if not parts:
-            parts = plan_chunks(job, fields, rows, int(p.get("rowsPerPost", MAX_ROWS)))
-            done = await work.ledger.done_content(
-                job.pipeline, [c.content_sha256 for c in parts if c.content_sha256]
-            )
-            parts = [
-                replace(
-                    c,
-                    state=PartState.SKIPPED,
-                    remote_id=done[c.content_sha256].remote_id,
-                    detail=f"imported by job {done[c.content_sha256].job_id}",
-                )
-                if c.content_sha256 in done
-                else c
-                for c in parts
-            ]
-            await work.save(*parts)
-            skipped = sum(c.state == PartState.SKIPPED for c in parts)
-            log.info("claravine_planned", job_id=job.id, chunks=len(parts), skipped=skipped)
-        parts = await self._send_all(job, work, dataset, fields, rows, parts)
-        parts = await self._await_all(job, work, dataset, parts, lines)
-        failed = [c for c in parts if c.state == PartState.FAILED]
-        if failed:
+        if not src.planned or not await work.parts_after(-1, 1):
+            await self._plan(job, work, src)
+        await src.tracker.save(force=True)
+        outcome = await self._pipeline(job, work, dataset, fields, src)
+        src.tracker.set(phase="done")
+        await src.tracker.save(force=True)
+        if outcome.failed:
             listed = "\n".join(
-                describe_failure(str(path), lines, c, c.detail or "Failed") for c in failed
+                describe_failure(str(path), c, c.detail or "Failed") for c in outcome.shown
             )
+            more = outcome.failed - len(outcome.shown)
             raise RemoteJobFailed(
                 self.name,
-                f"{len(failed)} of {len(parts)} chunks Failed at Claravine "
-                f"(the other rows were imported):\n{listed}",
+                f"{outcome.failed} of {outcome.total} chunks Failed at Claravine "
+                f"(the other rows were imported):\n{listed}"
+                + (f"\n… and {more} more (jobs show lists every chunk)" if more > 0 else ""),
             )
-        return src.result(len(rows))
+        return src.result(src.tracker.progress.rows_validated)
 
-    async def _send_all(
-        self,
-        job: Job,
-        work: Work,
-        dataset: str,
-        fields: list[str],
-        rows: list[list[str]],
-        parts: list[Part],
-    ) -> list[Part]:
-        out = []
-        unsure = [c for c in parts if c.state == PartState.SENDING]
-        found = await self._find_sent(job, dataset, unsure) if unsure else {}
-        for chunk in parts:
-            if chunk.state == PartState.SENDING and chunk.name in found:
-                chunk = replace(chunk, state=PartState.RUNNING, remote_id=found[chunk.name])
-                await work.save(chunk)
-                log.info("claravine_adopted", job_id=job.id, chunk=chunk.seq)
-            if chunk.state in (PartState.PENDING, PartState.SENDING):
-                first = chunk.first_row or 0
-                chunk = await self._send(
-                    job, work, dataset, chunk, fields, rows[first : first + (chunk.row_count or 0)]
+    async def _plan(self, job: Job, work: Work, src: Opened) -> None:
+        """Validate the whole file (streaming; nothing sent if anything is wrong) and store the
+        chunk plan, PAGE chunks per write."""
+        tracker = src.tracker
+        tracker.set(phase="validating")
+
+        def progress(rows: int) -> None:
+            tracker.validated = rows
+
+        per_post = int(job.params.get("rowsPerPost", MAX_ROWS))
+        try:
+            async with tracker.ticking():
+                plan = await asyncio.to_thread(validate_table, src.path, per_post, progress)
+                tracker.validated = plan.rows
+        except SourceError as exc:
+            raise Rejected(self.name, str(exc)) from None
+        old = {c.seq: c for c in await work.parts()}  # planned before: by an older version
+        if old and [(c.first_row, c.row_count) for c in old.values()] != [
+            (s.first_row, s.row_count) for s in plan.spans
+        ]:
+            raise Rejected(self.name, f"{src.path}: no longer splits as it was planned")
+        total = len(plan.spans)
+        for at in range(0, total, PAGE):
+            planned = plan_chunks(job, plan.spans[at : at + PAGE], total)
+            await work.save(
+                *(
+                    replace(
+                        old[c.seq],
+                        byte_start=c.byte_start,
+                        byte_end=c.byte_end,
+                        first_line=c.first_line,
+                        last_line=c.last_line,
+                    )
+                    if c.seq in old
+                    else c
+                    for c in planned
                 )
-            out.append(chunk)
+            )
+        tracker.set(phase="sending")
+        log.info("claravine_planned", job_id=job.id, chunks=total)
+
+    async def _pipeline(
+        self, job: Job, work: Work, dataset: str, fields: list[str], src: Opened
+    ) -> _Outcome:
+        """Send every unsent chunk (a few POSTs in flight) while polling the sent ones (every
+        due status at once): both draw on the account's one request-rate window, so the
+        import runs at the provider's rate, not at the pace of one chunk's round trip. The
+        plan is read from the ledger a page at a time; only chunks in flight are held."""
+        flight: dict[int, Part] = {}  # sent, not settled
+        outcome = _Outcome()
+        polls = _Polls(self.cfg.poll.initial, self.cfg.poll.max_interval)
+        tracker = src.tracker
+        tracker.confirmed(0)
+
+        async def send_one(chunk: Part) -> None:
+            rows, digest = await asyncio.to_thread(_read_chunk, src.path, fields, chunk)
+            if chunk.state == PartState.PENDING:  # rows an earlier job already imported?
+                done = (await work.ledger.done_content(job.pipeline, [digest])).get(digest)
+                if done is not None:
+                    await work.save(
+                        replace(
+                            chunk,
+                            state=PartState.SKIPPED,
+                            content_sha256=digest,
+                            remote_id=done.remote_id,
+                            detail=f"imported by job {done.job_id}",
+                        )
+                    )
+                    return
+            chunk = replace(chunk, content_sha256=digest)
+            sent = await self._send(job, work, dataset, chunk, fields, rows)
+            flight[sent.seq] = sent
+            polls.add(sent.seq)
+
+        async def sender() -> None:
+            window = asyncio.Semaphore(SEND_WINDOW)
+
+            async def guarded(chunk: Part) -> None:
+                try:
+                    await send_one(chunk)
+                finally:
+                    window.release()
+
+            async with asyncio.TaskGroup() as tg:
+                after = -1
+                while page := await work.parts_after(after, PAGE):
+                    after = page[-1].seq
+                    for chunk in await self._settle_page(job, work, dataset, page, outcome):
+                        if chunk.state == PartState.RUNNING:
+                            flight[chunk.seq] = chunk
+                            polls.add(chunk.seq)
+                            continue
+                        await window.acquire()
+                        tg.create_task(guarded(chunk), name=f"claravine-send-{job.id}-{chunk.seq}")
+            polls.sending_done()
+
+        async def poller() -> None:
+            while (due := await polls.next_due(POLL_BATCH)) is not None:
+                changed = await self._poll_chunks(
+                    src.path, dataset, fields, [flight[s] for s in due]
+                )
+                for c in changed:
+                    del flight[c.seq]
+                    polls.remove(c.seq)
+                    if c.state == PartState.DONE:
+                        tracker.confirmed(c.row_count or 0)
+                    else:
+                        outcome.fail(c)
+                for s in due:
+                    if s in flight:
+                        polls.backoff(s)
+                if changed:
+                    await work.save(*changed)
+                await tracker.save()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(sender(), name=f"claravine-sender-{job.id}")
+                tg.create_task(poller(), name=f"claravine-poller-{job.id}")
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        return outcome
+
+    async def _settle_page(
+        self, job: Job, work: Work, dataset: str, page: list[Part], outcome: _Outcome
+    ) -> list[Part]:
+        """Of one page of the plan: the chunks still to send or to poll (a chunk left SENDING
+        by a crash is looked up by name first, and adopted if it was created); settled ones
+        are counted."""
+        unsure = [c for c in page if c.state == PartState.SENDING]
+        found = await self._find_sent(job, dataset, unsure) if unsure else {}
+        out = []
+        for c in page:
+            outcome.total += 1
+            if c.state == PartState.FAILED:
+                outcome.fail(c)
+                continue
+            if c.state in (PartState.DONE, PartState.SKIPPED):
+                continue
+            if c.state == PartState.SENDING and c.name in found:
+                c = replace(c, state=PartState.RUNNING, remote_id=found[c.name])
+                await work.save(c)
+                log.info("claravine_adopted", job_id=job.id, chunk=c.seq)
+            out.append(c)
         return out
+
+    async def _poll_chunks(
+        self, path: Path, dataset: str, fields: list[str], chunks: list[Part]
+    ) -> list[Part]:
+        """The status of every chunk in `chunks`, asked at once (the rate window spaces the
+        requests); the chunks that ended Complete or Failed, as they now are."""
+        bodies = await asyncio.gather(*(self.status(dataset, str(c.remote_id)) for c in chunks))
+        changed = []
+        for chunk, body in zip(chunks, bodies, strict=True):
+            status = str(body.get("status", "")).strip().lower()
+            if status == STATUS_DONE:
+                changed.append(replace(chunk, state=PartState.DONE, detail=None))
+            elif status == STATUS_FAILED:
+                lines: list[int] = []
+                with contextlib.suppress(SourceError):  # the rows' lines, to point at them
+                    _, lines = await asyncio.to_thread(read_span, path, fields, span_of(chunk))
+                detail = _errors_text(body, lines)
+                changed.append(replace(chunk, state=PartState.FAILED, detail=detail))
+        return changed
 
     async def _send(
         self,
@@ -511,33 +573,6 @@ class ClaravineAdapter(StagedAdapterBase):
             if name in names and tx.get("uuid"):
                 found[name] = str(tx["uuid"])
         return found
-
-    async def _await_all(
-        self, job: Job, work: Work, dataset: str, parts: list[Part], lines: list[int]
-    ) -> list[Part]:
-        """Poll every RUNNING chunk until Complete or Failed, with growing gaps."""
-        poll = self.cfg.poll
-        delay = poll.initial
-        by_seq = {c.seq: c for c in parts}
-        while True:
-            running = [c for c in by_seq.values() if c.state == PartState.RUNNING]
-            if not running:
-                return [by_seq[s] for s in sorted(by_seq)]
-            await asyncio.sleep(delay)
-            delay = min(poll.max_interval, delay * 1.5)
-            changed = []
-            for chunk in running:
-                body = await self.status(dataset, str(chunk.remote_id))
-                status = str(body.get("status", "")).strip().lower()
-                if status == STATUS_DONE:
-                    changed.append(replace(chunk, state=PartState.DONE, detail=None))
-                elif status == STATUS_FAILED:
-                    detail = _errors_text(body, lines, chunk.first_row or 0)
-                    changed.append(replace(chunk, state=PartState.FAILED, detail=detail))
-            if changed:
-                await work.save(*changed)
-                for c in changed:
-                    by_seq[c.seq] = c
 
     # --- transaction exports --------------------------------------------------------------------
     async def _export(self, job: Job, work: Work) -> dict[str, Any]:
@@ -617,6 +652,71 @@ def _check_table(provider: str, path: Path) -> None:
     except BadAnswer:
         path.unlink(missing_ok=True)
         raise
+
+
+def _read_chunk(path: Path, fields: list[str], chunk: Part) -> tuple[list[list[str]], str]:
+    """A chunk's rows, from its byte range, and the hash of its content (blocking)."""
+    rows, _ = read_span(path, fields, span_of(chunk))
+    return rows, chunk_hash(fields, rows)
+
+
+@dataclass
+class _Outcome:
+    """What a submission came to: chunks in all, and those Failed (the first 100 kept)."""
+
+    total: int = 0
+    failed: int = 0
+    shown: list[Part] = field(default_factory=list)
+
+    def fail(self, chunk: Part) -> None:
+        self.failed += 1
+        if len(self.shown) < 100:
+            self.shown.append(chunk)
+
+
+class _Polls:
+    """When each sent chunk is next due a status check: first `initial` after its POST, then
+    at gaps growing 1.5x up to `max_interval`."""
+
+    def __init__(self, initial: float, max_interval: float) -> None:
+        self.initial, self.max_interval = initial, max_interval
+        self.due: dict[int, tuple[float, float]] = {}  # seq -> (when, current gap)
+        self.changed = asyncio.Event()
+        self.done = False
+
+    def add(self, seq: int) -> None:
+        self.due[seq] = (time.monotonic() + self.initial, self.initial)
+        self.changed.set()
+
+    def remove(self, seq: int) -> None:
+        self.due.pop(seq, None)
+
+    def backoff(self, seq: int) -> None:
+        gap = min(self.max_interval, self.due[seq][1] * 1.5)
+        self.due[seq] = (time.monotonic() + gap, gap)
+
+    def sending_done(self) -> None:
+        self.done = True
+        self.changed.set()
+
+    async def next_due(self, most: int) -> list[int] | None:
+        """Up to `most` chunks due now (waiting for one); None once all are sent and settled."""
+        while True:
+            if not self.due:
+                if self.done:
+                    return None
+                self.changed.clear()
+                await self.changed.wait()
+                continue
+            now = time.monotonic()
+            ready = [s for s, (at, _) in self.due.items() if at <= now]
+            if ready:
+                return sorted(ready, key=lambda s: self.due[s][0])[:most]
+            first = min(at for at, _ in self.due.values())
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(first - now):
+                    await self.changed.wait()
 
 
 def _intact(part: Part) -> bool:

@@ -2,9 +2,11 @@
 
 `clari.ingest`: one job per new source file of records — JSON in the API's own shape
 (`[{"sourceEntity": ..., "records": [...]}]`) or JSON Lines, one record per line with its
-`sourceEntity`. Records are checked first (`id`, `createdAt`, `updatedAt` in milliseconds,
-`updatedAt >= createdAt`, no id twice in a source entity); the records, grouped by source entity,
-are split into files of at most 10 MB, each a part in the ledger: `POST /ingest/bulk/entity/
+`sourceEntity`. The source is read streaming (orchestrator/imports/records.py; ijson for the
+JSON form): one pass checks every record first (`id`, `createdAt`, `updatedAt` in milliseconds,
+`updatedAt >= createdAt`, no id twice in a source entity within an upload file) and plans the
+upload files of at most 10 MB as ranges of the source; each file is rendered when it is sent,
+each a part in the ledger: `POST /ingest/bulk/entity/
 {entity}` (multipart `FileData`, `mode`, `isLastBatch` on the last file of an initial load), then
 `GET /ingest/job/{jobId}` until SUCCESS, FAILED or VALIDATION_FAILED (whose errorCode /
 errorSummary list is recorded). Files go one at a time, in order — `isLastBatch` must come last —
@@ -16,8 +18,6 @@ updates the same records.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -31,21 +31,20 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import BadAnswer, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient
+from orchestrator.imports.flow import Opened, open_import
+from orchestrator.imports.records import check_record, split_files, upload_files, validate_records
+from orchestrator.imports.streams import SourceError
 from orchestrator.limits import AccountPace
 from orchestrator.providers.answers import Answer, RemoteId, answer, parse_answer
 from orchestrator.providers.base import Work, register_kind
-from orchestrator.providers.sources import (
-    FileImportParams,
-    SourceError,
-    expand_sources,
-    load_source,
-)
+from orchestrator.providers.claravine import span_of
+from orchestrator.providers.sources import FileImportParams, expand_sources
 from orchestrator.redaction import redact
 
 log = structlog.get_logger(__name__)
 KIND = "clari.ingest"
 MAX_FILE_BYTES = 10 * 1024 * 1024
-MAX_ERRORS_SHOWN = 20
+__all__ = ["check_record", "split_files"]
 
 
 class IngestParams(FileImportParams):
@@ -63,107 +62,6 @@ register_kind(
     budgeted=False,  # Clari limits concurrent ingestion jobs itself (429), not the export slots
     uses_quota=False,
 )
-
-
-def parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any], str]]:
-    """(sourceEntity, record, where) for every record, checked as Clari checks them."""
-    out: list[tuple[str, dict[str, Any], str]] = []
-    problems: list[str] = []
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{n}: not JSON ({exc.msg})")
-                continue
-            if not isinstance(rec, dict) or not rec.get("sourceEntity"):
-                problems.append(f"{path}:{n}: each line must be a record with its sourceEntity")
-                continue
-            entity = str(rec.pop("sourceEntity"))
-            out.append((entity, rec, f"{path}:{n}"))
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
-        if not isinstance(data, list):
-            raise SourceError(f"{path}: must be an array of {{sourceEntity, records}} blocks")
-        for b, block in enumerate(data):
-            if not isinstance(block, dict) or not block.get("sourceEntity"):
-                problems.append(f"{path}: block {b + 1}: sourceEntity is missing")
-                continue
-            records = block.get("records")
-            if not isinstance(records, list):
-                problems.append(f"{path}: block {b + 1}: records is missing")
-                continue
-            for r, rec in enumerate(records):
-                where = f"{path}: block {b + 1} record {r + 1}"
-                if not isinstance(rec, dict):
-                    problems.append(f"{where}: not an object")
-                    continue
-                out.append((str(block["sourceEntity"]), rec, where))
-    seen: dict[tuple[str, str], str] = {}
-    for entity, rec, where in out:
-        key = (entity, str(rec.get("id")))
-        if (why := check_record(rec)) is not None:
-            problems.append(f"{where}: {why}")
-        elif key in seen:  # said by place, not value: the file may hold anything
-            problems.append(f"{where}: same sourceEntity and id as {seen[key]}")
-        else:
-            seen[key] = where
-    if problems:
-        shown = "\n".join(problems[:MAX_ERRORS_SHOWN])
-        more = len(problems) - MAX_ERRORS_SHOWN
-        raise SourceError(
-            f"{len(problems)} invalid records, nothing sent:\n{shown}"
-            + (f"\n… and {more} more" if more > 0 else "")
-        )
-    if not out:
-        raise SourceError(f"{path}: no records")
-    return out
-
-
-def check_record(rec: dict[str, Any]) -> str | None:
-    if not rec.get("id"):
-        return "id is missing"
-    for key in ("createdAt", "updatedAt"):
-        v = rec.get(key)
-        if not isinstance(v, int) or isinstance(v, bool):
-            return f"{key} must be a number of milliseconds since the epoch"
-        if v < 10**11:  # before 1973 in ms: almost surely seconds
-            return f"{key} looks like seconds; Clari wants milliseconds"
-    if rec["updatedAt"] < rec["createdAt"]:
-        return "updatedAt is before createdAt"
-    return None
-
-
-def split_files(records: list[tuple[str, dict[str, Any], str]], limit: int) -> Iterator[bytes]:
-    """The API's JSON shape, grouped by sourceEntity, in files of at most `limit` bytes."""
-    blocks: dict[str, list[str]] = {}
-    size = 2  # "[]"
-    for entity, rec, where in records:
-        item = json.dumps(rec, separators=(",", ":"))
-        overhead = len(item) + 1 + (0 if entity in blocks else len(entity) + 40)
-        if overhead + 2 > limit:
-            raise SourceError(f"{where}: one record is larger than a file may be ({limit} bytes)")
-        if size + overhead > limit and blocks:
-            yield _render(blocks)
-            blocks, size = {}, 2
-            overhead = len(item) + 1 + len(entity) + 40
-        blocks.setdefault(entity, []).append(item)
-        size += overhead
-    if blocks:
-        yield _render(blocks)
-
-
-def _render(blocks: dict[str, list[str]]) -> bytes:
-    parts = [
-        '{"sourceEntity":' + json.dumps(entity) + ',"records":[' + ",".join(items) + "]}"
-        for entity, items in blocks.items()
-    ]
-    return ("[" + ",".join(parts) + "]").encode()
 
 
 class IngestSubmitted(Answer):
@@ -251,50 +149,124 @@ class ClariIngest:
     async def run(self, job: Job, work: Work) -> dict[str, Any]:
         if self.cfg.partner_key is None:
             raise Rejected(self.name, "clari.ingest needs partner_key in [providers.clari]")
-        p = job.params
         try:
-            src, records = await asyncio.to_thread(load_source, p, parse_records)
+            src = await open_import(work)
         except SourceError as exc:
             raise Rejected(self.name, str(exc)) from None
-        limit = int(p.get("maxFileBytes", MAX_FILE_BYTES))
-        files = await asyncio.to_thread(lambda: list(split_files(records, limit)))
         parts = await work.parts()
-        if not parts:
-            parts = [
-                Part(job_id=job.id, seq=i, state=PartState.PENDING, bytes=len(data))
-                for i, data in enumerate(files)
-            ]
-            await work.save(*parts)
-        last_seq = len(files) - 1
-        for part in parts:
-            if part.state == PartState.DONE:
-                continue
-            if part.state != PartState.RUNNING:
-                part = await self._upload(job, work, part, files[part.seq], part.seq == last_seq)
-            await self._await(job, work, part)
-        return src.result(len(records))
+        if not src.planned or not parts:
+            parts = await self._plan(job, work, src, parts)
+        await src.tracker.save(force=True)
+        tracker = src.tracker
+        tracker.confirmed(0)
+        last_seq = parts[-1].seq
+        to_send = [span_of(p) for p in parts if p.state not in (PartState.DONE, PartState.RUNNING)]
+        scratch = work.scratch_dir()
+        await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
+        files = upload_files(src.path, to_send, scratch)
+        try:
+            for part in parts:
+                if part.state == PartState.DONE:
+                    continue
+                if part.state != PartState.RUNNING:
+                    try:
+                        _, upload, _ = await asyncio.to_thread(next, files)
+                    except SourceError as exc:
+                        raise Rejected(self.name, str(exc)) from None
+                    try:
+                        part = await self._upload(job, work, part, upload, part.seq == last_seq)
+                    finally:
+                        await asyncio.to_thread(upload.unlink, missing_ok=True)
+                await self._await(job, work, part)
+                tracker.confirmed(part.row_count or 0)
+                await tracker.save()
+        finally:
+            await asyncio.to_thread(files.close)
+        await asyncio.to_thread(work.drop_scratch)
+        tracker.set(phase="done")
+        await tracker.save(force=True)
+        return src.result(tracker.progress.rows_validated)
 
-    async def _upload(self, job: Job, work: Work, part: Part, data: bytes, last: bool) -> Part:
+    async def _plan(self, job: Job, work: Work, src: Opened, parts: list[Part]) -> list[Part]:
+        """Check every record (streaming; nothing sent if any is wrong) and plan the upload
+        files as ranges of the source."""
+        tracker = src.tracker
+        tracker.set(phase="validating")
+        limit = int(job.params.get("maxFileBytes", MAX_FILE_BYTES))
+
+        def progress(rows: int) -> None:
+            tracker.validated = rows
+
+        try:
+            async with tracker.ticking():
+                plan = await asyncio.to_thread(validate_records, src.path, limit, progress)
+                tracker.validated = plan.rows
+        except SourceError as exc:
+            raise Rejected(self.name, str(exc)) from None
+        planned = [
+            Part(
+                job_id=job.id,
+                seq=span.seq,
+                state=PartState.PENDING,
+                first_row=span.first_row,
+                row_count=span.row_count,
+                byte_start=span.start,
+                byte_end=span.end,
+                first_line=span.first_line,
+                last_line=span.last_line,
+            )
+            for span in plan.spans
+        ]
+        if parts:  # planned before (an older version): keep what was sent, add the ranges
+            old = {c.seq: c for c in parts}
+            if len(old) != len(planned):
+                raise Rejected(self.name, f"{src.path}: no longer splits as it was planned")
+            planned = [
+                replace(
+                    old[c.seq],
+                    first_row=c.first_row,
+                    row_count=c.row_count,
+                    byte_start=c.byte_start,
+                    byte_end=c.byte_end,
+                    first_line=c.first_line,
+                    last_line=c.last_line,
+                )
+                for c in planned
+            ]
+        await work.save(*planned)
+        tracker.set(phase="sending")
+        log.info("ingest_planned", job_id=job.id, files=len(planned), records=plan.rows)
+        return planned
+
+    async def _upload(self, job: Job, work: Work, part: Part, upload: Path, last: bool) -> Part:
         if part.state == PartState.SENDING:
             log.warning("ingest_resending", job_id=job.id, part=part.seq)  # records keyed by id
+        part = replace(part, bytes=(await asyncio.to_thread(upload.stat)).st_size)
         await work.save(replace(part, state=PartState.SENDING))
         mode = str(job.params.get("mode", "incremental"))
         query = {"mode": mode}
         if mode == "initial":
             query["isLastBatch"] = "true" if last else "false"
         form = aiohttp.FormData()
-        form.add_field(
-            "FileData", data, filename=f"part-{part.seq + 1}.json", content_type="application/json"
-        )
-        entity = quote(str(job.params["entity"]), safe="")
-        submitted = await answer(
-            self.http,
-            IngestSubmitted,
-            "POST",
-            f"/ingest/bulk/entity/{entity}",
-            params=query,
-            data=form,
-        )
+        data = await asyncio.to_thread(upload.open, "rb")  # streamed from disk by aiohttp
+        try:
+            form.add_field(
+                "FileData",
+                data,
+                filename=f"part-{part.seq + 1}.json",
+                content_type="application/json",
+            )
+            entity = quote(str(job.params["entity"]), safe="")
+            submitted = await answer(
+                self.http,
+                IngestSubmitted,
+                "POST",
+                f"/ingest/bulk/entity/{entity}",
+                params=query,
+                data=form,
+            )
+        finally:
+            data.close()
         remote = submitted.jobId
         sent = replace(part, state=PartState.RUNNING, remote_id=remote)
         await work.save(sent)

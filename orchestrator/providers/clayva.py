@@ -6,6 +6,10 @@ holding JSON objects). Every event is checked before anything is sent (name not 
 anonymousId, ISO 8601 timestamp, properties an object); rejects are reported as `file:line`.
 Valid events go in `POST /events/batch` of at most 1,000, each batch a part in the ledger.
 
+The file is read streaming (orchestrator/imports/events.py): one pass checks every event and
+plans batches as byte ranges (rejects go to the side file as they are met, the first 100 and
+their count on the job), then each batch is re-read from its range as it is sent.
+
 The API has no idempotency key, so delivery is at-least-once: a batch is recorded SENDING before
 its POST and DONE after the answer; after a crash the one batch left SENDING is sent again (it
 may have landed). Nothing else is ever sent twice, and batches whose exact events this pipeline
@@ -15,12 +19,7 @@ already delivered are skipped when a fixed file comes back.
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
-import json
 from dataclasses import replace
-from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import structlog
@@ -30,6 +29,15 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import Rejected
 from orchestrator.http import HttpClient
+from orchestrator.imports.events import (
+    batch_hash,
+    check_event,
+    read_events,
+    read_header,
+    validate_events,
+)
+from orchestrator.imports.flow import Opened, open_import
+from orchestrator.imports.streams import SourceError
 from orchestrator.outputs import AtomicFile
 from orchestrator.providers.answers import Answer, answer
 from orchestrator.providers.base import (
@@ -38,20 +46,16 @@ from orchestrator.providers.base import (
     register_kind,
     register_provider,
 )
-from orchestrator.providers.claravine import chunk_hash
-from orchestrator.providers.sources import (
-    FileImportParams,
-    SourceError,
-    expand_sources,
-    load_source,
-)
+from orchestrator.providers.claravine import span_of
+from orchestrator.providers.sources import FileImportParams, expand_sources
 
 log = structlog.get_logger(__name__)
 KIND = "clayva.events_import"
 MAX_BATCH = 1000
-CSV_COLUMNS = ("event", "userId", "anonymousId", "timestamp", "properties", "context")
 DEFAULT_BATCH_RPM = 10.0  # "Batch Events" on the free tier; raise it for Pro (100)
 MAX_REJECTS_SHOWN = 20
+PAGE = 1000  # batches of the plan read from (and written to) the ledger at a time
+__all__ = ["check_event"]
 
 
 class EventsImportParams(FileImportParams):
@@ -84,94 +88,6 @@ class ClayvaBatchAccepted(Answer):
     data: _Accepted = _Accepted()
 
 
-def check_event(e: dict[str, Any]) -> str | None:
-    """Why Clayva would refuse this event, or None."""
-    name = e.get("event")
-    if not isinstance(name, str) or not name.strip():
-        return "event name is empty"
-    if not e.get("userId") and not e.get("anonymousId"):
-        return "userId or anonymousId is required"
-    ts = e.get("timestamp")
-    if ts is not None:
-        text = str(ts)
-        try:
-            datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return "timestamp is not ISO 8601 (like 2026-11-21T10:30:00Z)"
-        if "T" not in text:
-            return "timestamp has no time (like 2026-11-21T10:30:00Z)"
-    for key in ("properties", "context"):
-        if e.get(key) is not None and not isinstance(e[key], dict):
-            return f"{key} must be a JSON object"
-    return None
-
-
-def parse_events(path: Path, text: str) -> tuple[list[dict[str, Any]], list[int], list[str]]:
-    """(valid events, their line numbers, rejects as 'file:line: reason')."""
-    raw: list[tuple[int, Any]] = []
-    rejects: list[str] = []
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                raw.append((n, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                rejects.append(f"{path}:{n}: not JSON ({exc.msg})")
-    else:
-        raw, rejects = _csv_events(path, text)
-    events, lines = [], []
-    for n, e in raw:
-        if not isinstance(e, dict):
-            rejects.append(f"{path}:{n}: an event must be a JSON object")
-            continue
-        if (why := check_event(e)) is not None:
-            rejects.append(f"{path}:{n}: {why}")
-            continue
-        events.append({k: v for k, v in e.items() if v not in (None, "")})
-        lines.append(n)
-    if not raw and not rejects:
-        raise SourceError(f"{path}: no events")
-    return events, lines, rejects
-
-
-def _csv_events(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[str]]:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader, None)
-        if not header:
-            raise SourceError(f"{path}:1: no header row")
-        header = [h.strip() for h in header]
-        unknown = [i for i, h in enumerate(header, start=1) if h not in CSV_COLUMNS]
-        if unknown or "event" not in header:  # named by position: the line may be anything
-            what = f"column {unknown[0]} is not a known one" if unknown else "no 'event' column"
-            raise SourceError(f"{path}:1: {what} (columns: {', '.join(CSV_COLUMNS)})")
-        out: list[tuple[int, Any]] = []
-        rejects: list[str] = []
-        start = reader.line_num + 1
-        for row in reader:
-            n, start = start, reader.line_num + 1
-            if not row:
-                continue
-            if len(row) != len(header):
-                rejects.append(f"{path}:{n}: {len(row)} values, the header has {len(header)}")
-                continue
-            e: dict[str, Any] = {k: v for k, v in zip(header, row, strict=True) if v != ""}
-            bad = False
-            for key in ("properties", "context"):
-                if e.get(key):
-                    try:
-                        e[key] = json.loads(e[key])
-                    except json.JSONDecodeError:
-                        rejects.append(f"{path}:{n}: {key} is not JSON")
-                        bad = True
-            if not bad:
-                out.append((n, e))
-    except csv.Error as exc:
-        raise SourceError(f"{path}:{reader.line_num}: {exc}") from None
-    return out, rejects
-
-
 @register_provider("clayva", "https://api.clayva.com/v1")
 class ClayvaAdapter(StagedAdapterBase):
     default_concurrency = (
@@ -202,62 +118,145 @@ class ClayvaAdapter(StagedAdapterBase):
     async def run(self, job: Job, work: Work) -> dict[str, Any] | None:
         p = job.params
         try:
-            src, (events, lines, rejects) = await asyncio.to_thread(load_source, p, parse_events)
+            src = await open_import(work)
+            header = await asyncio.to_thread(read_header, src.path)
         except SourceError as exc:
             raise Rejected(self.name, str(exc)) from None
-        if rejects and p.get("on_invalid", "fail") == "fail":
-            shown = "\n".join(rejects[:MAX_REJECTS_SHOWN])
-            more = len(rejects) - MAX_REJECTS_SHOWN
+        if not src.planned or not await work.parts_after(-1, 1):
+            await self._plan(job, work, src)
+        rejected = src.tracker.progress.rows_rejected
+        if rejected and p.get("on_invalid", "fail") == "fail":
+            shown = "\n".join(src.tracker.progress.rejects[:MAX_REJECTS_SHOWN])
+            more = rejected - min(MAX_REJECTS_SHOWN, len(src.tracker.progress.rejects))
             raise Rejected(
                 self.name,
-                f"{len(rejects)} invalid events, nothing sent (fix them, or set "
+                f"{rejected} invalid events, nothing sent (fix them, or set "
                 f'on_invalid = "skip" to send the valid ones):\n{shown}'
                 + (f"\n… and {more} more" if more > 0 else ""),
             )
-        parts = await work.parts()
-        if not parts:
-            parts = await self._plan(job, work, events, int(p.get("batchSize", MAX_BATCH)))
-        for batch in parts:
-            if batch.state in (PartState.DONE, PartState.SKIPPED):
-                continue
-            first = batch.first_row or 0
-            await self._send(
-                job, work, batch, events[first : first + (batch.row_count or 0)], lines
-            )
-        if rejects:
-            await asyncio.to_thread(self._write_rejects, work, rejects)
-            log.warning("clayva_rejects_skipped", job_id=job.id, rejects=len(rejects))
-        return src.result(len(events))
+        await src.tracker.save(force=True)
+        src.tracker.confirmed(0)
+        await self._send_all(job, work, src, header)
+        if rejected:
+            log.warning("clayva_rejects_skipped", job_id=job.id, rejects=rejected)
+        src.tracker.set(phase="done")
+        await src.tracker.save(force=True)
+        return src.result(src.tracker.progress.rows_validated)
 
-    async def _plan(
-        self, job: Job, work: Work, events: list[dict[str, Any]], size: int
-    ) -> list[Part]:
-        parts = []
-        for seq, first in enumerate(range(0, len(events), size)):
-            chunk = events[first : first + size]
-            digest = chunk_hash(["events"], [[json.dumps(e, sort_keys=True)] for e in chunk])
-            parts.append(
-                Part(
-                    job_id=job.id,
-                    seq=seq,
-                    state=PartState.PENDING,
-                    first_row=first,
-                    row_count=len(chunk),
-                    content_sha256=digest,
+    async def _plan(self, job: Job, work: Work, src: Opened) -> None:
+        """Check every event (streaming), writing rejects to the side file as they are met;
+        plan the valid ones in batches; batches this pipeline already delivered are SKIPPED."""
+        tracker = src.tracker
+        tracker.set(phase="validating")
+        side = AtomicFile(work.result_path("rejects.txt")).open()
+
+        def progress(rows: int) -> None:
+            tracker.validated = rows
+
+        def reject(text: str) -> None:
+            side.write_sync((text + "\n").encode())
+
+        size = int(job.params.get("batchSize", MAX_BATCH))
+        try:
+            async with tracker.ticking():
+                plan = await asyncio.to_thread(
+                    validate_events, src.path, size, progress=progress, reject=reject
+                )
+                tracker.validated = plan.rows
+        except SourceError as exc:
+            side.abort()
+            raise Rejected(self.name, str(exc)) from None
+        except BaseException:
+            side.abort()
+            raise
+        rejects = plan.rejects
+        if rejects:
+            await asyncio.to_thread(side.commit_sync)
+            tracker.set(
+                rows_rejected=rejects.count,
+                rejects=tuple(rejects.shown),
+                rejects_path=str(work.result_path("rejects.txt")),
+            )
+        else:
+            side.abort()
+        old = {c.seq: c for c in await work.parts()}  # planned before by an older version
+        for at in range(0, len(plan.spans), PAGE):
+            await work.save(
+                *(
+                    replace(
+                        old[span.seq],
+                        byte_start=span.start,
+                        byte_end=span.end,
+                        first_line=span.first_line,
+                        last_line=span.last_line,
+                    )
+                    if span.seq in old
+                    else Part(
+                        job_id=job.id,
+                        seq=span.seq,
+                        state=PartState.PENDING,
+                        first_row=span.first_row,
+                        row_count=span.row_count,
+                        byte_start=span.start,
+                        byte_end=span.end,
+                        first_line=span.first_line,
+                        last_line=span.last_line,
+                    )
+                    for span in plan.spans[at : at + PAGE]
                 )
             )
-        found = await work.ledger.done_content(
-            job.pipeline, [b.content_sha256 for b in parts if b.content_sha256]
-        )
-        done = {digest: part.job_id for digest, part in found.items()}
-        parts = [
-            replace(b, state=PartState.SKIPPED, detail=f"sent by job {done[b.content_sha256]}")
-            if b.content_sha256 in done
-            else b
-            for b in parts
-        ]
-        await work.save(*parts)
-        return parts
+        tracker.set(phase="sending")
+
+    async def _send_all(self, job: Job, work: Work, src: Opened, header: list[str] | None) -> None:
+        """Every batch not delivered yet, in file order, one POST at a time (the per-minute
+        window is the brake; at most one batch is ever left SENDING by a crash), the next batch
+        read from its byte range while the current one is on its way. The plan is read from
+        the ledger a page at a time."""
+        after = -1
+        while page := await work.parts_after(after, PAGE):
+            after = page[-1].seq
+            todo = [b for b in page if b.state not in (PartState.DONE, PartState.SKIPPED)]
+            await self._send_page(job, work, src, header, todo)
+
+    async def _send_page(
+        self, job: Job, work: Work, src: Opened, header: list[str] | None, todo: list[Part]
+    ) -> None:
+        tracker = src.tracker
+
+        def read(batch: Part) -> asyncio.Task[tuple[list[dict[str, Any]], list[int]]]:
+            return asyncio.create_task(
+                asyncio.to_thread(read_events, src.path, span_of(batch), header),
+                name=f"clayva-read-{job.id}-{batch.seq}",
+            )
+
+        if not todo:
+            return
+        ahead: asyncio.Task[tuple[list[dict[str, Any]], list[int]]] | None = read(todo[0])
+        try:
+            for i, batch in enumerate(todo):
+                events, lines = await read(batch) if ahead is None else await ahead
+                ahead = read(todo[i + 1]) if i + 1 < len(todo) else None
+                digest = batch_hash(events)
+                if batch.state == PartState.PENDING:  # events this pipeline already delivered?
+                    done = (await work.ledger.done_content(job.pipeline, [digest])).get(digest)
+                    if done is not None:
+                        await work.save(
+                            replace(
+                                batch,
+                                state=PartState.SKIPPED,
+                                content_sha256=digest,
+                                detail=f"sent by job {done.job_id}",
+                            )
+                        )
+                        continue
+                batch = replace(batch, content_sha256=digest)
+                await self._send(job, work, batch, events, lines)
+                tracker.confirmed(len(events))
+                await tracker.save()
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
 
     async def _send(
         self, job: Job, work: Work, batch: Part, events: list[dict[str, Any]], lines: list[int]
@@ -265,8 +264,7 @@ class ClayvaAdapter(StagedAdapterBase):
         if batch.state == PartState.SENDING:
             log.warning("clayva_resending", job_id=job.id, batch=batch.seq)  # at-least-once
         await work.save(replace(batch, state=PartState.SENDING))
-        first = batch.first_row or 0
-        where = f"lines {lines[first]}-{lines[first + len(events) - 1]}"
+        where = f"lines {lines[0]}-{lines[-1]}"
         try:
             accepted = await answer(
                 self.http, ClayvaBatchAccepted, "POST", "/events/batch", json={"events": events}
@@ -284,8 +282,3 @@ class ClayvaAdapter(StagedAdapterBase):
                 detail=f"accepted {count} ({where})",
             )
         )
-
-    def _write_rejects(self, work: Work, rejects: list[str]) -> None:
-        sink = AtomicFile(work.result_path("rejects.txt")).open()
-        sink.write_sync(("\n".join(rejects) + "\n").encode())
-        sink.commit_sync()

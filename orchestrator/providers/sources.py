@@ -10,7 +10,6 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -19,6 +18,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.domain import JobState
+from orchestrator.imports.streams import SourceError
 from orchestrator.providers.base import Params
 
 if TYPE_CHECKING:
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
-
-
-class SourceError(ValueError):
-    """Bad input file; the message names the file and line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +40,6 @@ class SourceFile:
         return {"path": str(self.path), "bytes": self.size, "sha256": self.sha256, "rows": rows}
 
 
-# A source file is read and parsed whole: a 64 MiB CSV peaked at 780 MiB of memory. Bigger files
-# are refused (the job fails, saying so) rather than taking the daemon down, and with it every
-# restart that would read the same file again.
-MAX_SOURCE_BYTES = 32 << 20
 _MAGIC = re.compile(r"[*?[]")
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
@@ -101,46 +93,18 @@ def open_source(path: Path, within: Path | None = None, max_bytes: int | None = 
 def _too_big(path: Path, max_bytes: int) -> SourceError:
     return SourceError(
         f"{path}: larger than maxSourceBytes ({max_bytes:,} bytes): split it, or raise "
-        "maxSourceBytes in the pipeline's params (parsing takes about 12 times the file's size)"
+        "maxSourceBytes in the pipeline's params"
     )
 
 
-def read_source(
-    path: Path, within: Path | None = None, max_bytes: int = MAX_SOURCE_BYTES
-) -> SourceFile:
-    """A source file read once: its text (UTF-8, BOM allowed), sha256 and size; or a
-    SourceError naming the file and line."""
-    fd = open_source(path, within, max_bytes)
-    try:
-        with os.fdopen(fd, "rb") as f:
-            raw = f.read(max_bytes + 1)  # it may have grown since fstat
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) > max_bytes:
-        raise _too_big(path, max_bytes)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise SourceError(f"{path}:{line}: not UTF-8 (byte {raw[exc.start]:#04x})") from None
-    return SourceFile(path=path, text=text, sha256=hashlib.sha256(raw).hexdigest(), size=len(raw))
-
-
-def load_source(params: dict[str, Any], parse: Callable[[Path, str], T]) -> tuple[SourceFile, T]:
-    """The job's file, checked to be the one it was queued for, and parsed (blocking: run it in
-    a thread)."""
-    if not params.get("file"):
-        raise SourceError("no source file on this job")
+def check_source(path: Path, params: dict[str, Any]) -> None:
+    """The job's file as an import may read it: a regular file, not a symlink, really inside its
+    glob's base directory and, where the pipeline sets `maxSourceBytes`, no bigger; else a
+    SourceError naming the file and nothing of its content."""
     source = params.get("source")
     within = glob_base(source) if isinstance(source, str) else None
-    max_bytes = int(params.get("maxSourceBytes") or MAX_SOURCE_BYTES)
-    src = read_source(Path(str(params["file"])), within, max_bytes)
-    if params.get("sha256") and src.sha256 != params["sha256"]:
-        raise SourceError(
-            f"{src.path}: changed since this job was queued; the next scan imports the new "
-            "version as its own job (what was already sent is not sent again)"
-        )
-    return src, parse(src.path, src.text)
+    cap = params.get("maxSourceBytes")
+    os.close(open_source(path, within, int(cap) if cap else None))
 
 
 class PipelineSource(BaseModel):
@@ -153,7 +117,7 @@ class FileImportParams(Params):
     into one job per new file) which file this job imports."""
 
     source: str | PipelineSource
-    maxSourceBytes: int = Field(default=MAX_SOURCE_BYTES, ge=1)  # ours: bigger files fail
+    maxSourceBytes: int | None = Field(default=None, ge=1)  # ours: bigger files fail unread
     file: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
@@ -168,7 +132,7 @@ class FileImportParams(Params):
 
 
 def file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
+    with os.fdopen(open_source(path), "rb") as f:
         return _sha256(f)
 
 

@@ -190,16 +190,6 @@ class ClariIngestSimulator:
                     "valid/enabled entity",
                 ),
             )
-        now = time.time()
-        if self._active(now) >= self.config.max_concurrent:
-            self.stats["too_many"] += 1
-            return _errors(
-                429,
-                (
-                    "TOO_MANY_REQUESTS",
-                    "Max concurrent async ingestion jobs limit reached for partner",
-                ),
-            )
         try:
             form = await request.post()
         except ValueError:
@@ -214,6 +204,18 @@ class ClariIngestSimulator:
                 ),
             )
         raw = upload.file.read()
+        # Counted once the body is in, with no await before the job is registered: a check
+        # before reading a (streamed) body let concurrent uploads all pass it.
+        now = time.time()
+        if self._active(now) >= self.config.max_concurrent:
+            self.stats["too_many"] += 1
+            return _errors(
+                429,
+                (
+                    "TOO_MANY_REQUESTS",
+                    "Max concurrent async ingestion jobs limit reached for partner",
+                ),
+            )
         if len(raw) > MAX_FILE:
             return _errors(400, ("INVALID_INPUT_FORMAT", "File size exceeds the 10MB limit"))
         try:

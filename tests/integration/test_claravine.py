@@ -312,6 +312,7 @@ async def test_status_page_shows_import_progress(tmp_path: Path, sim: SimulatorS
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{daemon.web.port}/") as r:
                 html = await r.text()
-        assert "parts 0/3" in html
+        assert "parts 0/3 · 3,000 validated · " in html
+        assert " · 0 confirmed · 0 rejected" in html
     finally:
         await stop_hard(daemon, task)

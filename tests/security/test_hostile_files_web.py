@@ -28,14 +28,14 @@ from orchestrator.cli import cli
 from orchestrator.config import load_config
 from orchestrator.domain import JobState
 from orchestrator.engine.daemon import Daemon
+from orchestrator.imports.events import validate_events
+from orchestrator.imports.records import validate_records
+from orchestrator.imports.tables import validate_table
 from orchestrator.ledger import migrate
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.outputs import AtomicFile, part_path, stitch
 from orchestrator.providers import sources
-from orchestrator.providers.claravine import parse_rows
-from orchestrator.providers.clari_ingest import parse_records
-from orchestrator.providers.clayva import parse_events
-from orchestrator.providers.sources import SourceError, load_source
+from orchestrator.providers.sources import SourceError, check_source
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import forecast, write_config
 from tests.integration.helpers import all_jobs, run_once, start
@@ -257,29 +257,50 @@ async def test_symlinked_sources_are_skipped_with_a_warning(
     assert SECRET.encode() not in (tmp_path / "ledger.db").read_bytes()
 
 
+def _check(params: dict[str, Any]) -> bool:
+    check_source(Path(str(params["file"])), params)
+    return True
+
+
 def test_a_source_swapped_for_a_symlink_after_the_scan_is_not_read(tmp_path: Path) -> None:
     inbox, good = plant_inbox(tmp_path)
     params = {"source": f"{inbox}/*.jsonl", "file": str(inbox / "drop.jsonl")}
     with pytest.raises(SourceError, match="is a symlink") as info:
-        load_source(params, parse_events)
+        _check(params)
     assert SECRET not in str(info.value)
     outside = {"source": f"{inbox}/*/*", "file": str(inbox / "sub" / "clayva_key.jsonl")}
     with pytest.raises(SourceError, match="resolves outside") as info:
-        load_source(outside, parse_events)
+        _check(outside)
     assert SECRET not in str(info.value)
     fifo = inbox / "pipe.jsonl"
     os.mkfifo(fifo)  # would block a plain open() for ever
     with pytest.raises(SourceError, match="not a regular file"):
-        load_source({"source": f"{inbox}/*.jsonl", "file": str(fifo)}, parse_events)
-    assert load_source({"source": f"{inbox}/*.jsonl", "file": str(good)}, parse_events)
+        _check({"source": f"{inbox}/*.jsonl", "file": str(fifo)})
+    assert _check({"source": f"{inbox}/*.jsonl", "file": str(good)})
 
 
-def _problems(parse: Callable[[Path, str], Any], path: Path, text: str) -> str:
+def _problems(parse: Callable[[Path], str], path: Path, text: str) -> str:
+    path.write_text(text)
     try:
-        result = parse(path, text)
+        return parse(path)
     except SourceError as exc:
         return str(exc)
-    return "\n".join(result[2])  # Clayva: rejects
+
+
+def parse_events(path: Path) -> str:
+    rejects: list[str] = []
+    validate_events(path, 100, reject=rejects.append)
+    return "\n".join(rejects)  # Clayva: rejects
+
+
+def parse_rows(path: Path) -> str:
+    validate_table(path, 100)
+    return ""
+
+
+def parse_records(path: Path) -> str:
+    validate_records(path, 10 << 20)
+    return ""
 
 
 @pytest.mark.parametrize(
@@ -631,6 +652,7 @@ def test_a_source_bigger_than_max_source_bytes_fails_its_job_unread(tmp_path: Pa
     big.write_text(good.read_text() * 200)
     params = {"source": f"{inbox}/*.jsonl", "file": str(big), "maxSourceBytes": 4096}
     with pytest.raises(SourceError, match=r"larger than maxSourceBytes \(4,096 bytes\)"):
-        load_source(params, parse_events)
-    assert load_source({**params, "file": str(good)}, parse_events)
-    assert load_source({**params, "maxSourceBytes": big.stat().st_size}, parse_events)
+        _check(params)
+    assert _check({**params, "file": str(good)})
+    assert _check({**params, "maxSourceBytes": big.stat().st_size})
+    assert _check({**params, "maxSourceBytes": None})  # no cap unless the pipeline sets one

@@ -1,0 +1,202 @@
+"""Clayva event sources: JSON Lines (one event per line) or CSV with `event`, `userId`,
+`anonymousId`, `timestamp`, `properties` and `context` columns (the last two holding JSON
+objects). An event Clayva would refuse is a reject: listed, and with `on_invalid = "skip"`
+left out of the batches while the rest are sent."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from orchestrator.imports.streams import Lines, Problems, SourceError, Span, open_source, sha256_hex
+from orchestrator.imports.tables import (
+    PROGRESS_EVERY,
+    Chunker,
+    Progress,
+    _CsvRows,
+    is_jsonl,
+)
+
+CSV_COLUMNS = ("event", "userId", "anonymousId", "timestamp", "properties", "context")
+Event = dict[str, Any]
+
+
+def check_event(e: dict[str, Any]) -> str | None:
+    """Why Clayva would refuse this event, or None."""
+    name = e.get("event")
+    if not isinstance(name, str) or not name.strip():
+        return "event name is empty"
+    if not e.get("userId") and not e.get("anonymousId"):
+        return "userId or anonymousId is required"
+    ts = e.get("timestamp")
+    if ts is not None:
+        text = ts if ts.__class__ is str else str(ts)
+        try:
+            datetime.fromisoformat(text)  # 3.11 reads a trailing Z as UTC
+        except ValueError:
+            return "timestamp is not ISO 8601 (like 2026-11-21T10:30:00Z)"
+        if "T" not in text:
+            return "timestamp has no time (like 2026-11-21T10:30:00Z)"
+    for key in ("properties", "context"):
+        if e.get(key) is not None and not isinstance(e[key], dict):
+            return f"{key} must be a JSON object"
+    return None
+
+
+def batch_hash(events: list[Event]) -> str:
+    """Identity of a batch's content (keys sorted, so key order does not matter)."""
+    try:
+        data = orjson.dumps(events, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer past 64 bits
+        data = json.dumps(events, sort_keys=True, separators=(",", ":")).encode()
+    return sha256_hex(data)
+
+
+@dataclass
+class EventsPlan:
+    spans: list[Span] = field(default_factory=list)
+    rows: int = 0
+    rejects: Problems | None = None
+
+
+def validate_events(
+    path: Path,
+    per_batch: int,
+    *,
+    progress: Progress | None = None,
+    reject: Callable[[str], None] | None = None,
+) -> EventsPlan:
+    """One streaming pass: every event checked, valid ones planned in batches of `per_batch`
+    as byte ranges. Rejects go to `reject` (all of them) and are counted in the plan (the first
+    100 listed). SourceError only for what makes the whole file unreadable."""
+    problems = Problems(path, sink=reject)
+    with open_source(path) as f:
+        lines = Lines(f)
+        events = _events(path, lines, problems, header_known=False)
+        chunker = Chunker(lines, per_batch, None)  # hashed when read to be sent
+        if is_jsonl(path):
+            chunker.start, chunker.first_line = 0, 1
+        else:
+            next(events)  # the header
+            chunker.start, chunker.first_line = lines.pos, lines.line + 1
+        every = PROGRESS_EVERY
+        for _, event in events:
+            chunker.row(event)
+            every -= 1
+            if not every and progress is not None:
+                every = PROGRESS_EVERY
+                progress(chunker.rows + len(chunker.buf))
+        chunker.flush()
+    if not chunker.rows and not problems:
+        raise SourceError(f"{path}: no events")
+    return EventsPlan(spans=chunker.spans, rows=chunker.rows, rejects=problems)
+
+
+def read_events(path: Path, span: Span, header: list[str] | None) -> tuple[list[Event], list[int]]:
+    """The valid events of one planned batch and their lines, read from its byte range."""
+    problems = Problems(path, limit=0)
+    with open_source(path) as f:
+        lines = Lines(f, start=span.start, end=span.end, line=span.first_line - 1)
+        got = list(_events(path, lines, problems, header_known=True, header=header))
+    if len(got) != span.row_count:
+        raise SourceError(
+            f"{path}: lines {span.first_line}-{span.last_line} no longer read as they were "
+            f"validated ({len(got)} events, planned {span.row_count}); the file changed"
+        )
+    return [e for _, e in got], [n for n, _ in got]
+
+
+def read_header(path: Path) -> list[str] | None:
+    """A CSV source's columns (None for JSON Lines)."""
+    if is_jsonl(path):
+        return None
+    with open_source(path) as f:
+        events = _events(path, Lines(f), Problems(path), header_known=False)
+        return next(events)[1]["columns"]  # type: ignore[no-any-return]
+
+
+def _events(
+    path: Path,
+    lines: Lines,
+    problems: Problems,
+    *,
+    header_known: bool,
+    header: list[str] | None = None,
+) -> Iterator[tuple[int, Event]]:
+    """(line, event) of every valid event; a CSV's first item is its header (when not known)."""
+    if is_jsonl(path):
+        for n, _, e in lines.objects(problems):  # the hot loop: inline, no generator between
+            if e.__class__ is not dict:
+                problems.add(n, "an event must be a JSON object")
+            elif (why := check_event(e)) is not None:
+                problems.add(n, why)
+            else:
+                values = e.values()
+                yield (
+                    n,
+                    (
+                        {k: v for k, v in e.items() if v is not None and v != ""}
+                        if None in values or "" in values
+                        else e
+                    ),
+                )
+        return
+    else:
+        if not header_known:
+            header = _csv_header(path, lines)
+            yield 1, {"columns": header}
+        assert header is not None
+        raw_events = _csv_events(lines, problems, header)
+    for n, e in raw_events:
+        if not isinstance(e, dict):
+            problems.add(n, "an event must be a JSON object")
+            continue
+        if (why := check_event(e)) is not None:
+            problems.add(n, why)
+            continue
+        yield n, {k: v for k, v in e.items() if v is not None and v != ""}
+
+
+def _csv_header(path: Path, lines: Lines) -> list[str]:
+    problems = Problems(path)
+    reader = csv.reader(lines.text(problems), strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise SourceError(f"{path}:{lines.line}: {exc}") from None
+    if problems:
+        raise SourceError(problems.shown[0])
+    if not header:
+        raise SourceError(f"{path}:1: no header row")
+    header = [h.strip() for h in header]
+    # Named by position, never quoted: a file never meant as data (a key file) has a first line
+    # that must not reach the error, the ledger or the status page.
+    unknown = [i for i, h in enumerate(header, start=1) if h not in CSV_COLUMNS]
+    if unknown or "event" not in header:
+        what = f"column {unknown[0]} is not a known one" if unknown else "no 'event' column"
+        raise SourceError(f"{path}:1: {what} (columns: {', '.join(CSV_COLUMNS)})")
+    return header
+
+
+def _csv_events(lines: Lines, problems: Problems, header: list[str]) -> Iterator[tuple[int, Any]]:
+    rows = _CsvRows(lines, problems, len(header))
+    for row in rows:
+        n = rows.first
+        e: dict[str, Any] = {k: v for k, v in zip(header, row, strict=True) if v != ""}
+        bad = False
+        for key in ("properties", "context"):
+            if e.get(key):
+                try:
+                    e[key] = json.loads(e[key])
+                except json.JSONDecodeError:
+                    problems.add(n, f"{key} is not JSON")
+                    bad = True
+        if not bad:
+            yield n, e
