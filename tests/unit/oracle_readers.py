@@ -71,12 +71,12 @@ def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[list[str]], list
         if header is None:
             header = list(obj)
         elif set(obj) != set(header):
-            extra = sorted(set(obj) - set(header))
-            missing = sorted(set(header) - set(obj))
+            extra = len(set(obj) - set(header))  # counted, never quoted
+            missing = len(set(header) - set(obj))
             raise SourceError(
                 f"{path}:{n}: keys differ from line 1"
-                + (f"; extra {extra}" if extra else "")
-                + (f"; missing {missing}" if missing else "")
+                + (f"; {extra} more" if extra else "")
+                + (f"; {missing} missing" if missing else "")
             )
         rows.append(["" if obj[k] is None else str(obj[k]) for k in header])
         lines.append(n)
@@ -188,7 +188,7 @@ def parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any], str]
                 problems.append(f"{path}: block {b + 1}: records is missing")
                 continue
             for r, rec in enumerate(records):
-                where = f"{path}: {block['sourceEntity']} record {r + 1}"
+                where = f"{path}: block {b + 1} record {r + 1}"  # by place, never quoted
                 if not isinstance(rec, dict):
                     problems.append(f"{where}: not an object")
                     continue
@@ -198,7 +198,7 @@ def parse_records(path: Path, text: str) -> list[tuple[str, dict[str, Any], str]
         if (why := check_record(rec)) is not None:
             problems.append(f"{where}: {why}")
         elif (entity, str(rec["id"])) in seen:
-            problems.append(f"{where}: id {rec['id']!r} appears twice in {entity}")
+            problems.append(f"{where}: same sourceEntity and id as an earlier record")
         else:
             seen.add((entity, str(rec["id"])))
     if problems:
