@@ -95,7 +95,7 @@ def test_provider_detail_text_of_any_shape(data: Any) -> None:
         status = parse_answer(claravine.ClaravineStatus, body, provider="p", where="x")
     except BadAnswer:
         return
-    assert isinstance(claravine._errors_text(status.as_dict(), [1, 2, 3], 0), str)
+    assert isinstance(claravine._errors_text(status.as_dict(), [1, 2, 3]), str)
 
 
 @settings(max_examples=200)
