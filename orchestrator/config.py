@@ -69,6 +69,17 @@ class _Model(BaseModel):
 
 class LedgerConfig(_Model):
     url: str = "sqlite+aiosqlite:///./orchestrator.db"
+    # Replicas on one PostgreSQL ledger: a replica that dies has its accounts taken over by the
+    # others within this time (orchestrator.leasing); it renews its leases every fifth of it.
+    lease: Duration = 30.0
+
+    @field_validator("lease", mode="before")
+    @classmethod
+    def _lease(cls, v: Any) -> float:
+        seconds = parse_duration(v)
+        if not 1.0 <= seconds <= 3600.0:
+            raise ValueError(f"{v!r}: a lease is between 1s and 1h")
+        return seconds
 
     @field_validator("url")
     @classmethod

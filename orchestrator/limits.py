@@ -288,6 +288,16 @@ class AccountPace:
     def paused_for(self) -> float:
         return max(0.0, self.paused_until - self._clock())
 
+    def window_periods(self) -> list[float]:
+        """How long each of the account's rate windows remembers a request (a replica taking
+        the account over waits out the longest, less the time since its last owner stopped)."""
+        return [
+            limiter.period
+            for pair in self._windows.values()
+            for limiter in pair
+            if limiter is not None
+        ]
+
     def windows(
         self, group: str, per_second: float, per_minute: float | None
     ) -> tuple[SlidingWindowLimiter, SlidingWindowLimiter | None]:

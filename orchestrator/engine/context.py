@@ -74,6 +74,11 @@ class Context:
     rng: random.Random = field(default_factory=random.Random)
     wake_dispatch: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Replica leases (engine/ownership.py): the accounts this process may call (None: every
+    # account, no leases kept), and those of them closed to new submissions (being reconciled
+    # after a takeover, or being given back).
+    held: set[str] | None = None
+    closed: set[str] = field(default_factory=set)
 
     @classmethod
     def build(cls, cfg: Config, ledger: Ledger, *, connect: bool = True) -> Context:
@@ -96,6 +101,12 @@ class Context:
                 )
             )
         return cls(cfg=cfg, ledger=ledger, adapters=adapters, budgets=budgets)
+
+    def may_call(self, account: str) -> bool:
+        return self.held is None or account in self.held
+
+    def may_submit(self, account: str) -> bool:
+        return self.may_call(account) and account not in self.closed
 
     def budget_for(self, job: Job) -> AccountBudget | Unbudgeted:
         key = budget_key(job)

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import signal
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 
 import structlog
@@ -19,13 +20,16 @@ from orchestrator.domain import Job, JobState, RemoteState, RemoteStatus
 from orchestrator.engine.context import Context
 from orchestrator.engine.dispatcher import Dispatcher
 from orchestrator.engine.fetcher import Fetcher
+from orchestrator.engine.ownership import Hooks, Ownership
 from orchestrator.engine.poller import Poller
 from orchestrator.engine.recovery import reconcile_submitting, recover
 from orchestrator.engine.worker import Worker
 from orchestrator.errors import ConfigError, ProviderError
+from orchestrator.leasing import LeaseTimes, settle_pause
 from orchestrator.ledger import migrate
 from orchestrator.ledger.single import DaemonLock, LedgerInUse, lock_path
 from orchestrator.ledger.store import Ledger, utcnow
+from orchestrator.limits import AccountBudget
 from orchestrator.notify import DaemonView, Notifications
 from orchestrator.retention import run_daily
 from orchestrator.runtime import tune_gc
@@ -70,6 +74,17 @@ class Daemon:
         self._stuck: set[int] = set()  # jobs left waiting for the operator at an idle exit
         path = lock_path(self.ledger.url)
         self._lock = DaemonLock(path) if path is not None else None
+        # Which accounts this process may call: leases in the ledger (engine/ownership.py). On
+        # SQLite the daemon lock proves no other daemon lives, so it takes every lease at once.
+        self.ownership = Ownership(
+            self.ctx,
+            self.ledger,
+            sorted(self.ctx.adapters),
+            LeaseTimes(cfg.ledger.lease),
+            Hooks(acquired=self._acquired, lost=self._lost, busy=self._busy_for),
+            exclusive=self.ledger.is_sqlite,
+        )
+        self._owning = False
 
     # --- lifecycle --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -93,14 +108,14 @@ class Daemon:
         if self.install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal)
+        structlog.contextvars.bind_contextvars(replica=self.ownership.me.id)
         try:
             await self._start_environment()
             await self.ledger.start()
             await self.notifications.start()
-            for provider in self.ctx.budgets:
-                await self.ctx.refresh_budget(provider)
-                self._last_refresh[provider] = time.monotonic()
-            await recover(self.ctx, self.dispatcher, self.poller, self.fetcher, self.worker)
+            self._owning = True
+            # The first heartbeat: the accounts taken now are recovered before any new work.
+            await self.ownership.start()
             if self.once:
                 for p in self.cfg.pipelines:
                     if p.enabled:
@@ -110,25 +125,32 @@ class Daemon:
             if self.tune_gc:
                 tune_gc()
             self.ready.set()
-            log.info("daemon_ready", providers=sorted(self.ctx.adapters), tracked=len(self.poller))
+            log.info(
+                "daemon_ready",
+                providers=sorted(self.ctx.adapters),
+                accounts_held=sorted(self.ownership.held),
+                tracked=len(self.poller),
+            )
             self.notifier.notify("READY=1", self._status_line())
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.poller.run(), name="poller")
                 tg.create_task(self._main_loop(), name="dispatcher")
+                tg.create_task(self.ownership.run(self.ctx.stopping), name="leases")
                 if self.notifier.enabled:
                     tg.create_task(self._notify_loop(), name="sd-notify")
                 if not self.exit_when_idle and (
                     self.cfg.retention.results or self.cfg.retention.jobs
                 ):
                     tg.create_task(
-                        run_daily(self.cfg, self.ledger, self.ctx.stopping), name="retention"
+                        self._as_leader(lambda stop: run_daily(self.cfg, self.ledger, stop)),
+                        name="retention",
                     )
                 if self.notifications.enabled:
                     tg.create_task(
-                        self.notifications.run(
-                            self.ctx.stopping,
-                            DaemonView(self.ctx),
-                            interval=self.cfg.daemon.claim_interval,
+                        self._as_leader(
+                            lambda stop: self.notifications.run(
+                                stop, DaemonView(self.ctx), interval=self.cfg.daemon.claim_interval
+                            )
                         ),
                         name="notifications",
                     )
@@ -216,10 +238,12 @@ class Daemon:
         await asyncio.sleep(0)  # let cancelled tasks run their cleanup
         await self.web.stop()
         self.notifier.close()
-        if self.notifications.enabled and self.ready.is_set():
+        if self.notifications.enabled and self.ready.is_set() and self.ownership.leader:
             await self.notifications.final_round()  # what the last jobs did, sent once
         await self.notifications.close()
         await self.ctx.close()
+        if self._owning:
+            await self.ownership.stop()  # leases back at once: others take over now
         await self.ledger.close()
         if self._lock is not None:
             self._lock.release()
@@ -267,6 +291,8 @@ class Daemon:
 
     async def _release_retries(self) -> None:
         for job in await self.ledger.due_retries(utcnow()):
+            if not self.ctx.may_call(job.provider):
+                continue
             with contextlib.suppress(Exception):
                 await self.ledger.transition(
                     job, JobState.RETRY_WAIT, JobState.PENDING, reason="retry"
@@ -274,6 +300,8 @@ class Daemon:
 
     async def _handle_cancels_and_deadlines(self) -> None:
         for job in await self.ledger.running_to_stop(utcnow()):
+            if not self.ctx.may_call(job.provider):
+                continue  # another replica's account
             if job.cancel_requested:
                 await self._cancel_remote(job, JobState.CANCELLED, "cancelled by user")
             elif self.ctx.deadline_passed(job):
@@ -306,6 +334,8 @@ class Daemon:
     async def _refresh_limits(self) -> None:
         now = time.monotonic()
         for provider in self.ctx.budgets:
+            if not self.ctx.may_call(provider):
+                continue
             every = self.cfg.providers[provider].limits_refresh
             if now - self._last_refresh.get(provider, 0.0) >= every:
                 self._last_refresh[provider] = now
@@ -320,6 +350,63 @@ class Daemon:
         await reconcile_submitting(
             self.ctx, self.dispatcher, list(self.dispatcher.unresolved.values())
         )
+
+    # --- leases (engine/ownership.py) -------------------------------------------------------
+    async def _acquired(self, account: str, since_other: float | None) -> None:
+        """An account is ours (at start, or taken over from a replica that stopped renewing):
+        wait out the previous owner's rate windows, read its limits, and reconcile its jobs in
+        flight exactly as after a crash."""
+        adapter = self.ctx.adapters[account]
+        pace = adapter.http.pace
+        pause = settle_pause(pace.window_periods(), since_other)
+        if pause:
+            pace.pause(pause)
+        if account in self.ctx.budgets:
+            await self.ctx.refresh_budget(account)
+            self._last_refresh[account] = time.monotonic()
+        await recover(
+            self.ctx, self.dispatcher, self.poller, self.fetcher, self.worker, accounts=[account]
+        )
+        self.dispatcher.invalidate()
+
+    async def _lost(self, account: str) -> None:
+        """The account's lease is gone (given back, expired, the ledger unreachable): stop every
+        call of it here now; its jobs stay as the ledger has them for the next owner."""
+        self.poller.forget_account(account)
+        await self.dispatcher.drop_account(account)
+        await self.fetcher.cancel_account(account)
+        await self.worker.cancel_account(account)
+        old = self.ctx.budgets.get(account)
+        if old is not None:  # the next time it is ours, its counts come from the ledger again
+            self.ctx.budgets[account] = AccountBudget(caps=old.caps)
+
+    def _busy_for(self, account: str) -> int:
+        return (
+            self.dispatcher.busy_for(account)
+            + self.fetcher.busy_for(account)
+            + self.worker.busy_for(account)
+        )
+
+    async def _as_leader(
+        self, work: Callable[[asyncio.Event], Coroutine[None, None, None]]
+    ) -> None:
+        """Run `work` (notifications, retention) only while this replica holds the leader's
+        lease: one replica sends each notification and prunes."""
+        every = self.ownership.times.heartbeat
+        while not self.ctx.stopping.is_set():
+            if not self.ownership.leader:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(every):
+                        await self.ctx.stopping.wait()
+                continue
+            stop = asyncio.Event()
+            task = asyncio.create_task(work(stop))
+            while self.ownership.leader and not self.ctx.stopping.is_set() and not task.done():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(every):
+                        await self.ctx.stopping.wait()
+            stop.set()
+            await task
 
     # --- callbacks from the parts -----------------------------------------------------------
     def _on_enqueued(self) -> None:

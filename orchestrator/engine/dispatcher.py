@@ -24,7 +24,7 @@ from datetime import timedelta
 import structlog
 
 from orchestrator.domain import Job, JobState
-from orchestrator.engine.context import Context, budget_key
+from orchestrator.engine.context import UNBUDGETED_SUFFIX, Context, budget_key
 from orchestrator.errors import ProviderError, QuotaExceeded, Rejected, Throttled
 from orchestrator.ledger.store import utcnow
 from orchestrator.providers import KINDS
@@ -51,6 +51,7 @@ class Dispatcher:
         self.unresolved: dict[int, Job] = {}  # submits whose outcome we could not learn yet
         self._errors: dict[int, str] = {}
         self._claimed: set[int] = set()  # jobs with a live submit task
+        self._submitting: dict[int, tuple[str, asyncio.Task[None]]] = {}  # job -> account, task
         self._heads: dict[str, dict[str, deque[Job]]] = {}
         self._heads_at = -1.0
         self._posting: dict[str, int] = defaultdict(int)  # submit requests in the air
@@ -79,8 +80,13 @@ class Dispatcher:
         now = time.monotonic()
         stale = now - self._heads_at >= self.ctx.cfg.daemon.claim_interval
         if stale or not any(q for qs in self._heads.values() for q in qs.values()):
+            held = self.ctx.held
+            if held is not None and not (held - self.ctx.closed):
+                return 0  # no account of ours is open to new work (a replica without leases)
             pending = await self.ctx.ledger.pending_heads(
-                capacity + HEADS_AHEAD, exclude=self._claimed
+                capacity + HEADS_AHEAD,
+                exclude=self._claimed,
+                providers=None if held is None else sorted(held - self.ctx.closed),
             )
             self._heads = defaultdict(lambda: defaultdict(deque))
             for job in pending:
@@ -93,7 +99,8 @@ class Dispatcher:
 
     def _dispatch_provider(self, provider: str, queues: dict[str, deque[Job]]) -> int:
         budget = self.ctx.budget_named(provider)
-        if budget is None or provider in self._reconciling:
+        account = provider.removesuffix(UNBUDGETED_SUFFIX)
+        if budget is None or account in self._reconciling or not self.ctx.may_submit(account):
             return 0
         turn = self._turn[provider]
         for name in queues:
@@ -109,6 +116,7 @@ class Dispatcher:
             self._claimed.add(job.id)
             task = asyncio.create_task(self._submit(job), name=f"submit-{job.id}")
             self._tasks.add(task)
+            self._submitting[job.id] = (job.provider, task)
             task.add_done_callback(self._tasks.discard)
             task.add_done_callback(functools.partial(self._release_claim, job.id))
             started += 1
@@ -171,6 +179,7 @@ class Dispatcher:
 
     def _release_claim(self, job_id: int, _task: object = None) -> None:
         self._claimed.discard(job_id)
+        self._submitting.pop(job_id, None)
         self.ctx.wake_dispatch.set()  # a submit slot is free: refill it now
 
     async def _submit(self, job: Job) -> None:
@@ -420,6 +429,22 @@ class Dispatcher:
             next_attempt_at=utcnow() + ctx.retry_at(job.attempts),
         )
         ctx.retried(job)
+
+    # --- replica leases (engine/ownership.py) -----------------------------------------------
+    def busy_for(self, account: str) -> int:
+        return sum(1 for acc, _ in self._submitting.values() if acc == account)
+
+    async def drop_account(self, account: str) -> None:
+        """The account's lease is gone: stop its submits now and forget its unresolved jobs
+        (the next owner reconciles them from the ledger, as after a crash)."""
+        tasks = [t for acc, t in self._submitting.values() if acc == account]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for job in [j for j in self.unresolved.values() if j.provider == account]:
+            self._forget_unresolved(job)
+        for key in [k for k in self._heads if k.removesuffix(UNBUDGETED_SUFFIX) == account]:
+            del self._heads[key]
 
     async def drain(self, within: float) -> None:
         if self._tasks:

@@ -36,6 +36,7 @@ class Fetcher:
         self._sem = asyncio.Semaphore(ctx.cfg.daemon.max_fetches)
         self._tasks: set[asyncio.Task[None]] = set()
         self.active: set[int] = set()
+        self._account: dict[asyncio.Task[None], str] = {}
         self.committer = FileCommitter()
 
     @property
@@ -48,7 +49,9 @@ class Fetcher:
         self.active.add(job.id)
         task = asyncio.create_task(self._run(job, delay), name=f"fetch-{job.id}")
         self._tasks.add(task)
+        self._account[task] = job.provider
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._account.pop)
 
     async def _run(self, job: Job, delay: float) -> None:
         try:
@@ -140,6 +143,16 @@ class Fetcher:
     async def drain(self, within: float) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=within)
+
+    def busy_for(self, account: str) -> int:
+        return sum(1 for acc in self._account.values() if acc == account)
+
+    async def cancel_account(self, account: str) -> None:
+        """Stop the account's downloads (the lease is gone); the next owner fetches again."""
+        tasks = [t for t, acc in self._account.items() if acc == account]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def cancel_all(self) -> None:
         for task in self._tasks:

@@ -132,6 +132,11 @@ class Poller:
     def forget(self, job_id: int) -> None:
         self.jobs.pop(job_id, None)
 
+    def forget_account(self, account: str) -> None:
+        """Stop polling the account's jobs (the lease is gone; the next owner polls them)."""
+        for job_id in [i for i, t in self.jobs.items() if t.provider == account]:
+            self.jobs.pop(job_id, None)
+
     async def _delay(self, item: Tracked) -> float:
         return self._delay_from(item, await self.points(item.pipeline))
 
@@ -197,6 +202,10 @@ class Poller:
                 )
 
     async def _poll_account(self, provider: str, due: list[Tracked]) -> None:
+        if not self.ctx.may_call(provider):  # its lease is gone: the next owner polls them
+            for item in due:
+                self.forget(item.id)
+            return
         adapter = self.ctx.adapters[provider]
         asked = due
         if adapter.batch_poll:
@@ -241,6 +250,9 @@ class Poller:
             for item, _ in changed:
                 await self._reschedule(item)
             return
+        # Only jobs still tracked: an account whose lease went while the poll was in the air
+        # is the next owner's to act on.
+        changed = [(item, st) for item, st in changed if self.jobs.get(item.id) is item]
         for item, _ in changed:
             self.forget(item.id)
         calls = []

@@ -11,6 +11,8 @@ simply goes back to PENDING.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import structlog
 
 from orchestrator.domain import Job, JobState
@@ -36,11 +38,18 @@ async def reconcile_submitting(ctx: Context, dispatcher: Dispatcher, jobs: list[
 
 
 async def recover(
-    ctx: Context, dispatcher: Dispatcher, poller: Poller, fetcher: Fetcher, worker: Worker
+    ctx: Context,
+    dispatcher: Dispatcher,
+    poller: Poller,
+    fetcher: Fetcher,
+    worker: Worker,
+    accounts: Sequence[str] | None = None,
 ) -> None:
+    """Every in-flight job (of `accounts`, when given: the leases a replica just took — a
+    takeover is this same recovery, run while the other replicas keep working)."""
     submitting: list[Job] = []
     running = fetching = 0
-    async for chunk in ctx.ledger.iter_in_flight():
+    async for chunk in ctx.ledger.iter_in_flight(providers=accounts):
         for job in chunk:
             spec = KINDS.get(job.kind)
             if spec is not None and spec.staged and job.provider in ctx.adapters:
@@ -59,4 +68,10 @@ async def recover(
                 submitting.append(job)
     if submitting:
         await reconcile_submitting(ctx, dispatcher, submitting)
-    log.info("recovered", submitting=len(submitting), running=running, fetching=fetching)
+    log.info(
+        "recovered",
+        accounts=accounts,
+        submitting=len(submitting),
+        running=running,
+        fetching=fetching,
+    )

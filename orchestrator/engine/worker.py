@@ -36,6 +36,7 @@ class Worker:
         self.ctx = ctx
         self.committer = committer
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._account: dict[int, str] = {}
 
     @property
     def busy(self) -> int:
@@ -46,11 +47,14 @@ class Worker:
             return
         task = asyncio.create_task(self._run(job), name=f"work-{job.id}")
         self._tasks[job.id] = task
+        self._account[job.id] = job.provider
         task.add_done_callback(self._done(job.id))
 
     def _done(self, job_id: int) -> Callable[[asyncio.Task[None]], None]:
         def cb(task: asyncio.Task[None]) -> None:
-            self._tasks.pop(job_id, None)
+            if self._tasks.get(job_id) is task:
+                self._tasks.pop(job_id, None)
+                self._account.pop(job_id, None)
             if not task.cancelled() and task.exception() is not None:
                 log.error("work_crashed", job_id=job_id, error=repr(task.exception()))
 
@@ -59,9 +63,19 @@ class Worker:
     async def stop(self, job_id: int) -> None:
         """Stop a job's work (cancel, deadline); its parts stay as they are in the ledger."""
         task = self._tasks.pop(job_id, None)
+        self._account.pop(job_id, None)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    def busy_for(self, account: str) -> int:
+        return sum(1 for job_id, acc in self._account.items() if acc == account)
+
+    async def cancel_account(self, account: str) -> None:
+        """Stop the account's staged work (the lease is gone); its parts stay in the ledger and
+        the next owner resumes at the first unfinished one."""
+        for job_id in [i for i, acc in self._account.items() if acc == account]:
+            await self.stop(job_id)
 
     async def _run(self, job: Job) -> None:
         ctx = self.ctx

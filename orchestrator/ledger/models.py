@@ -220,3 +220,31 @@ class ImportProgressRow(Base):
     source_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     rate: Mapped[float | None] = mapped_column(Float)  # rows/s confirmed, recent
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ReplicaRow(Base):
+    """A daemon process on this ledger (migration 0009): who it is and when it last proved it
+    was alive. Rows of stopped or dead replicas stay a week for `orchestrator replicas`."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LeaseRow(Base):
+    """Who may do a provider account's remote work (or the leader's: notifications, retention)
+    until when (migration 0009). `epoch` counts the hands the lease passed through."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

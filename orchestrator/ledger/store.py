@@ -1026,13 +1026,19 @@ class Ledger:
                     out[job.id] = job
         return out
 
-    async def iter_in_flight(self, chunk: int = 500) -> AsyncIterator[list[Job]]:
-        """Jobs in SUBMITTING/RUNNING/FETCHING, a chunk at a time (bounded memory at start)."""
+    async def iter_in_flight(
+        self, chunk: int = 500, providers: Sequence[str] | None = None
+    ) -> AsyncIterator[list[Job]]:
+        """Jobs in SUBMITTING/RUNNING/FETCHING (of `providers`' accounts, when given), a chunk
+        at a time (bounded memory at start)."""
         last = 0
+        where = [jobs_t.c.state.in_([s.value for s in IN_FLIGHT])]
+        if providers is not None:
+            where.append(jobs_t.c.provider.in_(providers))
         while True:
             stmt = (
                 self._job_select()
-                .where(jobs_t.c.state.in_([s.value for s in IN_FLIGHT]), jobs_t.c.id > last)
+                .where(*where, jobs_t.c.id > last)
                 .order_by(jobs_t.c.id)
                 .limit(chunk)
             )
@@ -1068,9 +1074,15 @@ class Ledger:
             rows = (await conn.execute(stmt)).fetchall()
         return [row_to_job(r) for r in rows]
 
-    async def pending_heads(self, per_pipeline: int, exclude: set[int]) -> list[Job]:
+    async def pending_heads(
+        self, per_pipeline: int, exclude: set[int], providers: Sequence[str] | None = None
+    ) -> list[Job]:
         """The oldest PENDING jobs of each pipeline, at most `per_pipeline` each (not cancelled,
-        not in `exclude`): enough for a fair dispatch round without reading the whole backlog."""
+        not in `exclude`; of `providers`' accounts only, when given: a replica's leases): enough
+        for a fair dispatch round without reading the whole backlog."""
+        where = [jobs_t.c.state == JobState.PENDING.value, jobs_t.c.cancel_requested.is_(False)]
+        if providers is not None:
+            where.append(jobs_t.c.provider.in_(providers))
         ranked = (
             select(
                 jobs_t.c.id,
@@ -1078,10 +1090,7 @@ class Ledger:
                 .over(partition_by=jobs_t.c.pipeline, order_by=jobs_t.c.id)
                 .label("rank"),
             )
-            .where(
-                jobs_t.c.state == JobState.PENDING.value,
-                jobs_t.c.cancel_requested.is_(False),
-            )
+            .where(*where)
             .subquery()
         )
         limit = per_pipeline + len(exclude)

@@ -23,6 +23,7 @@ from orchestrator.reconcile import NOT_CREATED, Lookup
 
 if TYPE_CHECKING:
     from orchestrator.config import ProviderConfig
+    from orchestrator.http import HttpClient
     from orchestrator.ledger.store import Ledger
 
 
@@ -46,6 +47,7 @@ class Sink(Protocol):
 class ProviderAdapter(Protocol):
     name: str
     batch_poll: bool  # one call answers for every in-flight job of the account
+    http: HttpClient  # the account's client: its pace (rate windows, pause) is every client's
 
     async def limits(self) -> ProviderLimits | None:
         """The provider's own view of concurrency and quota, if it publishes one."""
