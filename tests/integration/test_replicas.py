@@ -235,3 +235,29 @@ async def test_a_replica_cut_off_from_the_ledger_stops_and_the_other_takes_over(
     finally:
         await stop((a, ta), (b, tb))
         await proxy.stop()
+
+
+async def test_a_scheduled_run_is_enqueued_once_whatever_replicas_fire_it(
+    tmp_path: Path, sim: SimulatorServer, pg: str
+) -> None:
+    """Every replica runs the scheduler; each fire time still becomes one job."""
+    sim.sims.claro.config.datasets.append(ClaroDataset(id="ds_r", name="R", rows=300))
+    cfgs = []
+    for name in ("a", "b", "c"):
+        cfg = write(tmp_path, sim, pg, name)
+        text = cfg.source.read_text().replace(
+            'name = "fc0"\n', 'name = "fc0"\nschedule = "every 1s"\n', 1
+        )
+        cfg.source.write_text(text)
+        cfgs.append(load_config(cfg.source))
+    daemons = [Daemon(c) for c in cfgs]
+    tasks = [await start(d) for d in daemons]
+    try:
+        await asyncio.sleep(4.5)
+        assert all(d.scheduler.running for d in daemons)  # three schedulers fired
+    finally:
+        await stop(*zip(daemons, tasks, strict=True))
+    jobs = [j for j in await all_jobs(cfgs[0]) if j.pipeline == "fc0"]
+    fires = [j.fire_time for j in jobs]
+    assert len(fires) >= 3
+    assert len(set(fires)) == len(fires), sorted(f for f in fires if fires.count(f) > 1)
