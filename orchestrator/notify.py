@@ -448,9 +448,12 @@ class DaemonView:
 
     async def __call__(self) -> tuple[list[PipelineStatus], dict[str, dict[str, Any]]]:
         ctx = self.ctx
+        # Accounts whose lease this replica holds: their budgets are live here, and only their
+        # holder may call them (`GET /usage/` too). Replicas: see README "Replicas".
         accounts = {
             name: {"left": quota_left(b), "reserve": b.caps.reserve}
             for name, b in ctx.budgets.items()
+            if ctx.may_call(name)
         }
         loop = asyncio.get_running_loop()
         if loop.time() - self._credits_at >= CREDITS_EVERY:
@@ -464,7 +467,7 @@ class DaemonView:
         out: dict[str, dict[str, Any]] = {}
         for name, adapter in self.ctx.adapters.items():
             usage = getattr(adapter, "usage", None)
-            if usage is None:
+            if usage is None or not self.ctx.may_call(name):
                 continue
             try:
                 credits = (await usage()).get("credits") or {}
