@@ -382,18 +382,27 @@ class Notifications:
         view: Callable[[], Any],
         interval: float = 1.0,
         observe_every: float = 30.0,
+        leader: Callable[[], bool] = lambda: True,
     ) -> None:
         """Scan and deliver every `interval`; every `observe_every`, look for late pipelines and
-        low quota/credits through `view()` (awaitable of (statuses, accounts))."""
+        low quota/credits through `view()` (awaitable of (statuses, accounts)).
+
+        Replicas (README "Replicas"): every replica observes the accounts it holds (their quota
+        and credits are known only there); the one holding the leader's lease (`leader()`) also
+        scans the transitions, looks for late pipelines and delivers the outbox."""
         first, last_observe = True, float("-inf")
         loop = asyncio.get_running_loop()
         while True:  # one round even when stopping already: a short run still sends its news
-            await self.scan()
+            lead = leader()
+            if lead:
+                await self.scan()
             if loop.time() - last_observe >= observe_every:
                 last_observe = loop.time()
-                await self.observe(*(await view()))
-            await self.deliver_due(everything=first)
-            first = False
+                statuses, accounts = await view()
+                await self.observe(statuses if lead else [], accounts)
+            if lead:
+                await self.deliver_due(everything=first)
+                first = False
             if stopping.is_set():
                 return
             with contextlib.suppress(TimeoutError):

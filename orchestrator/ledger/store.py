@@ -862,8 +862,8 @@ class Ledger:
                 for r in rows
                 if r["key"] not in taken
             ]
-            if new:
-                conn.execute(insert(notify_t), new)
+            if new:  # a replica adding the same key meanwhile (an account handed over): kept
+                conn.execute(dialects.insert_new(conn, notify_t, "key"), new)
             return len(new)
 
         return int(await self._submit(apply))

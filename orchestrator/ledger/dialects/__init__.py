@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
 
 from orchestrator.domain import TERMINAL, JobState, check_transition
 from orchestrator.ledger.dialects import postgresql, sqlite
@@ -36,3 +36,15 @@ def transition(
         sqlite.transition(conn, job_id, src, dst, reason, values, now, quota)
     else:
         postgresql.transition(conn, job_id, src, dst, reason, values, now, quota)
+
+
+def insert_new(conn: Connection, table: Table, key: str) -> Any:
+    """INSERT … ON CONFLICT (key) DO NOTHING, on either dialect: a row another process added
+    meanwhile is kept, and the statement does not fail."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=[key])
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=[key])
