@@ -199,11 +199,11 @@ CHECK_TIMEOUT = 30.0
 async def check_providers(cfg: Config) -> dict[str, dict[str, Any]]:
     """Each configured provider's cheapest authenticated call: ok + what it reports, or the
     error (never a credential)."""
-    from orchestrator.providers import PROVIDERS
+    from orchestrator.providers import adapter_factory
 
     out: dict[str, dict[str, Any]] = {}
     for name, prov in cfg.providers.items():
-        factory = PROVIDERS.get(name) or PROVIDERS.get(name.split("-", 1)[0])
+        factory = adapter_factory(prov)
         if factory is None:
             out[name] = {"ok": False, "error": f"no adapter for provider {name!r}"}
             continue
