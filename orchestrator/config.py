@@ -176,7 +176,7 @@ class ProviderConfig(_Model):
     def _type(cls, v: str | None) -> str | None:
         if v is not None and v not in PROVIDER_TYPES:
             raise ValueError(
-                f"unknown provider type {v[:40]!r}; known: {', '.join(sorted(PROVIDER_TYPES))}"
+                f"unknown provider type {v[:40]!r}; known: {', '.join(PROVIDER_TYPES)}"
             )
         return v
 
