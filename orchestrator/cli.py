@@ -737,7 +737,8 @@ def trigger(config_path: str | None, pipeline: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--offline", is_flag=True, help="Do not ask the providers for their limits.")
 def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
-    """Per provider account: limits, used, reserved, projected use of the schedules."""
+    """Per provider account (and its type): limits, used, reserved, projected use of the
+    schedules."""
     cfg = _load(config_path, secrets=not offline)
     from orchestrator.quota import quota_report
 
@@ -751,7 +752,8 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
 
     table = Table(title="quota (rolling 30 days)")
     for col in (
-        "provider",
+        "account",
+        "type",
         "limit",
         "used",
         "reserved",
@@ -774,6 +776,7 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
             *map(
                 value,
                 (
+                    r["type"],
                     r["monthly_quota"],
                     r["used"],
                     r["reserved"],

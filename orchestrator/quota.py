@@ -53,6 +53,7 @@ async def quota_report(cfg: Config, ledger: Ledger, *, online: bool = True) -> d
             submitting = await ledger.list_jobs(states=[JobState.SUBMITTING], provider=name)
             remote = budget.remote
             out[name] = {
+                "type": cfg.account_type(name),  # the provider: accounts may share one
                 "monthly_quota": budget.quota_limit(),
                 "quota_reserve": budget.caps.reserve,
                 "used": budget.used,

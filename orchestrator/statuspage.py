@@ -197,7 +197,7 @@ def render(
         or '<div class="card muted">no jobs yet</div>'
     )
     gauges = "".join(
-        f"<tr><td>{escape(name)}</td>{_quota_cells(b)}"
+        f"<tr><td>{escape(name)}</td><td>{escape(b.get('type') or '')}</td>{_quota_cells(b)}"
         f"<td>{_gauge(b['in_flight'], b['concurrency_limit'])}</td></tr>"
         for name, b in budgets.items()
     )
@@ -229,7 +229,7 @@ def render(
 <th>next fire</th><th>last success</th><th>failures</th><th>last run</th><th>kind · account</th>
 </tr>{_pipelines(pipelines or [])}</table>
 <h2>Jobs by state</h2><div class="cards" id="counts">{cards}</div>
-<h2>Provider accounts</h2><table id="accounts"><tr><th>account</th>
+<h2>Provider accounts</h2><table id="accounts"><tr><th>account</th><th>type</th>
 <th>quota used (our ledger)</th><th>quota left (the provider)</th><th>concurrency</th></tr>
 {gauges}</table>
 <h2>In flight</h2><table id="in-flight"><tr><th>id</th><th>pipeline</th><th>kind</th><th>state</th>

@@ -172,6 +172,7 @@ class StatusServer:
         jobs = in_flight + [j for j in recent if j.id not in seen]
         budgets = {
             name: {
+                "type": d.cfg.account_type(name),
                 "quota_used": b.used,
                 "quota_limit": b.quota_limit(),
                 "in_flight": b.in_flight,
@@ -235,6 +236,7 @@ class StatusServer:
         snapshot["http"] = dict(http)
         for name, budget in d.ctx.budgets.items():
             snapshot["budgets"][name] = {
+                "type": d.cfg.account_type(name) or "",
                 "free_quota": budget.free_quota(),
                 "in_flight": budget.in_flight,
                 "limit": budget.concurrency_limit(),

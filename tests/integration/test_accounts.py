@@ -15,7 +15,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.config import Config, load_config
 from orchestrator.domain import Job, JobState
@@ -496,3 +498,93 @@ async def test_an_accounts_ingest_holds_none_of_its_export_slots(
     assert all(j.finished_at is not None and j.finished_at < ingested.finished_at for j in exports)
     assert emea.sims.clari.stats["max_active"] == 1
     assert await quota_spent(cfg, "clari-emea") == 3  # the exports' only
+
+
+# --- what a user sees per account: `quota`, the status page, /metrics ---------------------------
+
+
+async def test_quota_status_page_and_metrics_show_each_account_with_its_type(
+    tmp_path: Path, servers: dict[str, Server]
+) -> None:
+    from orchestrator.ledger import migrate
+    from orchestrator.quota import quota_report
+    from orchestrator.scheduler import trigger
+
+    emea, org = servers[PREFIXED], servers[TYPED]
+    cfg = write_config(
+        tmp_path,
+        {
+            "clari-emea": account("clari", emea, monthly_quota=50, quota_reserve=5),
+            "emea_org": account("clari", org, concurrency=2),
+            "vine": {**account("claravine", org), "type": "claravine"},
+        },
+        [forecast("e0", "clari-emea")] + [forecast(f"o{i}", "emea_org") for i in range(3)],
+    )
+    daemon = Daemon(cfg)
+    await migrate.upgrade(daemon.ledger)
+    for p in cfg.pipelines:
+        await trigger(daemon.ledger, p)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 15)
+        await wait_for_jobs(
+            cfg, lambda js: len(js) == 4 and all(j.state == JobState.SUCCEEDED for j in js)
+        )
+        base = f"http://127.0.0.1:{daemon.web.port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "/") as r:
+                page = await r.text()
+            async with http.get(base + "/metrics") as r:
+                metrics = await r.text()
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(task, 15) == 0
+
+    accounts = page.split('<table id="accounts">', 1)[1].split("</table>", 1)[0]
+    assert "<th>account</th><th>type</th>" in accounts
+    for name, kind in (("clari-emea", "clari"), ("emea_org", "clari"), ("vine", "claravine")):
+        assert f"<tr><td>{name}</td><td>{kind}</td>" in accounts
+    assert "1 / 50" in accounts  # clari-emea's own count against its own cap
+
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    info = {
+        (s.labels["provider"], s.labels["type"])
+        for s in families["orchestrator_account_info"].samples
+    }
+    assert info == {("clari-emea", "clari"), ("emea_org", "clari"), ("vine", "claravine")}
+    reserve = {
+        (s.labels["provider"], s.labels["type"]): s.value
+        for s in families["orchestrator_quota_reserve"].samples
+    }
+    assert reserve == {
+        ("clari-emea", "clari"): 5,
+        ("emea_org", "clari"): 0,
+        ("vine", "claravine"): 0,
+    }
+    limits = {
+        s.labels["provider"]: s.value for s in families["orchestrator_concurrency_limit"].samples
+    }
+    assert limits["emea_org"] == 2
+    submitted = {
+        s.labels["provider"]: s.value
+        for s in families["orchestrator_submissions"].samples
+        if s.name.endswith("_total")
+    }
+    assert submitted == {"clari-emea": 1, "emea_org": 3}
+
+    ledger = Ledger(cfg.ledger.url)
+    try:
+        report = await quota_report(cfg, ledger, online=True)
+    finally:
+        await ledger.close()
+    assert {name: r["type"] for name, r in report.items()} == {
+        "clari-emea": "clari",
+        "emea_org": "clari",
+        "vine": "claravine",
+    }
+    assert report["clari-emea"]["used"] == 1 and report["emea_org"]["used"] == 3
+    assert report["clari-emea"]["monthly_quota"] == 50  # our cap, below the server's 1000
+    assert report["clari-emea"]["available"] == 50 - 5 - 1
+    assert report["emea_org"]["monthly_quota"] == 1000  # its server's own figure
+    assert report["emea_org"]["provider_available_quota"] == 1000 - 3
+    assert report["clari-emea"]["provider_available_quota"] == 1000 - 1
