@@ -258,3 +258,19 @@ def test_a_64_character_account_name_is_fine(tmp_path: Path) -> None:
         tmp_path, f'[providers.{name}]\nbase_url = "https://x.example.com"\napi_key = "k"\n'
     )
     assert load_config(path).account_type(name) == "clari"
+
+
+def test_the_readme_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Several accounts of one provider", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = write(tmp_path, example)
+    cfg = load_config(path, secrets=False)  # its keys come from the environment and files
+    assert {name: cfg.account_type(name) for name in cfg.providers} == {
+        "clari": "clari",
+        "clari-emea": "clari",
+        "emea_org": "clari",
+    }
+    (p,) = cfg.pipelines
+    assert p.provider == "emea_org"
+    assert cfg.providers["emea_org"].monthly_quota == 900
