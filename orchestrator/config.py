@@ -236,7 +236,8 @@ class PipelineConfig(_Model):
     max_catch_up: int = Field(default=10, ge=1)  # missed_runs = "all": the newest N missed fires
     max_attempts: int = Field(default=3, ge=1)
     deadline: Duration | None = None  # cancel the remote job (PATCH) if not done by then
-    account: str | None = None  # provider account name; defaults to the kind's provider
+    # A [providers.<name>] of the kind's provider; default: the one named like the provider.
+    account: str | None = Field(default=None, pattern=ACCOUNT_NAME.pattern)
     enabled: bool = True
 
     @field_validator("deadline", mode="before")

@@ -274,3 +274,15 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
     (p,) = cfg.pipelines
     assert p.provider == "emea_org"
     assert cfg.providers["emea_org"].monthly_quota == 900
+
+
+def test_a_pipeline_account_that_is_no_account_name(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[providers.clari]\nbase_url = "https://x.example.com"\napi_key = "k"\n'
+        '[[pipelines]]\nname = "fc"\nkind = "clari.forecast_export"\n'
+        f'account = "clari\\u001b[2J"\n{FORECAST}\n',
+    )
+    (problem,) = errors_of(path)
+    assert problem.startswith(f"{path}:{line_of(path, 'account =')}: pipeline 'fc': account: ")
+    assert "\x1b" not in problem
