@@ -20,7 +20,7 @@ from orchestrator.config import Config, PipelineConfig
 from orchestrator.engine.context import Context
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.pipelines import iso
-from orchestrator.providers import KINDS
+from orchestrator.providers import KINDS, kinds_of
 from orchestrator.quota import quota_left
 from orchestrator.schedule import fire_times_between, parse_schedule
 from orchestrator.scheduler import enqueue_run_all, scheduled_key
@@ -144,8 +144,7 @@ async def check_quota(cfg: Config, ledger: Ledger, backfill: Backfill) -> QuotaC
     p = backfill.pipeline
     if not KINDS[p.kind].budgeted:
         return None
-    budgeted = [k for k, spec in KINDS.items() if spec.provider == KINDS[p.kind].provider]
-    budgeted = [k for k in budgeted if KINDS[k].budgeted]
+    budgeted = kinds_of(KINDS[p.kind].provider, budgeted=True)
     ctx = Context.build(cfg, ledger)
     try:
         await ctx.refresh_budget(p.provider)  # the provider's own figure where it gives one

@@ -112,11 +112,13 @@ def _quota_warnings(cfg: Config, now: datetime, warn: Callable[..., None]) -> No
             )
 
 
-def projected(cfg: Config, provider: str, now: datetime) -> int:
+def projected(cfg: Config, account: str, now: datetime) -> int:
+    """Fires in the next 30 days of the enabled schedules that spend `account`'s quota: its
+    pipelines (`account =`, else the kind's provider name) of kinds that use quota."""
     total = 0
     for p in cfg.pipelines:
         spec = KINDS.get(p.kind)
-        if p.enabled and p.schedule and p.provider == provider and spec and spec.budgeted:
+        if p.enabled and p.schedule and p.provider == account and spec and spec.uses_quota:
             total += count_fires(
                 parse_schedule(p.schedule, cfg.daemon.timezone), now, now + QUOTA_WINDOW
             )

@@ -199,11 +199,11 @@ CHECK_TIMEOUT = 30.0
 async def check_providers(cfg: Config) -> dict[str, dict[str, Any]]:
     """Each configured provider's cheapest authenticated call: ok + what it reports, or the
     error (never a credential)."""
-    from orchestrator.providers import PROVIDERS
+    from orchestrator.providers import adapter_factory
 
     out: dict[str, dict[str, Any]] = {}
     for name, prov in cfg.providers.items():
-        factory = PROVIDERS.get(name) or PROVIDERS.get(name.split("-", 1)[0])
+        factory = adapter_factory(prov)
         if factory is None:
             out[name] = {"ok": False, "error": f"no adapter for provider {name!r}"}
             continue
@@ -737,7 +737,8 @@ def trigger(config_path: str | None, pipeline: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--offline", is_flag=True, help="Do not ask the providers for their limits.")
 def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
-    """Per provider account: limits, used, reserved, projected use of the schedules."""
+    """Per provider account (and its type): limits, used, reserved, projected use of the
+    schedules."""
     cfg = _load(config_path, secrets=not offline)
     from orchestrator.quota import quota_report
 
@@ -751,7 +752,8 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
 
     table = Table(title="quota (rolling 30 days)")
     for col in (
-        "provider",
+        "account",
+        "type",
         "limit",
         "used",
         "reserved",
@@ -774,6 +776,7 @@ def quota(config_path: str | None, as_json: bool, offline: bool) -> None:
             *map(
                 value,
                 (
+                    r["type"],
                     r["monthly_quota"],
                     r["used"],
                     r["reserved"],

@@ -118,8 +118,26 @@ class PollConfig(_Model):
         return parse_duration(v)
 
 
+# The providers an account can be of (providers/ registers one adapter under each name).
+PROVIDER_TYPES = ("clari", "claro", "claravine", "claribi", "clayva")
+ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # the ledger keeps 64 characters
+
+
+def account_type(name: str, explicit: str | None = None) -> str | None:
+    """Which provider an account `[providers.<name>]` is of: its explicit `type`, else the name
+    itself when it is a provider's (`clari`), else the name's part before the first '-'
+    (`clari-emea` → clari). None when that names no provider."""
+    if explicit is not None:
+        return explicit if explicit in PROVIDER_TYPES else None
+    if name in PROVIDER_TYPES:
+        return name
+    prefix, dash, _ = name.partition("-")
+    return prefix if dash and prefix in PROVIDER_TYPES else None
+
+
 class ProviderConfig(_Model):
     name: str = ""
+    type: str | None = None  # the provider, for an account named otherwise (README "Several…")
     base_url: str
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
@@ -163,6 +181,20 @@ class ProviderConfig(_Model):
     @classmethod
     def _dur(cls, v: Any) -> float:
         return parse_duration(v)
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str | None) -> str | None:
+        if v is not None and v not in PROVIDER_TYPES:
+            raise ValueError(
+                f"unknown provider type {v[:40]!r}; known: {', '.join(PROVIDER_TYPES)}"
+            )
+        return v
+
+    @property
+    def provider_type(self) -> str | None:
+        """The provider this account is of (None: its name tells none and no `type` is set)."""
+        return account_type(self.name, self.type)
 
     @field_validator("base_url", "ingest_base_url")
     @classmethod
@@ -215,7 +247,8 @@ class PipelineConfig(_Model):
     max_catch_up: int = Field(default=10, ge=1)  # missed_runs = "all": the newest N missed fires
     max_attempts: int = Field(default=3, ge=1)
     deadline: Duration | None = None  # cancel the remote job (PATCH) if not done by then
-    account: str | None = None  # provider account name; defaults to the kind's provider
+    # A [providers.<name>] of the kind's provider; default: the one named like the provider.
+    account: str | None = Field(default=None, pattern=ACCOUNT_NAME.pattern)
     enabled: bool = True
 
     @field_validator("deadline", mode="before")
@@ -358,6 +391,11 @@ class Config(_Model):
 
     def secrets(self) -> list[str]:
         return [s for p in self.providers.values() for s in p.secrets()]
+
+    def account_type(self, account: str) -> str | None:
+        """The provider type of the configured account `account` (None: no such account)."""
+        prov = self.providers.get(account)
+        return None if prov is None else prov.provider_type
 
     def where(self, *loc: str | int) -> str:
         """`file:line` of a key, e.g. where("web", "port"), for messages about its value."""
@@ -692,23 +730,56 @@ def _check_semantics(cfg: Config, raw: dict[str, Any], kinds: dict[str, Any], re
                 f"unknown kind {p.kind!r}; known: {', '.join(sorted(kinds))}",
             )
             continue
-        if p.provider not in cfg.providers:
-            report(
-                ("pipelines", i, "kind"),
-                f"needs a [providers.{p.provider}] section (base_url, api_key)",
-            )
+        _check_account(cfg, p, kinds[p.kind].provider, i, report)
         validate_params(p, kinds[p.kind].params_model, i, report)
     for i, target in enumerate(cfg.notify):
         for name in target.pipelines or []:
             if name not in seen:
                 report(("notify", i, "pipelines"), f"no pipeline {name!r}")
     for name, prov in cfg.providers.items():
-        secret_set = prov.api_secret is not None or prov.api_secret_file is not None
-        if name.split("-", 1)[0] == "claravine" and not secret_set:
-            report(
-                ("providers", name, "api_secret"),
-                "Claravine needs an API key and an API secret: set api_secret (or api_secret_file)",
-            )
+        _check_provider(name, prov, report)
+
+
+def _check_account(cfg: Config, p: PipelineConfig, wanted: str, index: int, report: Any) -> None:
+    """The pipeline's account (`account`, else the kind's provider name) is configured and of
+    the kind's provider."""
+    key = "account" if p.account is not None else "kind"
+    account = p.provider
+    if account not in cfg.providers:
+        hint = f' with type = "{wanted}"' if p.account is not None else ""
+        report(
+            ("pipelines", index, key),
+            f"needs a [providers.{account}] section{hint} (base_url, api_key)",
+        )
+        return
+    have = cfg.account_type(account)
+    if have is not None and have != wanted:  # None: reported at the provider section
+        report(
+            ("pipelines", index, key),
+            f"account {account!r} is a {have} account; kind {p.kind!r} needs a {wanted} account",
+        )
+
+
+def _check_provider(name: str, prov: ProviderConfig, report: Any) -> None:
+    if not ACCOUNT_NAME.match(name):
+        report(
+            ("providers", name),
+            "an account name is 1 to 64 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit",
+        )
+    kind = prov.provider_type
+    if kind is None and prov.type is None:  # an unknown `type` is reported by its validator
+        report(
+            ("providers", name, "type"),
+            f'cannot tell which provider this account is of: set type = "<provider>" (one '
+            f"of {', '.join(PROVIDER_TYPES)}) or name it <provider>-<suffix>, like clari-emea",
+        )
+    secret_set = prov.api_secret is not None or prov.api_secret_file is not None
+    if kind == "claravine" and not secret_set:
+        report(
+            ("providers", name, "api_secret"),
+            "Claravine needs an API key and an API secret: set api_secret (or api_secret_file)",
+        )
 
 
 def _check_token(cfg: Config, report: Any) -> None:

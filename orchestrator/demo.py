@@ -21,9 +21,9 @@ from orchestrator.simulator.server import PREFIXES, SimulatorServer
 
 
 def _point_at(cfg: Config, server: SimulatorServer) -> None:
-    for name, prov in cfg.providers.items():
-        if name in PREFIXES:
-            prov.base_url = server.base_url(name)
+    for prov in cfg.providers.values():
+        if prov.provider_type in PREFIXES:
+            prov.base_url = server.base_url(prov.provider_type)
 
 
 async def _progress(daemon: object, total_hint: int) -> None:

@@ -32,27 +32,7 @@ class _Snapshot(Collector):
         for (provider, status), n in data.get("http", {}).items():
             http.add_metric([provider, str(status)], n)
         yield http
-        quota = GaugeMetricFamily(
-            "orchestrator_quota_remaining",
-            "Submissions left in the rolling window",
-            labels=["provider"],
-        )
-        slots = GaugeMetricFamily(
-            "orchestrator_concurrency_in_use", "Remote jobs queued or running", labels=["provider"]
-        )
-        limit = GaugeMetricFamily(
-            "orchestrator_concurrency_limit", "Concurrency limit in force", labels=["provider"]
-        )
-        for provider, b in data.get("budgets", {}).items():
-            if b["free_quota"] is not None:
-                quota.add_metric([provider], b["free_quota"])
-            slots.add_metric([provider], b["in_flight"])
-            if b["limit"] is not None:
-                limit.add_metric([provider], b["limit"])
-        yield quota
-        yield slots
-        yield limit
-        yield from _quota_left(data.get("budgets", {}))
+        yield from _accounts(data.get("budgets", {}))
         yield from _replica(data.get("replica"))
         yield from _pipelines(data.get("pipelines", []))
 
@@ -91,24 +71,53 @@ def _replica(info: dict[str, Any] | None) -> Iterable[Any]:
     yield from (up, held, leader, live, takeovers)
 
 
-def _quota_left(budgets: dict[str, Any]) -> Iterable[Any]:
+# Per account: `provider` is the account's name (`clari-emea`), which every limit keys on;
+# `type` is its provider (`clari`), so two accounts of one provider can be told apart and summed.
+ACCOUNT_LABELS = ["provider", "type"]
+
+
+def _accounts(budgets: dict[str, Any]) -> Iterable[Any]:
+    info = GaugeMetricFamily(
+        "orchestrator_account_info",
+        "One per configured provider account: its name (provider) and its provider (type)",
+        labels=ACCOUNT_LABELS,
+    )
+    quota = GaugeMetricFamily(
+        "orchestrator_quota_remaining",
+        "Submissions left in the rolling window",
+        labels=ACCOUNT_LABELS,
+    )
+    slots = GaugeMetricFamily(
+        "orchestrator_concurrency_in_use", "Remote jobs queued or running", labels=ACCOUNT_LABELS
+    )
+    limit = GaugeMetricFamily(
+        "orchestrator_concurrency_limit", "Concurrency limit in force", labels=ACCOUNT_LABELS
+    )
     left = GaugeMetricFamily(
         "orchestrator_quota_left",
         "Submissions left in the rolling window before the reserve is taken off (negative: "
         "the reserve is being eaten into)",
-        labels=["provider"],
+        labels=ACCOUNT_LABELS,
     )
     reserve = GaugeMetricFamily(
         "orchestrator_quota_reserve",
         "Submissions kept back for other users of the account (quota_reserve)",
-        labels=["provider"],
+        labels=ACCOUNT_LABELS,
     )
     for provider, b in budgets.items():
+        labels = [provider, b.get("type") or ""]
+        info.add_metric(labels, 1)
+        if not b.get("held", True):
+            continue  # another replica holds it: its figures are on that replica's /metrics
+        if b.get("free_quota") is not None:
+            quota.add_metric(labels, b["free_quota"])
+        slots.add_metric(labels, b.get("in_flight", 0))
+        if b.get("limit") is not None:
+            limit.add_metric(labels, b["limit"])
         if b.get("left") is not None:
-            left.add_metric([provider], b["left"])
-        reserve.add_metric([provider], b.get("reserve", 0))
-    yield left
-    yield reserve
+            left.add_metric(labels, b["left"])
+        reserve.add_metric(labels, b.get("reserve", 0))
+    yield from (info, quota, slots, limit, left, reserve)
 
 
 def _pipelines(rows: list[dict[str, Any]]) -> Iterable[Any]:

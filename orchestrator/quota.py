@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.checks import projected
 from orchestrator.config import Config
 from orchestrator.domain import JobState
 from orchestrator.engine.context import Context
 from orchestrator.errors import ProviderError
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.limits import QUOTA_WINDOW, AccountBudget
-from orchestrator.schedule import count_fires, parse_schedule
 
 
 def quota_left(budget: AccountBudget) -> int | None:
@@ -36,14 +36,8 @@ def over_quota(projected: int, limit: int | None, reserve: int) -> str | None:
     )
 
 
-def projected_runs(cfg: Config, provider: str) -> int:
-    now = utcnow()
-    total = 0
-    for p in cfg.pipelines:
-        if p.enabled and p.schedule and p.provider == provider:
-            trigger = parse_schedule(p.schedule, cfg.daemon.timezone)
-            total += count_fires(trigger, now, now + QUOTA_WINDOW)
-    return total
+def projected_runs(cfg: Config, account: str) -> int:
+    return projected(cfg, account, utcnow())
 
 
 async def quota_report(cfg: Config, ledger: Ledger, *, online: bool = True) -> dict[str, Any]:
@@ -59,6 +53,7 @@ async def quota_report(cfg: Config, ledger: Ledger, *, online: bool = True) -> d
             submitting = await ledger.list_jobs(states=[JobState.SUBMITTING], provider=name)
             remote = budget.remote
             out[name] = {
+                "type": cfg.account_type(name),  # the provider: accounts may share one
                 "monthly_quota": budget.quota_limit(),
                 "quota_reserve": budget.caps.reserve,
                 "used": budget.used,

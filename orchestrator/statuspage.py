@@ -145,6 +145,17 @@ def _pipelines(rows: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
+def _account_cells(b: dict[str, Any]) -> str:
+    """An account's quota and concurrency, or, with replicas, which replica holds it (its
+    figures are on that replica's page)."""
+    if b.get("held_by"):
+        return (
+            f'<td colspan="3" class="muted">held by replica {escape(b["held_by"])}: its '
+            "quota and concurrency are on that replica's page</td>"
+        )
+    return f"{_quota_cells(b)}<td>{_gauge(b['in_flight'], b['concurrency_limit'])}</td>"
+
+
 def _quota_cells(b: dict[str, Any]) -> str:
     """Our ledger's count and the provider's own figure, each labelled with its source: they
     differ by whatever else spends the account's quota (other tools, other users)."""
@@ -216,8 +227,7 @@ def render(
         or '<div class="card muted">no jobs yet</div>'
     )
     gauges = "".join(
-        f"<tr><td>{escape(name)}</td>{_quota_cells(b)}"
-        f"<td>{_gauge(b['in_flight'], b['concurrency_limit'])}</td></tr>"
+        f"<tr><td>{escape(name)}</td><td>{escape(b.get('type') or '')}</td>{_account_cells(b)}</tr>"
         for name, b in budgets.items()
     )
     flight_rows = (
@@ -248,7 +258,7 @@ def render(
 <th>next fire</th><th>last success</th><th>failures</th><th>last run</th><th>kind · account</th>
 </tr>{_pipelines(pipelines or [])}</table>
 <h2>Jobs by state</h2><div class="cards" id="counts">{cards}</div>
-<h2>Provider accounts</h2><table id="accounts"><tr><th>account</th>
+<h2>Provider accounts</h2><table id="accounts"><tr><th>account</th><th>type</th>
 <th>quota used (our ledger)</th><th>quota left (the provider)</th><th>concurrency</th></tr>
 {gauges}</table>
 <h2>Replicas</h2><table id="replicas"><tr><th>replica</th><th>host</th><th>pid</th>

@@ -171,8 +171,12 @@ class StatusServer:
         recent = await d.ledger.list_jobs(limit=500)
         seen = {j.id for j in in_flight}
         jobs = in_flight + [j for j in recent if j.id not in seen]
+        replicas = await replica_report(d.ledger, d.ownership.times)
+        holders = {lease["account"]: lease["owner"] for lease in replicas["leases"]}
         budgets = {
             name: {
+                "type": d.cfg.account_type(name),
+                "held_by": None if d.ctx.may_call(name) else holders.get(name) or "no replica",
                 "quota_used": b.used,
                 "quota_limit": b.quota_limit(),
                 "in_flight": b.in_flight,
@@ -189,7 +193,6 @@ class StatusServer:
             for s in await statuses(d.cfg, d.ledger)
         ]
         imports = await d.ledger.import_progress([j.id for j in in_flight])
-        replicas = await replica_report(d.ledger, d.ownership.times)
         html = statuspage.render(
             counts=counts,
             jobs=jobs,
@@ -239,6 +242,8 @@ class StatusServer:
         snapshot["http"] = dict(http)
         for name, budget in d.ctx.budgets.items():
             snapshot["budgets"][name] = {
+                "type": d.cfg.account_type(name) or "",
+                "held": d.ctx.may_call(name),  # replicas: another one's account has no figures here
                 "free_quota": budget.free_quota(),
                 "in_flight": budget.in_flight,
                 "limit": budget.concurrency_limit(),

@@ -16,7 +16,7 @@ from orchestrator.domain import Job, JobState
 from orchestrator.ledger.store import Ledger, utcnow
 from orchestrator.limits import QUOTA_WINDOW, AccountBudget, Caps
 from orchestrator.metrics import Metrics
-from orchestrator.providers import KINDS, PROVIDERS
+from orchestrator.providers import KINDS, adapter_factory, kinds_of
 from orchestrator.providers.base import ProviderAdapter
 
 log = structlog.get_logger(__name__)
@@ -87,7 +87,7 @@ class Context:
         adapters: dict[str, ProviderAdapter] = {}
         budgets: dict[str, AccountBudget] = {}
         for name, prov in cfg.providers.items():
-            factory = PROVIDERS.get(name) or PROVIDERS.get(name.split("-", 1)[0])
+            factory = adapter_factory(prov)
             if factory is None:
                 log.warning("provider_not_supported", provider=name)
                 continue
@@ -135,9 +135,8 @@ class Context:
     async def refresh_budget(self, provider: str) -> None:
         """Re-read the provider's limits and our own counts from the ledger."""
         budget, adapter = self.budgets[provider], self.adapters[provider]
-        unbudgeted = [
-            k for k, spec in KINDS.items() if spec.provider == provider and not spec.budgeted
-        ]
+        kind = self.cfg.account_type(provider)  # `provider` is an account: clari-emea
+        unbudgeted = kinds_of(kind, budgeted=False) if kind is not None else []
         in_flight = await self.ledger.in_flight_count(provider, exclude_kinds=unbudgeted)
         used = len(await self.ledger.quota_times(provider, utcnow() - QUOTA_WINDOW))
         token = budget.snapshot_token()  # submissions answered before the limits request leaves

@@ -263,3 +263,19 @@ def register_kind(
 
 def kind_spec(kind: str) -> KindSpec:
     return KINDS[kind]
+
+
+def adapter_factory(prov: ProviderConfig) -> Callable[[ProviderConfig], ProviderAdapter] | None:
+    """The adapter of the account's provider type (config.account_type), None if it has none."""
+    kind = prov.provider_type
+    return None if kind is None else PROVIDERS.get(kind)
+
+
+def kinds_of(provider: str, *, budgeted: bool | None = None) -> list[str]:
+    """The kinds of one provider type (not an account name), optionally only those that do
+    (budgeted=True) or do not (False) hold one of the account's slots."""
+    return [
+        k
+        for k, spec in KINDS.items()
+        if spec.provider == provider and (budgeted is None or spec.budgeted == budgeted)
+    ]

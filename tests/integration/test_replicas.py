@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from click.testing import CliRunner
 
@@ -173,6 +174,23 @@ async def test_replicas_share_the_accounts_and_do_each_job_once(
         await until(lambda: split(a, b), 10 * LEASE, "the accounts to spread")
         assert sorted(len(d.ownership.held) for d in (a, b)) == [1, 2]
         assert a.ownership.leader != b.ownership.leader  # exactly one leads
+        # Each replica's page and /metrics give figures for its own accounts only, and name
+        # the holder of the others.
+        async with aiohttp.ClientSession() as http:
+            for me, other in ((a, b), (b, a)):
+                base = f"http://127.0.0.1:{me.web.port}"
+                metrics = await (await http.get(base + "/metrics")).text()
+                page = await (await http.get(base + "/")).text()
+                for account in ACCOUNTS:
+                    rid = me.ownership.me.id
+                    held = f'orchestrator_lease_held{{account="{account}",replica="{rid}"}}'
+                    mine = account in me.ownership.held
+                    assert f"{held} {1.0 if mine else 0.0}" in metrics, (held, metrics)
+                    gauge = f'orchestrator_concurrency_in_use{{provider="{account}"'
+                    assert (gauge in metrics) == mine, account
+                    if not mine:
+                        assert f"held by replica {other.ownership.me.id}" in page
+                assert me.ownership.me.id in page and "(this one)" in page
         ids = await enqueue_all(cfg_a)
         jobs = await finish(cfg_a, len(ids))
         for job in jobs:
