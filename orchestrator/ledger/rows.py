@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -90,3 +91,23 @@ def row_to_job(row: Any) -> Job:
 
 
 _JOB_COLUMNS = frozenset(c.name for c in JobRow.__table__.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One transition as a dialect writes it: job `job_id` from `src` to `dst` with `values`
+    set on its row, a transition row stamped `now`, and, if `quota` names an account, one unit
+    of its rolling quota (ledger/dialects)."""
+
+    job_id: int
+    src: JobState
+    dst: JobState
+    reason: str | None
+    values: dict[str, Any]
+    now: datetime
+    quota: str | None
+
+    def fields(
+        self,
+    ) -> tuple[int, JobState, JobState, str | None, dict[str, Any], datetime, str | None]:
+        return (self.job_id, self.src, self.dst, self.reason, self.values, self.now, self.quota)

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Table
 
 from orchestrator.domain import TERMINAL, JobState, check_transition
 from orchestrator.ledger.dialects import postgresql, sqlite
-from orchestrator.ledger.rows import _JOB_COLUMNS
+from orchestrator.ledger.rows import _JOB_COLUMNS, Move
 
 
 def transition(
@@ -32,10 +32,11 @@ def transition(
     unknown = set(values) - _JOB_COLUMNS
     if unknown:
         raise ValueError(f"not job columns: {sorted(unknown)}")
+    move = Move(job_id, src, dst, reason, values, now, quota)
     if conn.dialect.name == "sqlite":
-        sqlite.transition(conn, job_id, src, dst, reason, values, now, quota)
+        sqlite.transition(conn, move)
     else:
-        postgresql.transition(conn, job_id, src, dst, reason, values, now, quota)
+        postgresql.transition(conn, move)
 
 
 def insert_new(conn: Connection, table: Table, key: str) -> Any:

@@ -24,9 +24,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from orchestrator.domain import JobState, StaleState
+from orchestrator.domain import StaleState
 from orchestrator.ledger.rows import (
     _DATETIME_FIELDS,
+    Move,
     _naive,
     jobs_t,
     quota_t,
@@ -35,22 +36,6 @@ from orchestrator.ledger.rows import (
 )
 
 T = TypeVar("T")
-
-
-def transition(
-    conn: Connection,
-    job_id: int,
-    src: JobState,
-    dst: JobState,
-    reason: str | None,
-    values: dict[str, Any],
-    now: datetime,
-    quota: str | None,
-) -> None:
-    """One transition (see dialects.transition): one statement, then the remote id's owner."""
-    _transition_one_statement(conn, job_id, src, dst, reason, values, now, quota)
-    if values.get("remote_id"):
-        _own_remote(conn, job_id, values["remote_id"], now)
 
 
 def _own_remote(conn: Connection, job_id: int, remote_id: str, now: datetime) -> None:
@@ -76,19 +61,12 @@ def _own_remote(conn: Connection, job_id: int, remote_id: str, now: datetime) ->
     )
 
 
-def _transition_one_statement(
-    conn: Connection,
-    job_id: int,
-    src: JobState,
-    dst: JobState,
-    reason: str | None,
-    values: dict[str, Any],
-    now: datetime,
-    quota: str | None,
-) -> None:
-    """PostgreSQL: the update, its transition row and the quota unit as one statement (data-
+def transition(conn: Connection, m: Move) -> None:
+    """The update, its transition row and the quota unit as one statement (data-
     modifying CTEs), so a transition costs one round trip to the server, not three. Rows are
-    inserted only if the guarded update matched, so nothing is written for a stale state."""
+    inserted only if the guarded update matched, so nothing is written for a stale state.
+    Then the remote id's owner row, if the move sets one."""
+    job_id, src, dst, reason, values, now, quota = m.fields()
     keys = tuple(sorted(values))
     params: dict[str, Any] = {
         "job_id": job_id,
@@ -102,6 +80,8 @@ def _transition_one_statement(
     # The returned row, not rowcount: psycopg reports no count for INSERT … SELECT with CTEs.
     if conn.execute(_transition_statement(keys, quota is not None), params).first() is None:
         raise StaleState(job_id, src)
+    if values.get("remote_id"):
+        _own_remote(conn, job_id, values["remote_id"], now)
 
 
 _TRANSITION_STATEMENTS: dict[tuple[tuple[str, ...], bool], Any] = {}

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from orchestrator.domain import JobState, StaleState
-from orchestrator.ledger.rows import _DATETIME_FIELDS, _naive
+from orchestrator.domain import StaleState
+from orchestrator.ledger.rows import _DATETIME_FIELDS, Move, _naive
 from orchestrator.runtime import file_mode, make_dirs
 
 T = TypeVar("T")
@@ -63,18 +63,10 @@ def _cursor(conn: Connection) -> Any:
     return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
 
-def transition(
-    conn: Connection,
-    job_id: int,
-    src: JobState,
-    dst: JobState,
-    reason: str | None,
-    values: dict[str, Any],
-    now: datetime,
-    quota: str | None,
-) -> None:
+def transition(conn: Connection, m: Move) -> None:
     """One transition on the raw sqlite3 cursor: the guarded update, its transition row, the
     quota unit and the remote id's owner row (see dialects.transition)."""
+    job_id, src, dst, reason, values, now, quota = m.fields()
     keys = sorted(values)
     stamp = _db("at", now)
     cur = _cursor(conn)
