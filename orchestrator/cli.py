@@ -1174,6 +1174,35 @@ def prune(config_path: str | None, dry_run: bool, as_json: bool) -> None:
     )
 
 
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def replicas(config_path: str | None, as_json: bool) -> None:
+    """The daemons sharing this ledger: id, host, pid, started, last heartbeat, and the provider
+    accounts each holds (its leases); `lost` ones stopped renewing (their accounts are taken
+    over within [ledger] lease)."""
+    cfg = _load(config_path, secrets=False)
+    from orchestrator.leasing import LeaseTimes
+    from orchestrator.replicas import HEADERS, report, table_rows
+
+    view = _with_ledger(cfg, lambda lg: report(lg, LeaseTimes(cfg.ledger.lease)), create=False)
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+        return
+    if not view["replicas"]:
+        click.echo("no daemon has run on this ledger yet")
+        return
+    from rich.table import Table
+
+    table = Table(*HEADERS, title=f"replicas (lease {cfg.ledger.lease:g}s)")
+    for row in table_rows(view):
+        table.add_row(*(printable(c) for c in row))
+    _console().print(table)
+    unowned = [lease["account"] for lease in view["leases"] if lease["owner"] is None]
+    if unowned and any(r["state"] == "running" for r in view["replicas"]):
+        click.echo(f"not held by any replica right now: {', '.join(unowned)}")
+
+
 def _size(n: int) -> str:
     size = float(n)
     for unit in ("bytes", "KiB", "MiB"):

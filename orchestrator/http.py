@@ -324,6 +324,7 @@ class HttpClient:
             self._release_windows()  # counted, not sent: conservative, and rare
 
     def _release_windows(self) -> None:
+        self.pace.called()
         self.limiter.release()
         if self.minute_limiter is not None:
             self.minute_limiter.release()

@@ -278,12 +278,20 @@ class AccountPace:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.paused_until = 0.0
         self._clock = clock
+        self.last_call: float | None = None  # when the account's last request was answered
         self._windows: dict[str, tuple[SlidingWindowLimiter, SlidingWindowLimiter | None]] = {}
 
     def pause(self, seconds: float) -> None:
         """Hold every request of the account for `seconds` from now (never shortened: an older
         or concurrent answer cannot lift a pause a newer one set)."""
         self.paused_until = max(self.paused_until, self._clock() + seconds)
+
+    def called(self) -> None:
+        self.last_call = self._clock()
+
+    def idle_for(self) -> float | None:
+        """Seconds since the account's last request ended here (None: none was made)."""
+        return None if self.last_call is None else self._clock() - self.last_call
 
     def paused_for(self) -> float:
         return max(0.0, self.paused_until - self._clock())

@@ -53,7 +53,42 @@ class _Snapshot(Collector):
         yield slots
         yield limit
         yield from _quota_left(data.get("budgets", {}))
+        yield from _replica(data.get("replica"))
         yield from _pipelines(data.get("pipelines", []))
+
+
+def _replica(info: dict[str, Any] | None) -> Iterable[Any]:
+    """This replica's leases: which accounts it holds (every account has a row, 0 or 1, so a
+    sum over replicas shows an account held by none, or — never — by two)."""
+    if not info:
+        return
+    labels = ["replica", "host"]
+    up = GaugeMetricFamily("orchestrator_replica_info", "This daemon's replica id", labels=labels)
+    up.add_metric([info["id"], info["host"]], 1)
+    held = GaugeMetricFamily(
+        "orchestrator_lease_held",
+        "1 when this replica holds the account's lease (does its remote work)",
+        labels=["replica", "account"],
+    )
+    for account in info["accounts"]:
+        held.add_metric([info["id"], account], 1 if account in info["held"] else 0)
+    leader = GaugeMetricFamily(
+        "orchestrator_replica_leader",
+        "1 when this replica sends notifications and prunes",
+        labels=["replica"],
+    )
+    leader.add_metric([info["id"]], 1 if info["leader"] else 0)
+    live = GaugeMetricFamily(
+        "orchestrator_replicas_live", "Replicas heartbeating on this ledger", labels=["replica"]
+    )
+    live.add_metric([info["id"]], info["live"])
+    takeovers = CounterMetricFamily(
+        "orchestrator_lease_takeovers",
+        "Accounts this replica took over from another replica",
+        labels=["replica"],
+    )
+    takeovers.add_metric([info["id"]], info["takeovers"])
+    yield from (up, held, leader, live, takeovers)
 
 
 def _quota_left(budgets: dict[str, Any]) -> Iterable[Any]:

@@ -162,6 +162,23 @@ def _quota_cells(b: dict[str, Any]) -> str:
     return f"<td>{ours}</td><td>{theirs}</td>"
 
 
+def _replicas(view: dict[str, Any] | None, me: str | None) -> str:
+    """The daemons sharing the ledger and the accounts each holds; this one is marked."""
+    if not view or not view.get("replicas"):
+        return '<tr><td colspan="7" class="muted">none</td></tr>'
+    from orchestrator.replicas import table_rows
+
+    return "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{escape(c)}{' <b>(this one)</b>' if i == 0 and c == me else ''}</td>"
+            for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in table_rows(view)
+    )
+
+
 def render(
     *,
     counts: dict[str, int],
@@ -171,6 +188,8 @@ def render(
     progress: dict[int, tuple[int, int]] | None = None,
     pipelines: list[dict[str, Any]] | None = None,
     imports: dict[int, ImportProgress] | None = None,
+    replicas: dict[str, Any] | None = None,
+    replica: str | None = None,
 ) -> str:
     progress = progress or {}
     imports = imports or {}
@@ -232,6 +251,9 @@ def render(
 <h2>Provider accounts</h2><table id="accounts"><tr><th>account</th>
 <th>quota used (our ledger)</th><th>quota left (the provider)</th><th>concurrency</th></tr>
 {gauges}</table>
+<h2>Replicas</h2><table id="replicas"><tr><th>replica</th><th>host</th><th>pid</th>
+<th>state</th><th>started</th><th>heartbeat</th><th>accounts</th></tr>
+{_replicas(replicas, replica)}</table>
 <h2>In flight</h2><table id="in-flight"><tr><th>id</th><th>pipeline</th><th>kind</th><th>state</th>
 <th>remote id / progress</th><th>attempt</th><th>age</th></tr>{flight_rows}</table>
 <h2>Last 24 hours</h2>{_timeline(jobs, now)}

@@ -29,6 +29,7 @@ from orchestrator.ledger import migrate
 from orchestrator.ledger.store import job_to_dict
 from orchestrator.pipelines import schedule_in_words, statuses
 from orchestrator.quota import quota_left
+from orchestrator.replicas import report as replica_report
 
 if TYPE_CHECKING:
     from orchestrator.engine.daemon import Daemon
@@ -188,6 +189,7 @@ class StatusServer:
             for s in await statuses(d.cfg, d.ledger)
         ]
         imports = await d.ledger.import_progress([j.id for j in in_flight])
+        replicas = await replica_report(d.ledger, d.ownership.times)
         html = statuspage.render(
             counts=counts,
             jobs=jobs,
@@ -196,6 +198,8 @@ class StatusServer:
             progress=progress,
             pipelines=pipelines,
             imports=imports,
+            replicas=replicas,
+            replica=d.ownership.me.id,
         )
         return web.Response(text=html, content_type="text/html")
 
@@ -242,6 +246,15 @@ class StatusServer:
                 "reserve": budget.caps.reserve,
             }
         snapshot["pipelines"] = [s.metric_row() for s in await statuses(d.cfg, d.ledger)]
+        snapshot["replica"] = {
+            "id": d.ownership.me.id,
+            "host": d.ownership.me.host,
+            "held": sorted(d.ownership.held),
+            "accounts": d.ownership.accounts,
+            "leader": d.ownership.leader,
+            "live": d.ownership.live,
+            "takeovers": d.ownership.takeovers,
+        }
         d.ctx.metrics.snapshot = snapshot
         return web.Response(
             body=d.ctx.metrics.render(),

@@ -81,7 +81,12 @@ class Daemon:
             self.ledger,
             sorted(self.ctx.adapters),
             LeaseTimes(cfg.ledger.lease),
-            Hooks(acquired=self._acquired, lost=self._lost, busy=self._busy_for),
+            Hooks(
+                acquired=self._acquired,
+                lost=self._lost,
+                busy=self._busy_for,
+                idle=lambda account: self.ctx.adapters[account].http.pace.idle_for(),
+            ),
             exclusive=self.ledger.is_sqlite,
         )
         self._owning = False
@@ -257,10 +262,16 @@ class Daemon:
             self.ctx.wake_dispatch.clear()
             # Housekeeping reads the ledger for work of other processes and due retries: on its
             # own cadence, not on every wake-up (those come once per finished submit).
-            if time.monotonic() - last_housekeeping >= interval:
-                last_housekeeping = time.monotonic()
-                await self._housekeeping()
-            started = await self.dispatcher.dispatch()
+            try:
+                if time.monotonic() - last_housekeeping >= interval:
+                    last_housekeeping = time.monotonic()
+                    await self._housekeeping()
+                started = await self.dispatcher.dispatch()
+            except (OSError, DBAPIError) as exc:
+                # The ledger is away (a restart, a partition): nothing is claimed meanwhile;
+                # the leases fence this replica's calls if it stays away (engine/ownership.py).
+                log.warning("ledger_unavailable", error=str(getattr(exc, "orig", None) or exc))
+                started = 0
             if self.exit_when_idle and await self._idle(started):
                 log.info("idle_exit", waiting_for_operator=sorted(self._stuck))
                 self.stop()

@@ -46,6 +46,7 @@ class Hooks:
     acquired: Callable[[str, float | None], Awaitable[None]]  # (account, seconds since other)
     lost: Callable[[str], Awaitable[None]]  # stop every local task of the account now
     busy: Callable[[str], int]  # the account's calls in flight here (submits, downloads, sends)
+    idle: Callable[[str], float | None]  # seconds since its last call here (None: never)
 
 
 class Ownership:
@@ -175,7 +176,9 @@ class Ownership:
             await self._drop(account)
         try:
             await self.ledger.run_write(
-                functools.partial(leases.release, me=self.me, names=sorted(done))
+                functools.partial(
+                    leases.release, me=self.me, idle={a: self.hooks.idle(a) for a in done}
+                )
             )
         except Exception as exc:  # it expires on its own
             log.warning("lease_release_failed", error=str(exc))
@@ -199,8 +202,10 @@ class Ownership:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await self.ledger.run_write(functools.partial(leases.stopped, me=self.me))
+            idle = {a: self.hooks.idle(a) for a in self.held}
+            await self.ledger.run_write(functools.partial(leases.stopped, me=self.me, idle=idle))
         except Exception as exc:
             log.warning("lease_release_failed", error=str(exc))
         self.held.clear()
+        self._calls.clear()
         self.leader = False

@@ -196,21 +196,27 @@ def _take(
     return out
 
 
-def release(conn: Connection, me: Replica, names: list[str]) -> None:
+IDLE_UNKNOWN = 3600.0  # seconds: an account this replica never called
+
+
+def release(conn: Connection, me: Replica, idle: dict[str, float | None]) -> None:
     """Give leases back now (the calls under them have ended): another replica may take them
-    at its next heartbeat."""
-    if not names:
-        return
+    at its next heartbeat. `idle`: per account, seconds since its last call here; the lease is
+    recorded as ended then, so the next owner waits out only what is left of the rate windows
+    (orchestrator.leasing.settle_pause)."""
     now = db_now(conn)
-    conn.execute(
-        update(leases_t)
-        .where(leases_t.c.owner == me.id, leases_t.c.name.in_(names))
-        .values(owner=None, expires_at=now)
-    )
+    for name, seconds in idle.items():
+        ended = now - timedelta(seconds=IDLE_UNKNOWN if seconds is None else max(0.0, seconds))
+        conn.execute(
+            update(leases_t)
+            .where(leases_t.c.owner == me.id, leases_t.c.name == name)
+            .values(owner=None, expires_at=ended)
+        )
 
 
-def stopped(conn: Connection, me: Replica) -> None:
+def stopped(conn: Connection, me: Replica, idle: dict[str, float | None]) -> None:
     """A clean stop: every lease back, the replica marked stopped."""
+    release(conn, me, idle)
     now = db_now(conn)
     conn.execute(
         update(leases_t).where(leases_t.c.owner == me.id).values(owner=None, expires_at=now)
