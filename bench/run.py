@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import ledger, polling
+from bench import ledger, polling, replicas
 from bench.common import ROOT, Simulator, scratch, write_config
 from bench.imports import b8_imports
 
@@ -446,6 +446,45 @@ def b6_download(size: int = 1 << 30) -> tuple[list[Row], dict[str, Any]]:
     ], res
 
 
+def b9_replicas() -> tuple[list[Row], dict[str, Any]]:
+    """Replicas on one PostgreSQL ledger (issue 16): jobs/s with 1 and 3 replicas over 3
+    accounts, the same job set; takeover time after SIGKILL. The grouped transitions/s on
+    PostgreSQL beside SQLite are bench 2's row."""
+    out = replicas.run()
+    if out["postgres"] is None:
+        return [row(9, "replicas on PostgreSQL", "no server", "", False)], out
+    one, three, take = out["one"], out["three"], out["takeover"]
+    return [
+        row(
+            9,
+            f"jobs/s end to end, 1 replica, {len(replicas.ACCOUNTS)} accounts, PostgreSQL",
+            f"{one['jobs_per_s']:,.0f}",
+            "",
+            True,
+            f"{one['jobs']:,} Clari jobs over {', '.join(replicas.ACCOUNTS)} (one simulator, "
+            "limits raised); first submission to last success",
+        ),
+        row(
+            9,
+            f"jobs/s end to end, 3 replicas, {len(replicas.ACCOUNTS)} accounts, PostgreSQL",
+            f"{three['jobs_per_s']:,.0f}",
+            ">= 1 replica's",
+            three["jobs_per_s"] >= one["jobs_per_s"],
+            f"{out['speedup']:.2f}x one replica, the same {three['jobs']:,} jobs; "
+            f"{out['cores']} cores for the 3 daemons, the simulator and PostgreSQL",
+        ),
+        row(
+            9,
+            f"takeover after SIGKILL (lease {take['lease_s']:g} s), p50 / p95",
+            f"{take['p50_s']:.2f} s / {take['p95_s']:.2f} s",
+            "p95 <= lease",
+            take["p95_s"] <= take["lease_s"],
+            f"{take['takeovers']} accounts taken over after {take['kills']} kills; "
+            f"max {take['max_s']:.2f} s (kill -> leases.acquired_at, the database's clock)",
+        ),
+    ], out
+
+
 SUITE: list[tuple[str, Callable[[], tuple[list[Row], dict[str, Any]]]]] = [
     ("end_to_end", b1_end_to_end),
     ("ledger", b2_ledger),
@@ -454,6 +493,7 @@ SUITE: list[tuple[str, Callable[[], tuple[list[Row], dict[str, Any]]]]] = [
     ("inflight", b5_b7_inflight),
     ("download", b6_download),
     ("imports", b8_imports),
+    ("replicas", b9_replicas),
 ]
 
 

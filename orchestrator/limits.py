@@ -306,6 +306,24 @@ class AccountPace:
             if limiter is not None
         ]
 
+    def binding_periods(self) -> list[float]:
+        """The periods of the windows a takeover must wait out: every one-second window, and a
+        per-minute window only where it binds. Once the old and the new owner's calls are a
+        one-second window apart (the takeover's pause), no one-second window holds both, so
+        together they stay within one owner's per-second pace; a minute window that pace
+        cannot fill (capacity >= per-second capacity x (windows in a minute + 1)) cannot
+        overflow, and waiting it out stalled the account for a minute after every takeover
+        (a per-minute cap of 6,000 beside 10/s: the new owner paused 60 s)."""
+        periods = []
+        for second, minute in self._windows.values():
+            periods.append(second.period)
+            if minute is None:
+                continue
+            fits = second.capacity * (math.ceil(minute.period / second.period) + 1)
+            if minute.capacity < fits:
+                periods.append(minute.period)
+        return periods
+
     def windows(
         self, group: str, per_second: float, per_minute: float | None
     ) -> tuple[SlidingWindowLimiter, SlidingWindowLimiter | None]:

@@ -370,7 +370,7 @@ class Daemon:
         flight exactly as after a crash."""
         adapter = self.ctx.adapters[account]
         pace = adapter.http.pace
-        pause = settle_pause(pace.window_periods(), since_other)
+        pause = settle_pause(pace.binding_periods(), since_other)
         if pause:
             pace.pause(pause)
         if account in self.ctx.budgets:

@@ -31,6 +31,7 @@ from orchestrator.ledger.leases import Replica, Round
 from orchestrator.ledger.store import Ledger
 
 log = structlog.get_logger(__name__)
+EXPIRY_MARGIN = 0.02  # seconds after another replica's lease expires before looking again
 
 
 def new_replica(host: str | None = None) -> Replica:
@@ -74,6 +75,7 @@ class Ownership:
         self.takeovers = 0
         self._giving: dict[str, float] = {}  # account -> monotonic time its give-back began
         self._last_ok = time.monotonic()
+        self._next_round = time.monotonic()  # when run() starts the next round
         self._tasks: set[asyncio.Task[None]] = set()
         self._calls: set[str] = set()  # = ctx.held: nothing may be called until a lease says so
         ctx.held = self._calls
@@ -89,7 +91,7 @@ class Ownership:
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.times.heartbeat):
+                async with asyncio.timeout(max(0.0, self._next_round - time.monotonic())):
                     await stopping.wait()
             if stopping.is_set():
                 break
@@ -97,6 +99,9 @@ class Ownership:
 
     async def round(self, *, inline: bool = False) -> None:
         began = time.monotonic()
+        # A fixed cadence (a slow round does not push the next one back), and a look right
+        # after another replica's lease expires (see _look_again).
+        self._next_round = began + self.times.heartbeat
         try:
             async with asyncio.timeout(max(1.0, self.times.heartbeat)):
                 found: Round = await self.ledger.run_write(
@@ -114,6 +119,7 @@ class Ownership:
             await self._fence()
             return
         self._last_ok = began
+        self._look_again(found.next_expiry)
         self.leader, self.live = found.leader, found.live
         taken = {t.name for t in found.taken}
         renewed = found.held - taken
@@ -128,6 +134,18 @@ class Ownership:
                 self._giving[account] = time.monotonic()
                 self.ctx.closed.add(account)  # nothing new submitted to it here
         await self._give_back_idle()
+
+    def _look_again(self, next_expiry: float | None) -> None:
+        """Take the next round as soon as another replica's lease expires, if that comes before
+        the next heartbeat. A lease expires `ttl` after its last renewal and `ttl + heartbeat`
+        is the whole lease: waiting for the next heartbeat left no room for the rounds' own
+        time, and takeovers measured 3.3-3.4 s under a 3 s lease on a loaded machine."""
+        if next_expiry is None:
+            return
+        # Counted from now, when the round's answer is in: the database read its clock before
+        # that, so at the time set here its clock has passed the expiry.
+        at = time.monotonic() + next_expiry + EXPIRY_MARGIN
+        self._next_round = min(self._next_round, at)
 
     async def _acquire(self, account: str, since_other: float | None, *, inline: bool) -> None:
         self.held.add(account)

@@ -49,6 +49,10 @@ class Round:
     leader: bool
     give_back: tuple[str, ...]
     live: int
+    # Seconds until the next lease of another replica expires (None: none will): a replica
+    # looks again right then, not up to a heartbeat later, so a dead replica's accounts are
+    # taken within `lease` however long the rounds themselves take.
+    next_expiry: float | None = None
 
 
 def db_now(conn: Connection) -> datetime:
@@ -147,12 +151,21 @@ def heartbeat(
         if LEADER not in renewed:
             taken += _take(conn, me, [LEADER], 1, now, until, ttl, force=exclusive)
     held = frozenset(renewed | {t.name for t in taken})
+    soonest = conn.execute(
+        select(func.min(leases_t.c.expires_at)).where(
+            leases_t.c.name.in_(names),
+            leases_t.c.owner.is_not(None),
+            leases_t.c.owner != me.id,
+            leases_t.c.expires_at > now,
+        )
+    ).scalar_one_or_none()
     return Round(
         held=frozenset(held - {LEADER}),
         taken=tuple(t for t in taken if t.name != LEADER),
         leader=LEADER in held,
         give_back=give_back,
         live=int(live),
+        next_expiry=None if soonest is None else (soonest - now).total_seconds(),
     )
 
 

@@ -398,6 +398,25 @@ class Ledger:
         async with self.read_engine.connect() as conn:
             return int((await conn.execute(stmt)).scalar_one())
 
+    async def part_details_since(
+        self, provider: str, kind: str, since: datetime
+    ) -> list[tuple[int, dict[str, Any], str]]:
+        """(job id, params, detail) of the provider's `kind` job parts saved since `since` that
+        carry a detail: what other jobs already claimed (clariBI refreshes' `last_refresh`)."""
+        stmt = (
+            select(jobs_t.c.id, jobs_t.c.params, parts_t.c.detail)
+            .join(jobs_t, jobs_t.c.id == parts_t.c.job_id)
+            .where(
+                jobs_t.c.provider == provider,
+                jobs_t.c.kind == kind,
+                parts_t.c.detail.is_not(None),
+                parts_t.c.updated_at >= _naive(since),
+            )
+        )
+        async with self.read_engine.connect() as conn:
+            rows = (await conn.execute(stmt)).fetchall()
+        return [(int(r.id), dict(r.params or {}), str(r.detail)) for r in rows]
+
     async def part_remote_ids(self, provider: str) -> set[str]:
         """Remote ids the provider's job parts already own (so recovery never adopts them)."""
         stmt = (

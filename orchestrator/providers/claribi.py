@@ -197,6 +197,12 @@ class ClariBIRefreshed(Answer):
     last_refresh: str | None = None
 
 
+def _refresh_stamp(detail: str) -> str:
+    """The `last_refresh` a refresh part's detail recorded ("last_refresh T" or
+    "last_refresh T (adopted: answer lost)")."""
+    return detail.removeprefix("last_refresh ").split(" (", 1)[0]
+
+
 def _ts(value: Any) -> float | None:
     try:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
@@ -534,9 +540,19 @@ class ClariBIAdapter(StagedAdapterBase):
         if job.kind == REFRESH:
             listing = await self._json(ClariBIDashboards, "GET", "/dashboards/", "dashboards:read")
             target = str(job.params["dashboard_id"])
+            # A refresh another job of this dashboard already recorded is not ours: the one
+            # before ours may fall within the skew (every few seconds, a crash between
+            # recording the call and sending it adopted the previous job's refresh).
+            claimed = {
+                _ts(_refresh_stamp(detail))
+                for other, params, detail in await work.ledger.part_details_since(
+                    job.provider, REFRESH, datetime.fromtimestamp(since - 2 * SKEW, UTC)
+                )
+                if other != job.id and str(params.get("dashboard_id")) == target
+            }
             for d in listing.results:
                 last = _ts(d.last_refresh)
-                if d.id == target and last and last >= since - SKEW:
+                if d.id == target and last and last >= since - SKEW and last not in claimed:
                     detail = f"last_refresh {d.last_refresh} (adopted: answer lost)"
                     return {"refreshed": (last, None, detail)}
             return {}

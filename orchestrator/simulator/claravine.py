@@ -17,7 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.simulator.faults import Faults, apply_sim_config, drop, make_middleware
+from orchestrator.simulator.faults import (
+    Faults,
+    add_request_log,
+    apply_sim_config,
+    drop,
+    make_middleware,
+)
 
 MAX_ROWS = 1000
 
@@ -122,6 +128,7 @@ class ClaravineSimulator:
         app.router.add_get("/{dataset}/transaction/{uuid}/data/", self.data)
         app.router.add_get("/{dataset}/transaction/{uuid}/data", self.data)
         app.router.add_get("/_sim/stats", self.sim_stats)
+        add_request_log(app, self.faults)
         app.router.add_post("/_sim/config", self.sim_config)
         return app
 

@@ -20,7 +20,13 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.simulator.faults import Faults, apply_sim_config, drop, make_middleware
+from orchestrator.simulator.faults import (
+    Faults,
+    add_request_log,
+    apply_sim_config,
+    drop,
+    make_middleware,
+)
 
 ACTIVE = ("SCHEDULED", "STARTED")
 WINDOW = 30 * 86400.0
@@ -172,6 +178,7 @@ class ClariSimulator:
         app.router.add_get("/export/jobs/{jobId}/results", self.results)
         app.router.add_get("/admin/limits", self.limits)
         app.router.add_get("/_sim/stats", self.sim_stats)
+        add_request_log(app, self.faults)
         app.router.add_post("/_sim/config", self.sim_config)
         app.router.add_post("/_sim/seed", self.sim_seed)
         app.router.add_get("/_sim/jobs", self.sim_jobs)

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.simulator.faults import Faults, apply_sim_config, make_middleware
+from orchestrator.simulator.faults import Faults, add_request_log, apply_sim_config, make_middleware
 
 MAX_FILE = 10 * 1024 * 1024
 
@@ -143,6 +143,7 @@ class ClariIngestSimulator:
         app.router.add_post("/ingest/bulk/entity/{entity}", self.upload)
         app.router.add_get("/ingest/job/{jobId}", self.job)
         app.router.add_get("/_sim/stats", self.sim_stats)
+        add_request_log(app, self.faults)
         app.router.add_post("/_sim/config", self.sim_config)
         return app
 

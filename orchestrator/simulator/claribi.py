@@ -21,6 +21,7 @@ from aiohttp import web
 from orchestrator.simulator.faults import (
     Faults,
     RateWindow,
+    add_request_log,
     apply_sim_config,
     bearer,
     drop,
@@ -123,6 +124,7 @@ class ClariBISimulator:
         app.router.add_get("/dashboards/", self.list_dashboards)
         app.router.add_post("/dashboards/{id}/refresh/", self.refresh)
         app.router.add_get("/_sim/stats", self.sim_stats)
+        add_request_log(app, self.faults)
         app.router.add_post("/_sim/config", self.sim_config)
         return app
 

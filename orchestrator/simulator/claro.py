@@ -22,7 +22,13 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from orchestrator.simulator.faults import Faults, apply_sim_config, bearer, make_middleware
+from orchestrator.simulator.faults import (
+    Faults,
+    add_request_log,
+    apply_sim_config,
+    bearer,
+    make_middleware,
+)
 
 FORMATS = ("csv", "json", "xlsx")
 MAX_EXPORT_ROWS = 100_000
@@ -133,6 +139,7 @@ class ClaroSimulator:
         app.router.add_post("/datasets/{id}/export", self.export)
         app.router.add_get("/_files/{token}", self.download)
         app.router.add_get("/_sim/stats", self.sim_stats)
+        add_request_log(app, self.faults)
         app.router.add_post("/_sim/config", self.sim_config)
         app.router.add_post("/_sim/datasets", self.sim_datasets)
         return app

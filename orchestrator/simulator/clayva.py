@@ -19,6 +19,7 @@ from aiohttp import web
 from orchestrator.simulator.faults import (
     Faults,
     RateWindow,
+    add_request_log,
     apply_sim_config,
     bearer,
     drop,
@@ -97,6 +98,7 @@ class ClayvaSimulator:
         app.router.add_post("/events/batch", self.batch)
         app.router.add_get("/workspaces", self.workspaces)
         app.router.add_get("/_sim/stats", self.sim_stats)
+        add_request_log(app, self.faults)
         app.router.add_post("/_sim/config", self.sim_config)
         return app
 

@@ -27,10 +27,13 @@ class Faults:
     seed: int | None = None
     counts: Counter[str] = field(default_factory=Counter)
     request_times: list[float] = field(default_factory=list)
+    # Every request as the server saw it: (wall-clock arrival, path). GET /_sim/requests serves
+    # it, so a test can check any one-second window of any group of endpoints against a rate.
+    request_log: list[tuple[float, str]] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
 
     def update(self, values: dict[str, Any]) -> list[str]:
-        known = {f.name for f in fields(self)} - {"counts", "rng", "request_times"}
+        known = {f.name for f in fields(self)} - {"counts", "rng", "request_times", "request_log"}
         for key, value in values.items():
             if key in known:
                 setattr(self, key, value)
@@ -40,12 +43,7 @@ class Faults:
 
     def max_per_second(self) -> int:
         """Most requests seen in any sliding one-second window."""
-        times, best, lo = self.request_times, 0, 0
-        for hi, t in enumerate(times):
-            while t - times[lo] >= 1.0:
-                lo += 1
-            best = max(best, hi - lo + 1)
-        return best
+        return max_in_window(self.request_times)
 
     def roll(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate
@@ -85,6 +83,35 @@ async def apply_sim_config(
     return web.json_response({"ignored": unknown})
 
 
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    """Most of `times` (ascending) in any sliding window of `window` seconds."""
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def add_request_log(app: web.Application, faults: Faults) -> None:
+    """GET /_sim/requests: every request the simulator answered (not its /_sim/ ones), as
+    `[arrival, path]` pairs with the arrival in wall-clock seconds, the count of each whole
+    second, and the most in any sliding one-second window."""
+
+    async def requests(_: web.Request) -> web.Response:
+        log = list(faults.request_log)
+        per_second: Counter[int] = Counter(int(t) for t, _ in log)
+        return web.json_response(
+            {
+                "requests": [[round(t, 6), path] for t, path in log],
+                "per_second": {str(s): n for s, n in sorted(per_second.items())},
+                "max_per_second": max_in_window([t for t, _ in log]),
+            }
+        )
+
+    app.router.add_get("/_sim/requests", requests)
+
+
 def bearer(request: web.Request) -> str:
     """The token of an `Authorization: Bearer …` header, or ''."""
     auth = request.headers.get("Authorization", "")
@@ -105,6 +132,7 @@ def make_middleware(faults: Faults, *, error_body: Callable[[int], dict[str, Any
             return await handler(request)
         faults.counts["requests"] += 1
         faults.request_times.append(time.monotonic())
+        faults.request_log.append((time.time(), request.path))
         if faults.latency:
             await asyncio.sleep(faults.latency)
         if faults.roll(faults.drop_rate):

@@ -373,3 +373,39 @@ async def _generate_directly(sim: SimulatorServer, params: dict[str, Any]) -> st
         ) as r,
     ):
         return str((await r.json())["report_id"])
+
+
+async def test_a_refresh_never_sent_does_not_adopt_the_previous_jobs_refresh(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    """The replica chaos test's find: a crash between recording a refresh call (SENDING) and
+    sending it, seconds after the previous job refreshed the same dashboard. That refresh falls
+    within the skew allowed before the call began, but another job recorded it: not ours, so
+    the dashboard is refreshed again (before: adopted, the job SUCCEEDED with no refresh)."""
+    import time
+
+    from orchestrator.domain import Part, PartState
+    from orchestrator.scheduler import trigger
+
+    pipeline = {
+        "name": "dash",
+        "kind": "claribi.dashboard_refresh",
+        "params": {"dashboard_id": DASHBOARD},
+    }
+    cfg = config(tmp_path, sim, [pipeline])
+    assert await run_once(cfg) == 0
+    assert bi(sim).stats["refreshed"] == 1
+    ledger = Ledger(cfg.ledger.url)
+    try:
+        second = await trigger(ledger, cfg.pipelines[0])
+        assert second is not None
+        sent = f"sent:{int(time.time() * 1000)}"  # the call recorded now, never sent
+        await ledger.save_parts([Part(job_id=second, seq=0, state=PartState.SENDING, name=sent)])
+    finally:
+        await ledger.close()
+    assert await run_once(load_config(cfg.source), once=False) == 0
+    jobs = await all_jobs(cfg)
+    assert [j.state for j in jobs] == [JobState.SUCCEEDED] * 2
+    assert bi(sim).stats["refreshed"] == 2  # each job's own refresh
+    (part,) = await job_parts(cfg, second)
+    assert "adopted" not in (part.detail or "")
