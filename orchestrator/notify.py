@@ -382,18 +382,27 @@ class Notifications:
         view: Callable[[], Any],
         interval: float = 1.0,
         observe_every: float = 30.0,
+        leader: Callable[[], bool] = lambda: True,
     ) -> None:
         """Scan and deliver every `interval`; every `observe_every`, look for late pipelines and
-        low quota/credits through `view()` (awaitable of (statuses, accounts))."""
+        low quota/credits through `view()` (awaitable of (statuses, accounts)).
+
+        Replicas (README "Replicas"): every replica observes the accounts it holds (their quota
+        and credits are known only there); the one holding the leader's lease (`leader()`) also
+        scans the transitions, looks for late pipelines and delivers the outbox."""
         first, last_observe = True, float("-inf")
         loop = asyncio.get_running_loop()
         while True:  # one round even when stopping already: a short run still sends its news
-            await self.scan()
+            lead = leader()
+            if lead:
+                await self.scan()
             if loop.time() - last_observe >= observe_every:
                 last_observe = loop.time()
-                await self.observe(*(await view()))
-            await self.deliver_due(everything=first)
-            first = False
+                statuses, accounts = await view()
+                await self.observe(statuses if lead else [], accounts)
+            if lead:
+                await self.deliver_due(everything=first)
+                first = False
             if stopping.is_set():
                 return
             with contextlib.suppress(TimeoutError):
@@ -448,9 +457,12 @@ class DaemonView:
 
     async def __call__(self) -> tuple[list[PipelineStatus], dict[str, dict[str, Any]]]:
         ctx = self.ctx
+        # Accounts whose lease this replica holds: their budgets are live here, and only their
+        # holder may call them (`GET /usage/` too). Replicas: see README "Replicas".
         accounts = {
             name: {"left": quota_left(b), "reserve": b.caps.reserve}
             for name, b in ctx.budgets.items()
+            if ctx.may_call(name)
         }
         loop = asyncio.get_running_loop()
         if loop.time() - self._credits_at >= CREDITS_EVERY:
@@ -464,7 +476,7 @@ class DaemonView:
         out: dict[str, dict[str, Any]] = {}
         for name, adapter in self.ctx.adapters.items():
             usage = getattr(adapter, "usage", None)
-            if usage is None:
+            if usage is None or not self.ctx.may_call(name):
                 continue
             try:
                 credits = (await usage()).get("credits") or {}

@@ -152,10 +152,11 @@ class Daemon:
                     )
                 if self.notifications.enabled:
                     tg.create_task(
-                        self._as_leader(
-                            lambda stop: self.notifications.run(
-                                stop, DaemonView(self.ctx), interval=self.cfg.daemon.claim_interval
-                            )
+                        self.notifications.run(
+                            self.ctx.stopping,
+                            DaemonView(self.ctx),
+                            interval=self.cfg.daemon.claim_interval,
+                            leader=lambda: self.ownership.leader,
                         ),
                         name="notifications",
                     )
@@ -401,8 +402,7 @@ class Daemon:
     async def _as_leader(
         self, work: Callable[[asyncio.Event], Coroutine[None, None, None]]
     ) -> None:
-        """Run `work` (notifications, retention) only while this replica holds the leader's
-        lease: one replica sends each notification and prunes."""
+        """Run `work` (the daily prune) only while this replica holds the leader's lease."""
         every = self.ownership.times.heartbeat
         while not self.ctx.stopping.is_set():
             if not self.ownership.leader:

@@ -6,21 +6,16 @@ thread hop (DESIGN.md "Performance shape": ~10,000 transitions/s instead of ~500
 their own engine and never hold the write lock.
 
 Two dialects, one contract: below the writer, SQLite runs each group on one thread through the
-sqlite3 cursor (`_SqliteWrites`, the raw fast path); PostgreSQL runs it on the URL's own async
-driver (`_AsyncWrites`), each operation one prebuilt statement. Queries are Core and portable.
+sqlite3 cursor (ledger/dialects/sqlite.py, the raw fast path); PostgreSQL runs it on the URL's
+own async driver (ledger/dialects/postgresql.py), each operation one prebuilt statement. The
+writer itself is ledger/writer.py, the tables and row mapping ledger/rows.py, replica leases
+ledger/leases.py. Queries are Core and portable, here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import enum
-import json
-import os
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,21 +23,10 @@ from typing import Any, TypeVar
 import structlog
 from sqlalchemy import (
     Connection,
-    DateTime,
-    Engine,
-    String,
-    Table,
-    Text,
-    bindparam,
     case,
-    create_engine,
     delete,
-    event,
-    false,
     func,
     insert,
-    literal,
-    null,
     select,
     true,
     union,
@@ -54,405 +38,41 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from orchestrator.domain import (
     IN_FLIGHT,
     TERMINAL,
-    IllegalTransition,
     ImportProgress,
     Job,
     JobState,
     Part,
     PartState,
     PipelineRuns,
-    StaleState,
-    check_transition,
 )
-from orchestrator.ledger.models import (
-    ImportProgressRow,
-    JobPartRow,
-    JobRow,
-    NotificationRow,
-    OpsStateRow,
-    QuotaUsageRow,
-    RemoteJobRow,
-    ResultRow,
-    TransitionRow,
+from orchestrator.ledger import dialects
+from orchestrator.ledger.dialects import postgresql, sqlite
+from orchestrator.ledger.rows import (
+    _DATETIME_FIELDS,
+    _aware,
+    _naive,
+    j2,
+    notify_t,
+    ops_t,
+    parts_t,
+    progress_t,
+    quota_t,
+    remote_jobs_t,
+    results_t,
+    row_to_job,
+    transitions_t,
 )
+from orchestrator.ledger.rows import (
+    jobs_t as jobs_t,
+)
+from orchestrator.ledger.rows import (
+    utcnow as utcnow,
+)
+from orchestrator.ledger.writer import GroupWriter
 from orchestrator.redaction import redact
-from orchestrator.runtime import file_mode, make_dirs
 
 log = structlog.get_logger(__name__)
-
-jobs_t: Table = JobRow.__table__  # type: ignore[assignment]  # declarative tables are Tables
-transitions_t: Table = TransitionRow.__table__  # type: ignore[assignment]
-results_t: Table = ResultRow.__table__  # type: ignore[assignment]
-quota_t: Table = QuotaUsageRow.__table__  # type: ignore[assignment]
-parts_t: Table = JobPartRow.__table__  # type: ignore[assignment]
-j2 = jobs_t.alias("j2")  # the same table again, for correlated subqueries
-notify_t: Table = NotificationRow.__table__  # type: ignore[assignment]
-ops_t: Table = OpsStateRow.__table__  # type: ignore[assignment]
-remote_jobs_t: Table = RemoteJobRow.__table__  # type: ignore[assignment]
-progress_t: Table = ImportProgressRow.__table__  # type: ignore[assignment]
-
-MAX_BATCH = 2000
 T = TypeVar("T")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _naive(dt: datetime | None) -> datetime | None:
-    """Stored as naive UTC (portable across SQLite and PostgreSQL 'timestamp')."""
-    if dt is None:
-        return None
-    return dt.astimezone(UTC).replace(tzinfo=None) if dt.tzinfo else dt
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
-
-
-_DATETIME_FIELDS = {
-    "fire_time",
-    "created_at",
-    "updated_at",
-    "submitted_at",
-    "remote_done_at",
-    "finished_at",
-    "next_attempt_at",
-    "deadline_at",
-}
-
-
-def row_to_job(row: Any) -> Job:
-    m = row._mapping
-    return Job(
-        id=m["id"],
-        pipeline=m["pipeline"],
-        kind=m["kind"],
-        provider=m["provider"],
-        state=JobState(m["state"]),
-        params=dict(m["params"] or {}),
-        fire_time=_aware(m["fire_time"]),
-        idempotency_key=m["idempotency_key"],
-        remote_id=m["remote_id"],
-        attempts=m["attempts"],
-        max_attempts=m["max_attempts"],
-        created_at=_aware(m["created_at"]),
-        updated_at=_aware(m["updated_at"]),
-        submitted_at=_aware(m["submitted_at"]),
-        finished_at=_aware(m["finished_at"]),
-        next_attempt_at=_aware(m["next_attempt_at"]),
-        deadline_at=_aware(m["deadline_at"]),
-        cancel_requested=bool(m["cancel_requested"]),
-        error=m["error"],
-        retry_of=m["retry_of"],
-        result_path=m.get("path"),
-        result_bytes=m.get("bytes"),
-        result_sha256=m.get("sha256"),
-        result_rows=m.get("rows"),
-    )
-
-
-# --- write operations (applied by the writer, inside one transaction) -------------------------
-
-
-@dataclass(slots=True)
-class _Op:
-    apply: Callable[[Connection], Any]
-    future: asyncio.Future[Any]  # cancelled by a caller who stopped waiting: applied all the same
-
-
-class BatchError(Exception):
-    """An operation failed after it had written: the batch must be rolled back and replayed."""
-
-
-_JOB_COLUMNS = frozenset(c.name for c in JobRow.__table__.columns)
-
-
-_last_stamp: tuple[datetime, str] | None = None
-
-
-def _stamp(value: datetime) -> str:
-    """A datetime as SQLAlchemy stores it in SQLite ('YYYY-MM-DD HH:MM:SS.ffffff', naive UTC).
-    The writer formats the same `now` several times per transition (updated_at, the transition
-    row, submitted_at, the quota row): the last one is kept, by identity."""
-    global _last_stamp
-    last = _last_stamp
-    if last is not None and last[0] is value:
-        return last[1]
-    naive = _naive(value)
-    assert naive is not None
-    text = naive.isoformat(sep=" ", timespec="microseconds")
-    _last_stamp = (value, text)
-    return text
-
-
-def _db(key: str, value: Any) -> Any:
-    """A value as SQLAlchemy itself would store it in SQLite (so ORM/Core reads agree)."""
-    if value is None:
-        return None
-    if key in _DATETIME_FIELDS or isinstance(value, datetime):
-        return _stamp(value)
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    return value
-
-
-def _cursor(conn: Connection) -> Any:
-    """The DBAPI cursor of the writer's connection: prepared statements cached by SQL text, no
-    per-statement compile (the hot path; ~10x cheaper than a Core execute)."""
-    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-
-
-def _transition_sync(
-    conn: Connection,
-    job_id: int,
-    src: JobState,
-    dst: JobState,
-    reason: str | None,
-    values: dict[str, Any],
-    now: datetime,
-    quota: str | None = None,
-) -> None:
-    """Move one job src → dst on the writer's connection, with its transition row (and, if
-    `quota` names a provider, one unit of its rolling quota). StaleState before any write if
-    the stored state is not `src`."""
-    check_transition(job_id, src, dst)
-    if dst in TERMINAL:
-        values = {"finished_at": now, **values}
-    unknown = set(values) - _JOB_COLUMNS
-    if unknown:
-        raise ValueError(f"not job columns: {sorted(unknown)}")
-    if conn.dialect.name != "sqlite":
-        _transition_one_statement(conn, job_id, src, dst, reason, values, now, quota)
-        if values.get("remote_id"):
-            _own_remote(conn, job_id, values["remote_id"], now)
-        return
-    keys = sorted(values)
-    stamp = _db("at", now)
-    cur = _cursor(conn)
-    sets = ", ".join(["state = ?", "updated_at = ?", *(f"{k} = ?" for k in keys)])
-    cur.execute(
-        f"UPDATE jobs SET {sets} WHERE id = ? AND state = ?",  # noqa: S608 (column names checked)
-        [dst.value, stamp, *(_db(k, values[k]) for k in keys), job_id, src.value],
-    )
-    if cur.rowcount != 1:
-        raise StaleState(job_id, src)
-    cur.execute(
-        "INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)",
-        (job_id, src.value, dst.value, stamp, reason),
-    )
-    if quota is not None:
-        cur.execute(
-            "INSERT INTO quota_usage (provider, job_id, at, refunded) VALUES (?, ?, ?, 0)",
-            (quota, job_id, stamp),
-        )
-    if values.get("remote_id"):  # owned for good; a second owner fails the primary key
-        # (the same job given the same id again, by a provider that answers a resubmission
-        # with the id it gave before, or an operator's adopt, is no second owner)
-        rid = values["remote_id"]
-        cur.execute(
-            "INSERT INTO remote_jobs (provider, remote_id, job_id, at) "
-            "SELECT provider, ?, id, ? FROM jobs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM "
-            "remote_jobs r WHERE r.provider = jobs.provider AND r.remote_id = ? AND r.job_id = ?)",
-            (rid, stamp, job_id, rid, job_id),
-        )
-
-
-def _own_remote(conn: Connection, job_id: int, remote_id: str, now: datetime) -> None:
-    """Record that `job_id` owns `remote_id` for good (PostgreSQL; SQLite does it on its raw
-    cursor): a second owner fails the primary key."""
-    already = (
-        select(remote_jobs_t.c.job_id)
-        .where(
-            remote_jobs_t.c.provider == jobs_t.c.provider,
-            remote_jobs_t.c.remote_id == str(remote_id),
-            remote_jobs_t.c.job_id == job_id,
-        )
-        .exists()
-    )
-    owner = select(
-        jobs_t.c.provider,
-        literal(str(remote_id)),
-        jobs_t.c.id,
-        literal(_naive(now), DateTime()),
-    ).where(jobs_t.c.id == job_id, ~already)
-    conn.execute(
-        insert(remote_jobs_t).from_select(["provider", "remote_id", "job_id", "at"], owner)
-    )
-
-
-def _transition_one_statement(
-    conn: Connection,
-    job_id: int,
-    src: JobState,
-    dst: JobState,
-    reason: str | None,
-    values: dict[str, Any],
-    now: datetime,
-    quota: str | None,
-) -> None:
-    """PostgreSQL: the update, its transition row and the quota unit as one statement (data-
-    modifying CTEs), so a transition costs one round trip to the server, not three. Rows are
-    inserted only if the guarded update matched, so nothing is written for a stale state."""
-    keys = tuple(sorted(values))
-    params: dict[str, Any] = {
-        "job_id": job_id,
-        "src": src.value,
-        "dst": dst.value,
-        "at": _naive(now),
-        "reason": reason,
-        "quota": quota,
-        **{f"v_{k}": (_naive(v) if k in _DATETIME_FIELDS else v) for k, v in values.items()},
-    }
-    # The returned row, not rowcount: psycopg reports no count for INSERT … SELECT with CTEs.
-    if conn.execute(_transition_statement(keys, quota is not None), params).first() is None:
-        raise StaleState(job_id, src)
-
-
-_TRANSITION_STATEMENTS: dict[tuple[tuple[str, ...], bool], Any] = {}
-
-
-def _transition_statement(keys: tuple[str, ...], with_quota: bool) -> Any:
-    """The transition statement for one set of updated columns, built once: building and
-    hashing a fresh CTE statement per transition cost ~1 ms of CPU, the statement itself ~0.2."""
-    cached = _TRANSITION_STATEMENTS.get((keys, with_quota))
-    if cached is not None:
-        return cached
-    at = bindparam("at", type_=DateTime())
-    moved = (
-        update(jobs_t)
-        .where(jobs_t.c.id == bindparam("job_id"), jobs_t.c.state == bindparam("src"))
-        .values(
-            state=bindparam("dst", type_=String()),
-            updated_at=at,
-            **{k: bindparam(f"v_{k}", type_=jobs_t.c[k].type) for k in keys},
-        )
-        .returning(jobs_t.c.id)
-        .cte("moved")
-    )
-    stmt = insert(transitions_t).from_select(
-        ["job_id", "from_state", "to_state", "at", "reason"],
-        select(
-            moved.c.id,
-            bindparam("src", type_=String()),
-            bindparam("dst", type_=String()),
-            at,
-            bindparam("reason", type_=Text()),
-        ),
-    )
-    if with_quota:
-        unit = insert(quota_t).from_select(
-            ["provider", "job_id", "at", "refunded"],
-            select(bindparam("quota", type_=String()), moved.c.id, at, false()),
-        )
-        stmt = stmt.add_cte(unit.cte("unit"))
-    stmt = stmt.returning(transitions_t.c.id)
-    _TRANSITION_STATEMENTS[(keys, with_quota)] = stmt
-    return stmt
-
-
-_ENQUEUE_STATEMENTS: dict[tuple[str, ...], Any] = {}
-
-
-def _enqueue_statement(columns: tuple[str, ...]) -> Any:
-    """PostgreSQL: insert a job unless its idempotency key is taken, with its first transition
-    row, in one statement built once. ON CONFLICT, not look-then-insert: two processes
-    enqueueing the same run at once must not both see the key free, nor the loser fail its
-    whole batch. Returns the new job's id, or no row when the key was taken."""
-    cached = _ENQUEUE_STATEMENTS.get(columns)
-    if cached is not None:
-        return cached
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-    # Binds are named after the job's columns; the transition row reuses `state` (PENDING).
-
-    new = (
-        pg_insert(jobs_t)
-        .values({c: bindparam(c, type_=jobs_t.c[c].type) for c in columns})
-        .on_conflict_do_nothing(index_elements=[jobs_t.c.idempotency_key])
-        .returning(jobs_t.c.id)
-        .cte("new")
-    )
-    stmt = (
-        insert(transitions_t)
-        .from_select(
-            ["job_id", "from_state", "to_state", "at", "reason"],
-            select(
-                new.c.id,
-                null(),
-                bindparam("state", type_=String()),
-                bindparam("at", type_=DateTime()),
-                bindparam("reason", type_=Text()),
-            ),
-        )
-        .returning(transitions_t.c.job_id)
-    )
-    _ENQUEUE_STATEMENTS[columns] = stmt
-    return stmt
-
-
-def _extras_sqlite(
-    conn: Connection,
-    job_id: int,
-    now: datetime,
-    refund: bool,
-    result: dict[str, Any] | None,
-) -> None:
-    """The rows that ride along with a transition (refund, result), raw SQLite."""
-    cur = _cursor(conn)
-    stamp = _db("at", now)
-    if refund:
-        cur.execute(
-            "UPDATE quota_usage SET refunded = 1 WHERE id = (SELECT max(id) FROM quota_usage "
-            "WHERE job_id = ? AND refunded = 0)",
-            (job_id,),
-        )
-    if result is not None:
-        cur.execute(
-            "INSERT OR REPLACE INTO results (job_id, path, bytes, sha256, rows, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (job_id, result["path"], result["bytes"], result["sha256"], result["rows"], stamp),
-        )
-
-
-def _sqlite_setup(engine: Engine, begin: str, *, wal: bool) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # We issue BEGIN ourselves (below), so the driver must not.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        # First: switching a new file to WAL waits for a lock that another process's first
-        # migration (alembic imported under it: seconds) may hold past sqlite3's default 5 s.
-        cur.execute("PRAGMA busy_timeout=15000")
-        if wal:  # persistent in the file; only the writer needs to set it
-            cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        if not wal:
-            # Readers: a 512 KiB page cache each instead of 2 MiB (up to 8 pooled connections);
-            # the OS page cache holds the file anyway, and resident memory is a target.
-            cur.execute("PRAGMA cache_size=-512")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        # Writers take the write lock up front: a deferred transaction that later upgrades
-        # its lock can deadlock against another process and fail with SQLITE_BUSY at once.
-        conn.exec_driver_sql(begin)
-
-
-def _create_private(db: Path) -> None:
-    """The SQLite file made with an explicit mode (0600 unless [daemon] umask says otherwise)
-    before SQLite makes it 0644 less the umask; its -wal and -shm files copy the mode."""
-    if db.exists():
-        return
-    make_dirs(db.parent)
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, file_mode()))
 
 
 def ledger_url(url: str) -> str:
@@ -473,89 +93,40 @@ def ledger_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-class _SqliteWrites:
-    """SQLite's write path: a synchronous engine driven from one dedicated thread, so a whole
-    batch of operations costs one thread hop (aiosqlite hops once per statement)."""
-
-    def __init__(self, url: str) -> None:
-        sync_url = make_url(url).set(drivername="sqlite+pysqlite")
-        self.engine = create_engine(sync_url, pool_size=1, max_overflow=0)
-        _sqlite_setup(self.engine, "BEGIN IMMEDIATE", wal=True)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
-
-    async def run(self, fn: Callable[[Connection], T]) -> T:
-        def go() -> T:
-            with self.engine.begin() as conn:
-                return fn(conn)
-
-        return await asyncio.get_running_loop().run_in_executor(self._thread, go)
-
-    async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.dispose)
-        self._thread.shutdown(wait=False)
-
-
-class _AsyncWrites:
-    """PostgreSQL's write path: the URL's own async driver, one connection, `fn` run on it
-    through SQLAlchemy's greenlet bridge (no thread, no second driver). The lock keeps the
-    writer and migrations one transaction at a time, as SQLite's single thread does."""
-
-    def __init__(self, url: str) -> None:
-        self.engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
-        self._lock = asyncio.Lock()
-
-    async def run(self, fn: Callable[[Connection], T]) -> T:
-        async with self._lock, self.engine.begin() as conn:
-            return await conn.run_sync(fn)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
-
-
 class Ledger:
     def __init__(self, url: str) -> None:
         self.url = ledger_url(url)
         self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
         if self.is_sqlite:
             self._ensure_sqlite_dir()
-        self._writes = _SqliteWrites(self.url) if self.is_sqlite else _AsyncWrites(self.url)
+        self._writer = GroupWriter(
+            sqlite.SqliteWrites(self.url) if self.is_sqlite else postgresql.AsyncWrites(self.url)
+        )
         self.read_engine = self._engine(write=False)
-        self._pending: list[_Op] = []  # in order; the writer takes up to MAX_BATCH at a time
-        self._pending_wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self.batches = 0
-        self.ops = 0
-        self.on_commit: Callable[[float], None] | None = None  # commit latency observer
 
     # --- engines ----------------------------------------------------------------------------
     def _ensure_sqlite_dir(self) -> None:
         db = make_url(self.url).database
         if db and db != ":memory:":
-            _create_private(Path(db))  # its directory 0700, the file 0600, before SQLite opens it
+            # Its directory 0700, the file 0600, before SQLite opens it.
+            sqlite.create_private(Path(db))
 
     async def run_write(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn` in one write transaction, on the writer's connection."""
-        return await self._writes.run(fn)
+        """Run `fn` in one write transaction of its own, on the writer's connection."""
+        return await self._writer.writes.run(fn)
 
     def _engine(self, *, write: bool) -> AsyncEngine:
         if not self.is_sqlite:
             return create_async_engine(self.url, pool_pre_ping=True)
         engine = create_async_engine(self.url, pool_size=4, max_overflow=4)
-        _sqlite_setup(engine.sync_engine, "BEGIN IMMEDIATE" if write else "BEGIN", wal=write)
+        sqlite.setup_engine(engine.sync_engine, "BEGIN IMMEDIATE" if write else "BEGIN", wal=write)
         return engine
 
     async def start(self) -> None:
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_loop(), name="ledger-writer")
+        await self._writer.start()
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self.flush()
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
-        await self._writes.close()
+        await self._writer.close()
         await self.read_engine.dispose()
 
     async def flush(self) -> None:
@@ -569,68 +140,25 @@ class Ledger:
         except Exception:
             return False
 
-    # --- the group-commit writer ------------------------------------------------------------
+    # --- the group-commit writer (ledger/writer.py) -----------------------------------------
+    @property
+    def batches(self) -> int:
+        return self._writer.batches
+
+    @property
+    def ops(self) -> int:
+        return self._writer.ops
+
+    @property
+    def on_commit(self) -> Callable[[float], None] | None:
+        return self._writer.on_commit
+
+    @on_commit.setter
+    def on_commit(self, observe: Callable[[float], None] | None) -> None:
+        self._writer.on_commit = observe
+
     async def _submit(self, apply: Callable[[Connection], Any]) -> Any:
-        if self._writer is None:
-            await self.start()
-        # The hot path: one future per write, no queue object, no shield. A caller cancelled
-        # while waiting cancels only its future; the write itself is still applied, in order.
-        op = _Op(apply, asyncio.get_running_loop().create_future())
-        self._pending.append(op)
-        self._pending_wake.set()
-        return await op.future
-
-    async def _write_loop(self) -> None:
-        while True:
-            if not self._pending:
-                self._pending_wake.clear()
-                await self._pending_wake.wait()
-                continue
-            batch = self._pending[:MAX_BATCH]
-            del self._pending[:MAX_BATCH]
-            await self._commit_batch(batch)
-
-    async def _commit_batch(self, batch: list[_Op]) -> None:
-        """All ops in one transaction. An op may refuse (StaleState, IllegalTransition) before it
-        writes anything, and fails alone; an op that fails after writing rolls the batch back,
-        and the batch is replayed one op per transaction so its neighbours still land."""
-
-        def run_all(conn: Connection) -> list[tuple[bool, Any]]:
-            out: list[tuple[bool, Any]] = []
-            for op in batch:
-                try:
-                    out.append((True, op.apply(conn)))
-                except (StaleState, IllegalTransition, KeyError) as exc:
-                    out.append((False, exc))
-                except Exception as exc:
-                    raise BatchError from exc
-            return out
-
-        started = time.perf_counter()
-        try:
-            outcomes = await self.run_write(run_all)
-            if self.on_commit is not None:
-                self.on_commit(time.perf_counter() - started)
-        except BatchError:
-            outcomes = [await self._commit_alone(op) for op in batch]
-        except Exception as exc:
-            log.error("ledger_write_failed", error=str(exc), ops=len(batch))
-            outcomes = [(False, exc)] * len(batch)
-        self.batches += 1
-        self.ops += len(batch)
-        for op, (ok, value) in zip(batch, outcomes, strict=True):
-            if op.future.done():
-                continue
-            if ok:
-                op.future.set_result(value)
-            else:
-                op.future.set_exception(value)
-
-    async def _commit_alone(self, op: _Op) -> tuple[bool, Any]:
-        try:
-            return True, await self.run_write(op.apply)
-        except Exception as exc:
-            return False, exc
+        return await self._writer.submit(apply)
 
     # --- writes -----------------------------------------------------------------------------
     async def enqueue(
@@ -671,13 +199,13 @@ class Ledger:
 
         def apply(conn: Connection) -> int | None:
             if conn.dialect.name == "sqlite":
-                cur = _cursor(conn)
+                cur = sqlite._cursor(conn)
                 cols = ", ".join(row)
                 marks = ", ".join("?" for _ in row)
                 cur.execute(
                     f"INSERT INTO jobs ({cols}) VALUES ({marks}) "  # noqa: S608 (fixed columns)
                     "ON CONFLICT (idempotency_key) DO NOTHING",
-                    [_db(k, v) for k, v in row.items()],
+                    [sqlite._db(k, v) for k, v in row.items()],
                 )
                 if cur.rowcount != 1:
                     return None
@@ -685,12 +213,13 @@ class Ledger:
                 cur.execute(
                     "INSERT INTO transitions (job_id, from_state, to_state, at, reason) "
                     "VALUES (?, NULL, 'PENDING', ?, ?)",
-                    (job_id, _db("at", now), reason),
+                    (job_id, sqlite._db("at", now), reason),
                 )
                 return job_id
             params = {k: (_naive(v) if k in _DATETIME_FIELDS else v) for k, v in row.items()}
             new_id = conn.execute(
-                _enqueue_statement(tuple(row)), {**params, "at": _naive(now), "reason": reason}
+                postgresql.enqueue_statement(tuple(row)),
+                {**params, "at": _naive(now), "reason": reason},
             ).scalar()
             return None if new_id is None else int(new_id)
 
@@ -725,9 +254,9 @@ class Ledger:
             values["error"] = redact(values["error"])
 
         def apply(conn: Connection) -> None:
-            _transition_sync(conn, job_id, src, dst, reason, values, now, quota)
+            dialects.transition(conn, job_id, src, dst, reason, values, now, quota)
             if conn.dialect.name == "sqlite":
-                _extras_sqlite(conn, job_id, now, refund_quota, result)
+                sqlite.extras(conn, job_id, now, refund_quota, result)
                 return
             if refund_quota:
                 latest = (
@@ -766,7 +295,7 @@ class Ledger:
                 raise KeyError(job_id)
             state = JobState(row[0])
             if state in (JobState.PENDING, JobState.RETRY_WAIT):
-                _transition_sync(
+                dialects.transition(
                     conn, job_id, state, JobState.CANCELLED, "cancelled by user", {}, now
                 )
                 return JobState.CANCELLED
@@ -1352,8 +881,8 @@ class Ledger:
                 for r in rows
                 if r["key"] not in taken
             ]
-            if new:
-                conn.execute(insert(notify_t), new)
+            if new:  # a replica adding the same key meanwhile (an account handed over): kept
+                conn.execute(dialects.insert_new(conn, notify_t, "key"), new)
             return len(new)
 
         return int(await self._submit(apply))

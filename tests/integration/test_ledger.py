@@ -339,7 +339,7 @@ async def test_an_upgrade_waits_for_one_in_progress_on_postgresql(
         url = base.replace("postgresql://", f"{dialect}://", 1)
         first, second = Ledger(url), Ledger(url)
         try:
-            async with first._writes.engine.begin() as conn:  # type: ignore[union-attr]
+            async with first._writer.writes.engine.begin() as conn:  # type: ignore[attr-defined]
                 await conn.run_sync(migrate._upgrade)  # created, not yet committed
                 waiting = asyncio.create_task(migrate.upgrade(second))
                 await asyncio.sleep(0.5)

@@ -26,6 +26,7 @@ from orchestrator.simulator.claro import ClaroDataset
 from orchestrator.simulator.server import SimulatorServer
 from tests.conftest import CLARIBI_KEY, forecast, write_config
 from tests.integration.helpers import all_jobs, assert_result_intact, start
+from tests.integration.test_notify import Hook, hook  # noqa: F401 (the webhook fixture)
 
 pytestmark = [pytest.mark.timeout(180)]
 LEASE = 2.0
@@ -261,3 +262,35 @@ async def test_a_scheduled_run_is_enqueued_once_whatever_replicas_fire_it(
     fires = [j.fire_time for j in jobs]
     assert len(fires) >= 3
     assert len(set(fires)) == len(fires), sorted(f for f in fires if fires.count(f) > 1)
+
+
+async def test_each_notification_is_sent_once_by_the_leader(
+    tmp_path: Path,
+    sim: SimulatorServer,
+    pg: str,
+    hook: Hook,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """Three replicas, failing jobs on every account's turn: one webhook call per failure."""
+    cfgs = []
+    for name in ("a", "b", "c"):
+        cfg = write(tmp_path, sim, pg, name)
+        text = cfg.source.read_text().replace('name = "fc0"\n', 'name = "fc0"\nmax_attempts = 1\n')
+        text = text.replace('forecastId = "fc_0"', 'forecastId = "no_such_forecast"', 1)
+        text += f'[[notify]]\nurl = "{hook.url}"\non = ["failed"]\n'
+        cfg.source.write_text(text)
+        cfgs.append(load_config(cfg.source))
+    bad = next(p for p in cfgs[0].pipelines if p.name == "fc0")
+    daemons = [Daemon(c) for c in cfgs]
+    tasks = [await start(d) for d in daemons]
+    try:
+        ledger = Ledger(cfgs[0].ledger.url)
+        try:
+            ids = [await trigger(ledger, bad) for _ in range(3)]
+        finally:
+            await ledger.close()
+        await until(lambda: len(hook.bodies) >= 3, 30, "three failure notifications")
+        await asyncio.sleep(1.0)  # time for a second sender, if there were one
+        assert sum(d.ownership.leader for d in daemons) == 1
+    finally:
+        await stop(*zip(daemons, tasks, strict=True))
+    assert sorted(b["job_id"] for b in hook.bodies) == sorted(ids)

@@ -38,6 +38,7 @@ def _poller() -> Poller:
         ledger=_Unreadable(),
         cfg=SimpleNamespace(providers={"clari": SimpleNamespace(poll=PollConfig())}),
         rng=random.Random(1),
+        may_call=lambda account: True,  # every account's lease held (one daemon)
     )
 
     async def nothing(*_: object) -> None:
