@@ -461,8 +461,8 @@ def b9_replicas() -> tuple[list[Row], dict[str, Any]]:
             f"{one['jobs_per_s']:,.0f}",
             "",
             True,
-            f"{one['jobs']:,} Clari jobs over {', '.join(replicas.ACCOUNTS)} (one simulator, "
-            "limits raised); first submission to last success",
+            f"{one['jobs']:,} Clari exports (3 modules) over {', '.join(replicas.ACCOUNTS)} "
+            "(one simulator, limits raised); first submission to last success",
         ),
         row(
             9,

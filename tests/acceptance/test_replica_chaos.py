@@ -416,7 +416,10 @@ def test_three_replicas_21_kills_lose_nothing_duplicate_nothing_exceed_nothing(
     n_ingest = len(by_kind["clari.ingest"])
     assert n_ingest * INGEST_RECORDS <= ingest["records"]["account"], ingest  # type: ignore[index]
 
-    # Claro: every part in every result, in order; at most one export call again per kill.
+    # Claro: every part in every result, in order, once. An export call makes only a download
+    # URL: each owner asks afresh for the parts not DONE when it took the account (README:
+    # "asks for a fresh URL for each part not DONE"), at most one per job it can run at once
+    # (Claro's concurrency, 4) each time the account changed hands (a kill or a give-back).
     d = ClaroDataset(id="ds_chaos", name="C", rows=CLARO_ROWS)
     expected_rows = [d.row(i) for i in range(CLARO_ROWS)]
     for job in by_kind["claro.dataset_export"]:
@@ -425,7 +428,8 @@ def test_three_replicas_21_kills_lose_nothing_duplicate_nothing_exceed_nothing(
             assert list(csv.reader(f))[1:] == expected_rows
     claro = http_json(urls["claro"] + "/_sim/stats")
     parts = len(by_kind["claro.dataset_export"]) * (CLARO_ROWS // CLARO_PART)
-    assert parts <= claro["exports"] <= parts + KILLS, claro  # type: ignore[index,operator]
+    handovers = int(db.one("SELECT epoch FROM leases WHERE name = 'claro'"))
+    assert parts <= claro["exports"] <= parts + 4 * handovers, (claro, handovers)  # type: ignore[index,operator]
     assert claro["rate_limited"] == 0, claro  # type: ignore[index]
 
     # Claravine: every chunk once.
