@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, func, insert, or_, select, text, update
 
 from orchestrator.leasing import LEADER, plan
+from orchestrator.ledger.dialects import insert_new
 from orchestrator.ledger.models import LeaseRow, ReplicaRow
 
 replicas_t: Table = ReplicaRow.__table__  # type: ignore[assignment]
@@ -84,20 +85,11 @@ def register(conn: Connection, me: Replica) -> None:
 
 
 def _ensure_rows(conn: Connection, names: list[str]) -> None:
+    """A lease row per account (a new account in the config gets one at the next heartbeat)."""
     have = set(conn.execute(select(leases_t.c.name).where(leases_t.c.name.in_(names))).scalars())
-    for name in names:
-        if name in have:
-            continue
-        stmt: Any
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            stmt = pg_insert(leases_t).on_conflict_do_nothing(index_elements=["name"])
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            stmt = sqlite_insert(leases_t).on_conflict_do_nothing(index_elements=["name"])
-        conn.execute(stmt.values(name=name, owner=None, epoch=0))
+    new = [{"name": n, "owner": None, "epoch": 0} for n in names if n not in have]
+    if new:
+        conn.execute(insert_new(conn, leases_t, "name"), new)
 
 
 def heartbeat(
