@@ -8,6 +8,7 @@ parses only that. Memory is one chunk plus the plan, whatever the file's size.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -36,15 +37,30 @@ class Problems:
     shown: list[str] = field(default_factory=list)
     count: int = 0
     sink: Callable[[str], None] | None = None  # is given every problem (a side file)
+    _lines: list[int] = field(default_factory=list)  # of `shown`, ascending
 
     def add(self, line: int | None, what: str) -> None:
         self.count += 1
-        if len(self.shown) < self.limit or self.sink is not None:
+        if len(self.shown) < self.limit or self.sink is not None or line is not None:
             text = f"{self.path}:{line}: {what}" if line is not None else f"{self.path}: {what}"
-            if len(self.shown) < self.limit:
-                self.shown.append(text)
             if self.sink is not None:
                 self.sink(text)
+            self._keep(line or 0, text)
+
+    def _keep(self, line: int, text: str) -> None:
+        """Keep the `limit` problems of the lowest lines (a block's parse problems are met
+        before the record checks of its earlier lines), in file order."""
+        shown, lines = self.shown, self._lines
+        if len(shown) < self.limit:
+            at = bisect.bisect_right(lines, line)
+        elif self.limit and line < lines[-1]:
+            shown.pop()
+            lines.pop()
+            at = bisect.bisect_right(lines, line)
+        else:
+            return
+        shown.insert(at, text)
+        lines.insert(at, line)
 
     def __bool__(self) -> bool:
         return self.count > 0
@@ -89,8 +105,9 @@ class Lines:
     def __post_init__(self) -> None:
         self.pos = self.start
 
-    def __iter__(self) -> Iterator[bytes]:
-        """From where the last iteration stopped (a new iterator continues, never rewinds)."""
+    def _raw(self) -> Iterator[bytes | None]:
+        """Each line's bytes from `pos` (None for one over MAX_LINE, dropped to its newline;
+        the caller reports `overlong`), counting offsets and line numbers."""
         f, end = self.f, self.end
         f.seek(self.pos)
         readline = f.readline
@@ -102,25 +119,22 @@ class Lines:
             self.line += 1
             if len(raw) == MAX_LINE and raw[-1] != 10:  # no newline within MAX_LINE
                 self._skip_rest(raw)
-                continue  # dropped: the caller reports `overlong`
-            if self.pos == len(raw) and raw.startswith(BOM):
-                raw = raw[3:]
+                yield None
+                continue
             yield raw
+
+    def __iter__(self) -> Iterator[bytes]:
+        """From where the last iteration stopped (a new iterator continues, never rewinds)."""
+        for raw in self._raw():
+            if raw is None:
+                continue  # dropped: the caller reports `overlong`
+            yield raw[3:] if self.pos == len(raw) and raw.startswith(BOM) else raw
 
     def text(self, problems: Problems) -> Iterator[str]:
         """The same lines decoded (for csv.reader); a line that is not UTF-8 is a problem, and
         is read anyway (with U+FFFD) so the reader's line count stays right."""
-        f, end = self.f, self.end
-        f.seek(self.pos)
-        readline = f.readline
-        while end is None or self.pos < end:
-            raw = readline(MAX_LINE)
-            if not raw:
-                return
-            self.pos += len(raw)
-            self.line += 1
-            if len(raw) == MAX_LINE and raw[-1] != 10:
-                self._skip_rest(raw)
+        for raw in self._raw():
+            if raw is None:
                 yield "\n"
                 continue
             try:
@@ -129,18 +143,18 @@ class Lines:
                 problems.add(self.line, not_utf8(raw) or "not UTF-8")
                 yield raw.decode("utf-8", "replace")
 
-    def objects(self, problems: Problems) -> Iterator[tuple[int, int, Any]]:
-        """(line, start offset, value) of every JSON line from `pos` to `end`, read a block
-        at a time (lines split in C, not one readline call each): the fast path of JSON Lines.
-        `pos`/`line` are just past the value's line when it is given. A blank line is
-        skipped; a line that is not JSON, not UTF-8 or over MAX_LINE is a problem."""
+    def blocks(self, problems: Problems) -> Iterator[Block]:
+        """The JSON lines from `pos` to `end` a block at a time: read in 1 MiB blocks, split
+        and parsed in C (one `map(orjson.loads, ...)` per block while every line parses; line by
+        line, with each problem reported, where one does not). A blank line is skipped; a line
+        that is not JSON, not UTF-8 or over MAX_LINE is a problem. `pos`/`line` are past a
+        block once it is given."""
         f, end = self.f, self.end
         f.seek(self.pos)
         read_at = pos = self.pos
         n = self.line
         carry = b""
         skipping = False  # inside an over-long line, dropping bytes up to its newline
-        loads, table, run = orjson.loads, _DIGITS, _LONG_RUN
         while True:
             want = BLOCK if end is None else min(BLOCK, end - read_at)
             block = f.read(want) if want > 0 else b""
@@ -154,50 +168,47 @@ class Lines:
                 block = block[cut + 1 :] if cut >= 0 else b""
                 skipping = False
             if not block:
-                lines = [carry] if carry else []
-                last = True
-            else:
-                data = carry + block if carry else block
-                cut = data.rfind(b"\n") + 1
-                if not cut:
-                    if len(data) > MAX_LINE:
-                        n += 1
-                        problems.add(n, "line longer than 16 MiB")
-                        self.overlong = n
-                        pos += len(data)
-                        carry, skipping = b"", True
-                    else:
-                        carry = data
-                    continue
-                lines = data[:cut].split(b"\n")
-                lines.pop()
-                carry = data[cut:]
-                last = False
-            for raw in lines:
-                n += 1
-                start = pos
-                pos += len(raw) + 1
-                if start == 0 and raw.startswith(BOM):
-                    raw = raw[3:]
-                if len(raw) > MAX_LINE:
+                if carry:
+                    got = Block(n + 1, pos, [carry], problems)
+                    self.pos, self.line = pos + len(carry) + 1, n + 1
+                    yield got
+                return
+            data = carry + block if carry else block
+            cut = data.rfind(b"\n") + 1
+            if not cut:
+                if len(data) > MAX_LINE:
+                    n += 1
                     problems.add(n, "line longer than 16 MiB")
                     self.overlong = n
-                    continue
-                try:
-                    if run in raw.translate(table):  # an integer orjson would make a float
-                        raise ValueError
-                    value = loads(raw)
-                except ValueError:
-                    try:
-                        value = json.loads(raw)
-                    except ValueError as exc:
-                        if raw.strip():
-                            problems.add(n, _json_problem(raw, exc))
-                        continue
-                self.pos, self.line = pos, n
-                yield n, start, value
-            if last:
-                return
+                    pos += len(data)
+                    carry, skipping = b"", True
+                else:
+                    carry = data
+                continue
+            whole = data[:cut]
+            carry = data[cut:]
+            raws = whole.split(b"\n")
+            raws.pop()
+            got = Block(n + 1, pos, raws, problems, whole)
+            n += len(raws)
+            pos += cut
+            self.pos, self.line = pos, n
+            if got.overlong:
+                self.overlong = got.overlong
+            yield got
+
+    def objects(self, problems: Problems) -> Iterator[tuple[int, int, Any]]:
+        """(line, start offset, value) of every JSON line from `pos` to `end` (see `blocks`).
+        `pos`/`line` are just past the value's line when it is given."""
+        for block in self.blocks(problems):
+            first, raws, values = block.first, block.raws, block.values
+            pos = block.start
+            for i, value in enumerate(values):
+                start = pos
+                pos += len(raws[i]) + 1
+                if value is not SKIP:
+                    self.pos, self.line = pos, first + i
+                    yield first + i, start, value
 
     def _skip_rest(self, raw: bytes) -> None:
         self.overlong = self.line
@@ -205,6 +216,78 @@ class Lines:
         while (rest := readline(MAX_LINE)) and rest[-1] != 10:
             self.pos += len(rest)
         self.pos += len(rest)
+
+
+class _Skip:
+    """A line with no value: blank, or a problem (reported)."""
+
+
+SKIP: Any = _Skip()
+
+
+class Block:
+    """Lines `raws` of a file, the first at line `first` and byte `start`, each with its JSON
+    value in `values` (SKIP for a blank line or a problem, reported to `problems`)."""
+
+    __slots__ = ("_at", "first", "overlong", "raws", "start", "values")
+
+    def __init__(
+        self,
+        first: int,
+        start: int,
+        raws: list[bytes],
+        problems: Problems,
+        whole: bytes | None = None,
+    ) -> None:
+        self.first, self.start, self.raws = first, start, raws
+        self.overlong = 0
+        self._at = (0, start)
+        parse = raws
+        if start == 0 and raws[0].startswith(BOM):
+            parse = [raws[0][3:], *raws[1:]]
+        if whole is None:
+            whole = b"\n".join(raws)
+        values: list[Any] | None = None
+        if len(whole) <= MAX_LINE and _LONG_RUN not in whole.translate(_DIGITS):
+            try:
+                values = list(map(orjson.loads, parse))
+            except ValueError:  # a line that is not JSON, or blank: line by line
+                values = None
+        self.values = values if values is not None else self._one_by_one(parse, problems)
+
+    def offset(self, i: int) -> int:
+        """The byte offset of line `i` of the block (`len(raws)`: just past the last line)."""
+        j, off = self._at
+        if i < j:
+            j, off = 0, self.start
+        off += sum(map(len, self.raws[j:i])) + (i - j)
+        self._at = (i, off)
+        return off
+
+    def _one_by_one(self, parse: list[bytes], problems: Problems) -> list[Any]:
+        values: list[Any] = []
+        add = values.append
+        loads, table, run = orjson.loads, _DIGITS, _LONG_RUN
+        n = self.first - 1
+        for raw in parse:
+            n += 1
+            if len(raw) > MAX_LINE:
+                problems.add(n, "line longer than 16 MiB")
+                self.overlong = n
+                add(SKIP)
+                continue
+            try:
+                if run in raw.translate(table):  # an integer orjson would make a float
+                    raise ValueError
+                add(loads(raw))
+            except ValueError:
+                try:
+                    add(json.loads(raw))
+                except ValueError as exc:
+                    if raw.strip():
+                        problems.add(n, _json_problem(raw, exc))
+                    add(SKIP)
+        return values
 
 
 BLOCK = 1 << 20
