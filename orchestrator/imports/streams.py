@@ -144,7 +144,7 @@ class Lines:
                 yield raw.decode("utf-8", "replace")
 
     def blocks(self, problems: Problems) -> Iterator[Block]:
-        """The JSON lines from `pos` to `end` a block at a time: read in 1 MiB blocks, split
+        """The JSON lines from `pos` to `end` a block at a time: read in 256 KiB blocks, split
         and parsed in C (one `map(orjson.loads, ...)` per block while every line parses; line by
         line, with each problem reported, where one does not). A blank line is skipped; a line
         that is not JSON, not UTF-8 or over MAX_LINE is a problem. `pos`/`line` are past a
@@ -290,7 +290,7 @@ class Block:
         return values
 
 
-BLOCK = 1 << 20
+BLOCK = 1 << 18  # 256 KiB: a block's parsed values are held while it is checked
 # Digits as b"0", everything else as b" ": 19 zeros in a row mean an integer of 19+ digits.
 _DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
 _LONG_RUN = b"0" * 19

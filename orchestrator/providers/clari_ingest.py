@@ -34,7 +34,7 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import BadAnswer, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient
-from orchestrator.imports.flow import Opened, open_import
+from orchestrator.imports.flow import Opened, open_import, plan_parts, span_of
 from orchestrator.imports.records import (
     IdFilter,
     UploadFile,
@@ -47,7 +47,6 @@ from orchestrator.imports.streams import SourceError, first_error
 from orchestrator.limits import AccountPace
 from orchestrator.providers.answers import Answer, RemoteId, answer, parse_answer
 from orchestrator.providers.base import Work, register_kind
-from orchestrator.providers.claravine import span_of
 from orchestrator.providers.sources import FileImportParams, expand_sources
 from orchestrator.redaction import redact
 
@@ -265,36 +264,10 @@ class ClariIngest:
                 tracker.validated = plan.rows
         except SourceError as exc:
             raise Rejected(self.name, str(exc)) from None
-        planned = [
-            Part(
-                job_id=job.id,
-                seq=span.seq,
-                state=PartState.PENDING,
-                first_row=span.first_row,
-                row_count=span.row_count,
-                byte_start=span.start,
-                byte_end=span.end,
-                first_line=span.first_line,
-                last_line=span.last_line,
-            )
-            for span in plan.spans
-        ]
-        if parts:  # planned before (an older version): keep what was sent, add the ranges
-            old = {c.seq: c for c in parts}
-            if len(old) != len(planned):
-                raise Rejected(self.name, f"{src.path}: no longer splits as it was planned")
-            planned = [
-                replace(
-                    old[c.seq],
-                    first_row=c.first_row,
-                    row_count=c.row_count,
-                    byte_start=c.byte_start,
-                    byte_end=c.byte_end,
-                    first_line=c.first_line,
-                    last_line=c.last_line,
-                )
-                for c in planned
-            ]
+        old = {c.seq: c for c in parts}  # planned before (an older version): keep what was sent
+        if old and len(old) != len(plan.spans):
+            raise Rejected(self.name, f"{src.path}: no longer splits as it was planned")
+        planned = plan_parts(job.id, plan.spans, old)
         await work.save(*planned)
         tracker.set(phase="sending")
         log.info("ingest_planned", job_id=job.id, files=len(planned), records=plan.rows)
