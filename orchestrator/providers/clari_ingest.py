@@ -9,9 +9,11 @@ upload files of at most 10 MB as ranges of the source; each file is rendered whe
 each a part in the ledger: `POST /ingest/bulk/entity/
 {entity}` (multipart `FileData`, `mode`, `isLastBatch` on the last file of an initial load), then
 `GET /ingest/job/{jobId}` until SUCCESS, FAILED or VALIDATION_FAILED (whose errorCode /
-errorSummary list is recorded). Files go one at a time, in order — `isLastBatch` must come last —
-and Clari's `429 TOO_MANY_REQUESTS` (concurrent ingestion jobs) is waited out. A file whose POST
-may have landed before a crash is sent again: records are keyed by id, so the second copy
+errorSummary list is recorded). Up to `concurrentFiles` files are in flight at once (Clari
+caps concurrent ingestion jobs per partner); a file that may hold an id of one in flight waits
+for it (Clari applies files in flight in any order), `isLastBatch` goes after every other file,
+and Clari's `429 TOO_MANY_REQUESTS` is waited out, each attempt with a fresh body. A file whose
+POST may have landed before a crash is sent again: records are keyed by id, so the second copy
 updates the same records.
 """
 
