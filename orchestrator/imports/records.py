@@ -26,6 +26,7 @@ import orjson
 from orchestrator.imports.streams import (
     SKIP,
     Block,
+    JsonlPass,
     Lines,
     Problems,
     SourceError,
@@ -36,6 +37,8 @@ from orchestrator.imports.tables import PROGRESS_EVERY, Progress, is_jsonl
 
 Record = dict[str, Any]
 ENTITY_OVERHEAD = 40  # bytes of `{"sourceEntity":…,"records":[…]}` around an entity's name
+MIN_MS = 10**11  # a time before 1973 in ms: almost surely seconds
+TWICE = "same sourceEntity and id as an earlier record"
 
 
 def check_record(rec: dict[str, Any]) -> str | None:
@@ -45,7 +48,7 @@ def check_record(rec: dict[str, Any]) -> str | None:
         v = rec.get(key)
         if not isinstance(v, int) or isinstance(v, bool):
             return f"{key} must be a number of milliseconds since the epoch"
-        if v < 10**11:  # before 1973 in ms: almost surely seconds
+        if v < MIN_MS:
             return f"{key} looks like seconds; Clari wants milliseconds"
     if rec["updatedAt"] < rec["createdAt"]:
         return "updatedAt is before createdAt"
@@ -120,10 +123,7 @@ def validate_records(path: Path, limit: int, progress: Progress | None = None) -
     files = _FilePlan(path, limit, problems)
     with open_source(path) as f:
         if is_jsonl(path):
-            for block in Lines(f).blocks(problems):
-                files.add_block(block)
-                if progress is not None:
-                    progress(files.rows + files.count)
+            files.run(f, progress)
         else:
             files.add_records(_array_records(path, f, problems), progress)
     if problems:
@@ -134,13 +134,16 @@ def validate_records(path: Path, limit: int, progress: Progress | None = None) -
     return plan
 
 
-class _FilePlan:
+class _FilePlan(JsonlPass):
     """The upload files of a validation pass as spans of the source, fed every record in file
     order: each checked (`check_record`), costed as it will be rendered, and refused when its
-    id is already in its file. The hot loop of JSON Lines works on a parsed block at a time."""
+    id is already in its file. JSON Lines go through the shared block pass (`take`: a parsed
+    block at a time, the common record — valid, new id, same entity, room in the file — with
+    no call of its own); the array form is fed record by record (`add_records`)."""
 
     def __init__(self, path: Path, limit: int, problems: Problems) -> None:
-        self.path, self.limit, self.problems = path, limit, problems
+        super().__init__(problems)
+        self.path, self.limit = path, limit
         self.spans: list[Span] = []
         self.rows = 0  # records planned in closed files
         self.count = 0  # records in the open file
@@ -151,11 +154,22 @@ class _FilePlan:
         self.start = self.first_line = 0  # where the open file begins (bytes, line)
         self.last: tuple[Block | None, int] = (None, 0)  # its last record
 
-    def add_block(self, block: Block) -> None:
-        """Every record of a block of JSON Lines (the fast path: no call per valid record)."""
-        problems, dumps, fast = self.problems, orjson.dumps, _fast_ok
-        first, values = block.first, block.values
-        for i, rec in enumerate(values):
+    @property
+    def validated(self) -> int:
+        return self.rows + self.count
+
+    def take(self, block: Block) -> None:
+        """Every record of a block of JSON Lines: checked in one loop, then added in bulk — one
+        `orjson.dumps` of the block's valid records for their size, set operations for repeated
+        ids — when they all fit the open file, are of its entity and repeat no id; else one by
+        one (`add`: a file cut within the block, a new entity, a repeated id reported)."""
+        problems, first = self.problems, block.first
+        recs: list[Record] = []
+        rids: list[Any] = []
+        at: list[int] = []
+        ents: list[Any] = []
+        keep_rec, keep_rid, keep_at, keep_ent = recs.append, rids.append, at.append, ents.append
+        for i, rec in enumerate(block.values):
             if rec.__class__ is not dict:
                 if rec is not SKIP:
                     problems.add(first + i, "each line must be a record with its sourceEntity")
@@ -164,14 +178,49 @@ class _FilePlan:
             if not entity:
                 problems.add(first + i, "each line must be a record with its sourceEntity")
                 continue
-            if not fast(rec):
+            c, u, rid = rec.get("createdAt"), rec.get("updatedAt"), rec.get("id")
+            if not (rid and c.__class__ is int and u.__class__ is int and c >= MIN_MS and u >= c):
                 problems.add(first + i, check_record(rec) or "not a record")
                 continue
+            keep_rec(rec)
+            keep_rid(rid)
+            keep_at(i)
+            keep_ent(entity)
+        if not at:
+            return
+        entity = self.entity
+        if (
+            entity is not None
+            and ents.count(entity) == len(ents)
+            and self._bulk(block, recs, rids, at)
+        ):
+            return
+        dumps = orjson.dumps
+        for rec, rid, i, entity in zip(recs, rids, at, ents, strict=True):
             try:
                 size = len(dumps(rec))
             except TypeError:  # an integer past 64 bits
                 size = len(render_item(rec))
-            self.add(entity if entity.__class__ is str else str(entity), rec["id"], size, block, i)
+            self.add(entity if entity.__class__ is str else str(entity), rid, size, block, i)
+
+    def _bulk(self, block: Block, recs: list[Record], rids: list[Any], at: list[int]) -> bool:
+        """Add a block's valid records of the open file's entity at once, if they fit in it
+        and repeat no id (of the file or of each other); False (nothing added) if not."""
+        try:
+            total = len(orjson.dumps(recs))  # "[" + the records joined by "," + "]"
+        except TypeError:  # an integer past 64 bits
+            return False
+        cost = total - 1  # each record's size + 1, as `add` counts them
+        if self.size + cost > self.limit:
+            return False
+        keys = set(map(hash, zip(itertools.repeat(self.entity), map(str, rids))))  # id_key
+        if len(keys) < len(rids) or not self.ids.isdisjoint(keys):
+            return False
+        self.ids |= keys
+        self.size += cost
+        self.count += len(rids)
+        self.last = (block, at[-1])
+        return True
 
     def add_records(self, records: Iterator[Found], progress: Progress | None) -> None:
         """Records of the JSON array form, located by block and place (no line to name)."""
@@ -209,11 +258,10 @@ class _FilePlan:
         key = id_key(entity, rid)  # a false "twice" has odds of ~1e-10 a file
         ids = self.ids
         if key in ids:
-            twice = "same sourceEntity and id as an earlier record"
             if block is not None:
-                self.problems.add(block.first + i, twice)
+                self.problems.add(block.first + i, TWICE)
             else:
-                self.problems.add(None, f"{self.where}: {twice}")
+                self.problems.add(None, f"{self.where}: {TWICE}")
         ids.add(key)
         if not self.count and block is not None:  # no block is held: its records with it
             self.start, self.first_line = block.offset(i), block.first + i
@@ -243,14 +291,6 @@ class _FilePlan:
         if self.count:
             self._cut()
         return self.spans
-
-
-def _fast_ok(rec: dict[str, Any]) -> bool:
-    """check_record's verdict for a valid record, in a few dict reads (it says why if not)."""
-    c, u = rec.get("createdAt"), rec.get("updatedAt")
-    return bool(
-        rec.get("id") and c.__class__ is int and u.__class__ is int and c >= 10**11 and u >= c
-    )
 
 
 def id_key(entity: str, rid: Any) -> int:
