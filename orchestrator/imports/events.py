@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -113,43 +114,60 @@ def validate_events(
 
 class _EventsPass(JsonlPass):
     """Clayva's checks of a block of JSON Lines: a valid event passes a few dict reads inline
-    (check_event's verdict for it); only one that fails them is given to check_event, which
-    says why (or, for what the inline test is too strict about, lets it through)."""
+    (check_event's verdict for it) and its timestamp is parsed with the block's others in one
+    C loop; only an event that fails them is given to check_event, which says why (or, for
+    what the inline test is too strict about, lets it through). Problems are reported once
+    the block is checked, in line order."""
 
     def check(self, block: Block) -> list[int]:
-        problems, first, iso = self.problems, block.first, datetime.fromisoformat
+        values = block.values
         valid: list[int] = []
-        keep = valid.append
-        for i, e in enumerate(block.values):
-            if e.__class__ is not dict:
-                if e is not SKIP:
-                    problems.add(first + i, "an event must be a JSON object")
+        stamps: list[str] = []  # the timestamps of `valid`'s events that have one
+        bad: list[int] = []  # to be looked at one by one
+        keep, stamp = valid.append, stamps.append
+        for i, e in enumerate(values):
+            if e.__class__ is dict:
+                name, ts = e.get("event"), e.get("timestamp")
+                p, c = e.get("properties"), e.get("context")
+                if (
+                    name.__class__ is str
+                    and name
+                    and not name.isspace()
+                    and (e.get("userId") or e.get("anonymousId"))
+                    and (p is None or p.__class__ is dict)
+                    and (c is None or c.__class__ is dict)
+                ):
+                    if ts is None:
+                        keep(i)
+                        continue
+                    if ts.__class__ is str and "T" in ts:
+                        keep(i)
+                        stamp(ts)
+                        continue
+            elif e is SKIP:
                 continue
-            name, ts = e.get("event"), e.get("timestamp")
-            p, c = e.get("properties"), e.get("context")
-            if (
-                name.__class__ is str
-                and name
-                and not name.isspace()
-                and (e.get("userId") or e.get("anonymousId"))
-                and (p is None or p.__class__ is dict)
-                and (c is None or c.__class__ is dict)
-                and (ts is None or (ts.__class__ is str and "T" in ts and _iso_ok(iso, ts)))
-            ):
-                keep(i)
-            elif (why := check_event(e)) is None:
-                keep(i)
-            else:
-                problems.add(first + i, why)
+            bad.append(i)
+        try:
+            deque(map(datetime.fromisoformat, stamps), maxlen=0)
+        except ValueError:  # one of them is not ISO 8601: which, below
+            bad += [i for i in valid if values[i].get("timestamp") is not None]
+            valid = [i for i in valid if values[i].get("timestamp") is None]
+        if bad:
+            valid = self._one_by_one(block, sorted(bad), valid)
         return valid
 
-
-def _iso_ok(iso: Callable[[str], datetime], text: str) -> bool:
-    try:
-        iso(text)
-    except ValueError:
-        return False
-    return True
+    def _one_by_one(self, block: Block, bad: list[int], valid: list[int]) -> list[int]:
+        problems, first, values = self.problems, block.first, block.values
+        for i in bad:
+            e = values[i]
+            if e.__class__ is not dict:
+                problems.add(first + i, "an event must be a JSON object")
+            elif (why := check_event(e)) is not None:
+                problems.add(first + i, why)
+            else:
+                valid.append(i)
+        valid.sort()
+        return valid
 
 
 def read_events(path: Path, span: Span, header: list[str] | None) -> tuple[list[Event], list[int]]:

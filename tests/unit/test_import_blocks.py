@@ -95,6 +95,8 @@ EVENT_LINES = [
     b'{"event": "A"}',
     b'{"event": "A", "userId": "u", "timestamp": "2026-11-21"}',
     b'{"event": "A", "userId": "u", "timestamp": "later"}',
+    b'{"event": "A", "userId": "u", "timestamp": "Tuesday"}',
+    b'{"event": "A", "userId": "u", "timestamp": "2026-13-01T00:00:00Z"}',
     b'{"event": "A", "userId": "u", "timestamp": 5}',
     b'{"event": "A", "userId": "u", "properties": [1]}',
     b'{"event": "A", "userId": "u", "n": 123456789012345678901}',
