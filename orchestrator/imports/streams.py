@@ -328,7 +328,7 @@ class JsonlPass:
     returns the indices of the block's valid records; those are cut into spans of `per` valid
     records. A span begins where the one before it ended (the first at the file's start) and
     ends just past its last record's line. A kind that plans otherwise (Clari ingest: upload
-    files by size) overrides `plan`."""
+    files by size, records added in bulk) overrides `take`, which checks and plans a block."""
 
     def __init__(self, problems: Problems, per: int = 1) -> None:
         self.problems, self.per = problems, per
