@@ -26,7 +26,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -353,12 +353,15 @@ class HttpClient:
         *,
         label: str | None = None,
         download: bool = False,
+        body: Callable[[], Any] | None = None,
         **kw: Any,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response with a 2xx status, after retries; its body is not read yet (stream it).
         `label` names the request in messages and logs instead of its path (pre-signed download
         URLs are credentials: their path must not be logged either). `download`: the body is a
-        result, read within download_deadline instead of request_deadline."""
+        result, read within download_deadline instead of request_deadline. `body`: a factory
+        of the request's `data`, called for each attempt — a streamed body (a file in a form)
+        is consumed by the attempt that sends it and cannot be sent again."""
 
         def where() -> str:  # for messages: path only, never query or headers (built on demand)
             return f"{method} {label}" if label else self._where(method, path)
@@ -379,6 +382,8 @@ class HttpClient:
             request_id = _next_request_id()
             try:
                 headers = {**extra_headers, "X-Request-Id": request_id}
+                if body is not None:
+                    kw["data"] = body()
                 resp = await self.session.request(
                     method, url, headers=headers, allow_redirects=False, **kw
                 )

@@ -4,13 +4,14 @@ it be validated (no plan yet) or can sending resume from the plan in the ledger?
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from orchestrator.domain import ImportProgress
+from orchestrator.domain import ImportProgress, Part, PartState
 from orchestrator.imports.progress import Tracker, file_stamp
-from orchestrator.imports.streams import SourceError
+from orchestrator.imports.streams import SourceError, Span
 from orchestrator.providers.base import Work
 from orchestrator.providers.sources import check_source, file_sha256
 
@@ -63,3 +64,35 @@ async def open_import(work: Work) -> Opened:
     tracker = Tracker(work.save_progress, progress)
     tracker.set(source_size=size, source_mtime_ns=mtime)
     return Opened(path=path, sha256=sha, size=size, tracker=tracker, planned=planned)
+
+
+def plan_parts(job_id: int, spans: Iterable[Span], old: dict[int, Part]) -> list[Part]:
+    """A part per planned span, carrying its rows, byte range and lines: a new one PENDING,
+    or the part an earlier plan of the job left at that place (what was sent stays sent)."""
+    return [_part_of(job_id, span, old.get(span.seq)) for span in spans]
+
+
+def _part_of(job_id: int, span: Span, old: Part | None) -> Part:
+    return replace(
+        old or Part(job_id=job_id, seq=span.seq, state=PartState.PENDING),
+        first_row=span.first_row,
+        row_count=span.row_count,
+        byte_start=span.start,
+        byte_end=span.end,
+        first_line=span.first_line,
+        last_line=span.last_line,
+    )
+
+
+def span_of(part: Part) -> Span:
+    """The planned span a part was made from."""
+    return Span(
+        seq=part.seq,
+        first_row=part.first_row or 0,
+        row_count=part.row_count or 0,
+        start=part.byte_start or 0,
+        end=part.byte_end or 0,
+        first_line=part.first_line or 1,
+        last_line=part.last_line or 1,
+        digest=part.content_sha256,
+    )

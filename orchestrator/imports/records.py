@@ -12,7 +12,9 @@ files the later record updates the earlier one, as Clari's ingest does by id."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
+from array import array
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +23,22 @@ from typing import IO, Any
 import ijson
 import orjson
 
-from orchestrator.imports.streams import Lines, Problems, SourceError, Span, open_source
+from orchestrator.imports.streams import (
+    SKIP,
+    Block,
+    JsonlPass,
+    Lines,
+    Problems,
+    SourceError,
+    Span,
+    open_source,
+)
 from orchestrator.imports.tables import PROGRESS_EVERY, Progress, is_jsonl
 
 Record = dict[str, Any]
 ENTITY_OVERHEAD = 40  # bytes of `{"sourceEntity":…,"records":[…]}` around an entity's name
+MIN_MS = 10**11  # a time before 1973 in ms: almost surely seconds
+TWICE = "same sourceEntity and id as an earlier record"
 
 
 def check_record(rec: dict[str, Any]) -> str | None:
@@ -35,49 +48,18 @@ def check_record(rec: dict[str, Any]) -> str | None:
         v = rec.get(key)
         if not isinstance(v, int) or isinstance(v, bool):
             return f"{key} must be a number of milliseconds since the epoch"
-        if v < 10**11:  # before 1973 in ms: almost surely seconds
+        if v < MIN_MS:
             return f"{key} looks like seconds; Clari wants milliseconds"
     if rec["updatedAt"] < rec["createdAt"]:
         return "updatedAt is before createdAt"
     return None
 
 
-def render_item(rec: Record) -> str:
+def render_item(rec: Record) -> bytes:
     try:
-        return orjson.dumps(rec).decode()
+        return orjson.dumps(rec)
     except TypeError:  # an integer past 64 bits
-        return json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
-
-
-class FileCutter:
-    """Where upload files end: each record costs its JSON and a comma, and a block around it
-    (`{"sourceEntity":…,"records":[…]}`) when its entity differs from the record before it."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.size = 2  # "[]"
-        self.last: str | None = None  # the entity of the open block
-        self.ids: set[int] = set()  # hashes of (entity, id): a tenth of the memory of the pairs
-
-    def cost(self, entity: str, item: str, where: str) -> int:
-        size = len(item) if item.isascii() else len(item.encode())
-        block = len(entity) + ENTITY_OVERHEAD
-        if size + 1 + block + 2 > self.limit:
-            raise SourceError(
-                f"{where}: one record is larger than a file may be ({self.limit} bytes)"
-            )
-        return size + 1 + (0 if entity == self.last else block)
-
-    def starts_new(self, entity: str, item: str, where: str) -> bool:
-        """Add a record; True if it opens a new file (the one before it is complete)."""
-        overhead = self.cost(entity, item, where)
-        new = self.last is not None and self.size + overhead > self.limit
-        if new:
-            self.size, self.last, self.ids = 2, None, set()
-            overhead = self.cost(entity, item, where)
-        self.last = entity
-        self.size += overhead
-        return new
+        return json.dumps(rec, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class FileWriter:
@@ -90,7 +72,7 @@ class FileWriter:
         self.last: str | None = None
         self.records = 0
 
-    def add(self, entity: str, item: str) -> None:
+    def add(self, entity: str, item: bytes) -> None:
         w = self.buf.write
         if entity != self.last:
             if self.last is not None:
@@ -99,7 +81,7 @@ class FileWriter:
             self.last = entity
         else:
             w(b",")
-        w(item.encode())
+        w(item)
         self.records += 1
 
     def finish(self) -> None:
@@ -113,16 +95,18 @@ class FileWriter:
 
 
 def split_files(records: list[tuple[str, Record, str]], limit: int) -> Iterator[bytes]:
-    """The API's JSON shape in files of at most `limit` bytes."""
-    cutter = FileCutter(limit)
-    out = FileWriter()
-    for entity, rec, where in records:
-        item = render_item(rec)
-        if cutter.starts_new(entity, item, where):
-            yield out.close()
-            out = FileWriter()
-        out.add(entity, item)
-    if out.records:
+    """The API's JSON shape in files of at most `limit` bytes, cut as a validation pass cuts
+    them (records already checked)."""
+    where = Path("records")
+    plan = _FilePlan(where, limit, Problems(where))
+    for entity, rec, place in records:
+        plan.where = place
+        plan.add(entity, rec["id"], len(render_item(rec)), None, 0)
+    it = iter(records)
+    for span in plan.close():
+        out = FileWriter()
+        for entity, rec, _ in itertools.islice(it, span.row_count):
+            out.add(entity, render_item(rec))
         yield out.close()
 
 
@@ -136,79 +120,219 @@ def validate_records(path: Path, limit: int, progress: Progress | None = None) -
     """One streaming pass: every record checked as Clari checks it, upload files planned.
     SourceError listing the first 100 problems (and how many more) if any."""
     problems = Problems(path)
-    plan = IngestPlan()
-    cutter = FileCutter(limit)
-    first = count = 0
-    start = first_line = last_line = end = 0
-    every = PROGRESS_EVERY
+    files = _FilePlan(path, limit, problems)
     with open_source(path) as f:
-        lines = Lines(f)
-        for entity, rec, where, (line, lo, hi) in _records(path, f, lines, problems):
-            if (why := check_record(rec)) is not None:
-                _report(problems, line, where, why)
-                continue
-            item = render_item(rec)
-            at = f"{path}:{line}" if line else f"{path}: {where}"
-            if cutter.starts_new(entity, item, at) and count:
-                plan.spans.append(
-                    Span(
-                        seq=len(plan.spans),
-                        first_row=first,
-                        row_count=count,
-                        start=start,
-                        end=end,
-                        first_line=first_line,
-                        last_line=last_line,
-                    )
-                )
-                first, count = first + count, 0
-            if not count:
-                start, first_line = lo, line
-            key = hash((entity, str(rec["id"])))  # a false "twice" has odds of ~1e-10 a file
-            if key in cutter.ids:
-                _report(problems, line, where, "same sourceEntity and id as an earlier record")
-            cutter.ids.add(key)
-            count += 1
-            end, last_line = hi, line
-            every -= 1
-            if not every and progress is not None:
-                every = PROGRESS_EVERY
-                progress(first + count)
+        if is_jsonl(path):
+            files.run(f, progress)
+        else:
+            files.add_records(_array_records(path, f, problems), progress)
     if problems:
         raise problems.error("invalid records")
-    if count:
-        plan.spans.append(
-            Span(
-                seq=len(plan.spans),
-                first_row=first,
-                row_count=count,
-                start=start,
-                end=end,
-                first_line=first_line,
-                last_line=last_line,
-            )
-        )
-    plan.rows = first + count
+    plan = IngestPlan(spans=files.close(), rows=files.rows)
     if not plan.rows:
         raise SourceError(f"{path}: no records")
     return plan
 
 
-def _report(problems: Problems, line: int, where: str, what: str) -> None:
-    """At a line of JSON Lines, or at a record of a block of the array form."""
-    if line:
-        problems.add(line, what)
-    else:
-        problems.add(None, f"{where}: {what}")
+class _FilePlan(JsonlPass):
+    """The upload files of a validation pass as spans of the source, fed every record in file
+    order: each checked (`check_record`), costed as it will be rendered, and refused when its
+    id is already in its file. JSON Lines go through the shared block pass (`take`: a parsed
+    block at a time, the common record — valid, new id, same entity, room in the file — with
+    no call of its own); the array form is fed record by record (`add_records`)."""
+
+    def __init__(self, path: Path, limit: int, problems: Problems) -> None:
+        super().__init__(problems)
+        self.path, self.limit = path, limit
+        self.spans: list[Span] = []
+        self.rows = 0  # records planned in closed files
+        self.count = 0  # records in the open file
+        self.size = 2  # bytes of the open file: "[]" and its blocks
+        self.entity: str | None = None  # of the open file's last block
+        self.entity_cost = 0  # bytes of a block around a record of `entity`
+        self.ids: set[int] = set()  # hashes of (entity, id) in the open file
+        self.start = self.first_line = 0  # where the open file begins (bytes, line)
+        self.last: tuple[Block | None, int] = (None, 0)  # its last record
+
+    @property
+    def validated(self) -> int:
+        return self.rows + self.count
+
+    def take(self, block: Block) -> None:
+        """Every record of a block of JSON Lines: checked in one loop, then added in bulk — one
+        `orjson.dumps` of the block's valid records for their size, set operations for repeated
+        ids — when they all fit the open file, are of its entity and repeat no id; else one by
+        one (`add`: a file cut within the block, a new entity, a repeated id reported)."""
+        problems, first = self.problems, block.first
+        recs: list[Record] = []
+        rids: list[Any] = []
+        at: list[int] = []
+        ents: list[Any] = []
+        keep_rec, keep_rid, keep_at, keep_ent = recs.append, rids.append, at.append, ents.append
+        for i, rec in enumerate(block.values):
+            if rec.__class__ is not dict:
+                if rec is not SKIP:
+                    problems.add(first + i, "each line must be a record with its sourceEntity")
+                continue
+            entity = rec.pop("sourceEntity", None)
+            if not entity:
+                problems.add(first + i, "each line must be a record with its sourceEntity")
+                continue
+            c, u, rid = rec.get("createdAt"), rec.get("updatedAt"), rec.get("id")
+            if not (rid and c.__class__ is int and u.__class__ is int and c >= MIN_MS and u >= c):
+                problems.add(first + i, check_record(rec) or "not a record")
+                continue
+            keep_rec(rec)
+            keep_rid(rid)
+            keep_at(i)
+            keep_ent(entity)
+        if not at:
+            return
+        entity = self.entity
+        if (
+            entity is not None
+            and ents.count(entity) == len(ents)
+            and self._bulk(block, recs, rids, at)
+        ):
+            return
+        dumps = orjson.dumps
+        for rec, rid, i, entity in zip(recs, rids, at, ents, strict=True):
+            try:
+                size = len(dumps(rec))
+            except TypeError:  # an integer past 64 bits
+                size = len(render_item(rec))
+            self.add(entity if entity.__class__ is str else str(entity), rid, size, block, i)
+
+    def _bulk(self, block: Block, recs: list[Record], rids: list[Any], at: list[int]) -> bool:
+        """Add a block's valid records of the open file's entity at once, if they fit in it
+        and repeat no id (of the file or of each other); False (nothing added) if not."""
+        try:
+            total = len(orjson.dumps(recs))  # "[" + the records joined by "," + "]"
+        except TypeError:  # an integer past 64 bits
+            return False
+        cost = total - 1  # each record's size + 1, as `add` counts them
+        if self.size + cost > self.limit:
+            return False
+        keys = set(map(hash, zip(itertools.repeat(self.entity), map(str, rids))))  # id_key
+        if len(keys) < len(rids) or not self.ids.isdisjoint(keys):
+            return False
+        self.ids |= keys
+        self.size += cost
+        self.count += len(rids)
+        self.last = (block, at[-1])
+        return True
+
+    def add_records(self, records: Iterator[Found], progress: Progress | None) -> None:
+        """Records of the JSON array form, located by block and place (no line to name)."""
+        every = PROGRESS_EVERY
+        for entity, rec, where, _ in records:
+            if (why := check_record(rec)) is not None:
+                self.problems.add(None, f"{where}: {why}")
+                continue
+            self.where = where
+            self.add(entity, rec["id"], len(render_item(rec)), None, 0)
+            every -= 1
+            if not every and progress is not None:
+                every = PROGRESS_EVERY
+                progress(self.rows + self.count)
+
+    where = ""  # the array form's place of the record being added (in messages)
+
+    def add(self, entity: str, rid: Any, size: int, block: Block | None, i: int) -> None:
+        """A record that passed its checks, `size` bytes rendered, at line `i` of `block`."""
+        if entity != self.entity:
+            cost = size + 1 + len(json.dumps(entity)) + ENTITY_OVERHEAD
+        else:
+            cost = size + 1
+        if self.count and self.size + cost > self.limit:
+            self._cut()
+            cost = size + 1 + len(json.dumps(entity)) + ENTITY_OVERHEAD
+        if cost + 2 > self.limit:
+            where = f"{self.path}:{block.first + i}" if block else f"{self.path}: {self.where}"
+            raise SourceError(
+                f"{where}: one record is larger than a file may be ({self.limit} bytes)"
+            )
+        if entity != self.entity:
+            self.entity = entity
+        self.size += cost
+        key = id_key(entity, rid)  # a false "twice" has odds of ~1e-10 a file
+        ids = self.ids
+        if key in ids:
+            if block is not None:
+                self.problems.add(block.first + i, TWICE)
+            else:
+                self.problems.add(None, f"{self.where}: {TWICE}")
+        ids.add(key)
+        if not self.count and block is not None:  # no block is held: its records with it
+            self.start, self.first_line = block.offset(i), block.first + i
+        self.last = (block, i)
+        self.count += 1
+
+    def _cut(self) -> None:
+        """Close the open file as a span: lines and bytes of its first and last record (the
+        array form: records only)."""
+        block, i = self.last
+        self.spans.append(
+            Span(
+                seq=len(self.spans),
+                first_row=self.rows,
+                row_count=self.count,
+                start=self.start,
+                end=block.offset(i + 1) if block else 0,
+                first_line=self.first_line,
+                last_line=block.first + i if block else 0,
+            )
+        )
+        self.rows += self.count
+        self.count, self.size, self.entity, self.ids = 0, 2, None, set()
+        self.last = (None, 0)
+
+    def close(self) -> list[Span]:
+        if self.count:
+            self._cut()
+        return self.spans
 
 
-def upload_files(
-    path: Path, spans: list[Span], into: Path
-) -> Generator[tuple[Span, Path, int], None, None]:
-    """(span, upload file, records in it) for each of `spans` (in file order), each file
-    written to the directory `into` (a 10 MB file is not held in memory while it is sent):
-    JSON Lines by seeking to each span's bytes; the array form in one parse past everything
-    before. The caller deletes each file once sent."""
+def id_key(entity: str, rid: Any) -> int:
+    """A record's identity at Clari, as a hash: its entity and id (an id as Clari keys it)."""
+    return hash((entity, rid if rid.__class__ is str else str(rid)))
+
+
+class IdFilter:
+    """The identities of one upload file's records in 1 MiB of bits (a Bloom filter, two bits
+    a record): whether a later file may hold one of them. A false "may" (under 1% at 200,000
+    records) only makes the later file wait for this one."""
+
+    BITS = 1 << 23
+
+    def __init__(self, keys: array[int]) -> None:
+        self.bits = bits = bytearray(self.BITS >> 3)
+        mask = self.BITS - 1
+        for h in keys:
+            for b in (h & mask, (h >> 23) & mask):
+                bits[b >> 3] |= 1 << (b & 7)
+
+    def may_hold_any(self, keys: array[int]) -> bool:
+        bits, mask = self.bits, self.BITS - 1
+        for h in keys:
+            b, c = h & mask, (h >> 23) & mask
+            if bits[b >> 3] >> (b & 7) & 1 and bits[c >> 3] >> (c & 7) & 1:
+                return True
+        return False
+
+
+@dataclass
+class UploadFile:
+    span: Span
+    path: Path  # in the scratch directory: the caller deletes it once sent
+    records: int
+    keys: array[int]  # id_key of each record
+
+
+def upload_files(path: Path, spans: list[Span], into: Path) -> Generator[UploadFile, None, None]:
+    """Each of `spans` (in file order) as an upload file written to the directory `into` (a
+    10 MB file is not held in memory while it is sent): JSON Lines by seeking to each span's
+    bytes; the array form in one parse past everything before."""
     problems = Problems(path)
     with open_source(path) as f:
         if is_jsonl(path):
@@ -234,13 +358,15 @@ def _take(it: Iterator[Any], n: int) -> Iterator[Any]:
         yield item
 
 
-def _file_of(path: Path, span: Span, records: Iterator[Any], into: Path) -> tuple[Span, Path, int]:
+def _file_of(path: Path, span: Span, records: Iterator[Any], into: Path) -> UploadFile:
     target = into / f"upload-{span.seq + 1:05d}.json"
+    keys = array("q")
     with target.open("wb") as f:
         out = FileWriter(f)
         for entity, rec, _, _ in records:
             if check_record(rec) is None:
                 out.add(entity, render_item(rec))
+                keys.append(id_key(entity, rec["id"]))
         out.finish()
     n = out.records
     if n != span.row_count:
@@ -248,7 +374,7 @@ def _file_of(path: Path, span: Span, records: Iterator[Any], into: Path) -> tupl
             f"{path}: records {span.first_row + 1}-{span.first_row + span.row_count} no longer "
             f"read as they were validated ({n}); the file changed"
         )
-    return span, target, n
+    return UploadFile(span=span, path=target, records=n, keys=keys)
 
 
 Found = tuple[str, Record, str, tuple[int, int, int]]  # entity, record, where, (line, start, end)

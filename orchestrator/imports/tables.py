@@ -14,6 +14,9 @@ from typing import Any
 import orjson
 
 from orchestrator.imports.streams import (
+    SKIP,
+    Block,
+    JsonlPass,
     Lines,
     Problems,
     SourceError,
@@ -90,23 +93,24 @@ def validate_table(
     problems = Problems(path, limit=limit)
     jsonl = is_jsonl(path)
     with open_source(path) as f:
-        lines = Lines(f)
-        fields: list[str] | None = None
-        if not jsonl:
-            fields = _csv_header(lines, problems)
-            if fields is None:
+        if jsonl:
+            check = _RowsPass(problems, per_chunk).run(f, progress)
+            if problems:
                 raise problems.error("problems")
-        records = (
-            _jsonl_rows(lines, problems, fields) if jsonl else _csv_rows(lines, problems, fields)
-        )
-        header: list[list[str]] = []  # known once the first row is read (JSON Lines: its keys)
+            if check.header is None:
+                raise SourceError(f"{path}: no records")
+            return TablePlan(fields=check.header, spans=check.spans, rows=check.rows)
+        lines = Lines(f)
+        fields = _csv_header(lines, problems)
+        if fields is None:
+            raise problems.error("problems")
         # No content hash here: the sender hashes each chunk's rows when it reads them anyway.
         chunker = Chunker(lines, per_chunk, None)
         every = PROGRESS_EVERY
         buf = chunker.buf
-        for _ in records:
-            if not header:
-                header.append(fields or records_header(records))
+        seen = False
+        for _ in _CsvRows(lines, problems, len(fields)):
+            seen = True
             if problems.count:  # keep checking, stop planning
                 continue
             buf.append(None)
@@ -119,12 +123,46 @@ def validate_table(
                 progress(chunker.rows + len(chunker.buf))
         if problems:
             raise problems.error("problems")
-        if not header:
-            if jsonl:
-                raise SourceError(f"{path}: no records")
-            return TablePlan(fields=fields or [])
+        if not seen:
+            return TablePlan(fields=fields)
         chunker.flush()
-    return TablePlan(fields=header[0], spans=chunker.spans, rows=chunker.rows)
+    return TablePlan(fields=fields, spans=chunker.spans, rows=chunker.rows)
+
+
+class _RowsPass(JsonlPass):
+    """Claravine's checks of a block of JSON Lines: each line an object with line 1's keys
+    (the first object's keys are the fields). Rows are not built: the sender builds them."""
+
+    header: list[str] | None = None
+    _keys: set[str] | None = None
+
+    def check(self, block: Block) -> list[int]:
+        problems, first, keys = self.problems, block.first, self._keys
+        valid: list[int] = []
+        keep = valid.append
+        for i, obj in enumerate(block.values):
+            if obj.__class__ is not dict:
+                if obj is not SKIP:
+                    problems.add(first + i, "each line must be a JSON object")
+            elif obj.keys() == keys:
+                keep(i)
+            elif keys is None:
+                self.header, keys = list(obj), set(obj)
+                self._keys = keys
+                keep(i)
+            else:
+                problems.add(first + i, _keys_differ(set(obj), keys))
+        return valid
+
+
+def _keys_differ(got: set[str], keys: set[str]) -> str:
+    extra = len(got - keys)  # counted, not quoted: keys are the file's text
+    missing = len(keys - got)
+    return (
+        "keys differ from line 1"
+        + (f"; {extra} more" if extra else "")
+        + (f"; {missing} missing" if missing else "")
+    )
 
 
 def records_header(records: Iterator[Row]) -> list[str]:
@@ -242,11 +280,6 @@ class _CsvRows:
                 problems.add(base + prev, str(exc))
 
 
-def _csv_rows(lines: Lines, problems: Problems, fields: list[str] | None) -> Iterator[Row]:
-    assert fields is not None
-    return iter(_CsvRows(lines, problems, len(fields)))
-
-
 _LONG_NUMBER = re.compile(rb"\d{19}")
 
 
@@ -285,14 +318,7 @@ class _JsonlRows:
                 header = self.header = list(obj)
                 keys = set(obj)
             elif obj.keys() != keys:
-                extra = len(set(obj) - keys)  # counted, not quoted: keys are the file's text
-                missing = len(keys - set(obj))
-                problems.add(
-                    n,
-                    "keys differ from line 1"
-                    + (f"; {extra} more" if extra else "")
-                    + (f"; {missing} missing" if missing else ""),
-                )
+                problems.add(n, _keys_differ(set(obj), keys))
                 continue
             yield [
                 "" if (v := obj[k]) is None else v if v.__class__ is str else str(v) for k in header

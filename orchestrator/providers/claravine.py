@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 import structlog
@@ -40,7 +40,7 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import BadAnswer, ProviderError, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient, loads_json
-from orchestrator.imports.flow import Opened, open_import
+from orchestrator.imports.flow import Opened, open_import, span_of
 from orchestrator.imports.streams import SourceError, Span, first_error
 from orchestrator.imports.tables import chunk_hash, read_fields, read_span, validate_table
 from orchestrator.ledger.store import utcnow
@@ -121,19 +121,6 @@ def plan_chunks(job: Job, spans: Sequence[Span], total: int | None = None) -> li
     ]
 
 
-def span_of(part: Part) -> Span:
-    return Span(
-        seq=part.seq,
-        first_row=part.first_row or 0,
-        row_count=part.row_count or 0,
-        start=part.byte_start or 0,
-        end=part.byte_end or 0,
-        first_line=part.first_line or 1,
-        last_line=part.last_line or 1,
-        digest=part.content_sha256,
-    )
-
-
 register_kind(
     SUBMISSION,
     SubmissionParams,
@@ -152,13 +139,15 @@ register_kind(
 # --- answers (api-docs/claravine-api.txt) ------------------------------------------------------
 
 
-def _listed_under(key: str) -> Any:
-    """A before-validator: a bare array, or the array under `key`."""
+class _Listing(Answer):
+    """An answer that lists things under `_key`, or is the bare array."""
 
-    def wrap(data: Any) -> Any:
-        return {key: data} if isinstance(data, list) else data
+    _key: ClassVar[str]
 
-    return wrap
+    @model_validator(mode="before")
+    @classmethod
+    def _wrap(cls, data: Any) -> Any:
+        return {cls._key: data} if isinstance(data, list) else data
 
 
 class ClaravineTemplate(Answer):
@@ -166,15 +155,11 @@ class ClaravineTemplate(Answer):
     fields: list[str] | None = None
 
 
-class ClaravineTemplates(Answer):
+class ClaravineTemplates(_Listing):
     """`GET /datasets`: `{"datasets": [...]}` (or the bare array)."""
 
+    _key = "datasets"
     datasets: list[ClaravineTemplate]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _wrap(cls, data: Any) -> Any:
-        return _listed_under("datasets")(data)
 
 
 class ClaravineTransaction(Answer):
@@ -184,15 +169,11 @@ class ClaravineTransaction(Answer):
     name: str | None = None
 
 
-class ClaravineTransactions(Answer):
+class ClaravineTransactions(_Listing):
     """`GET /{dataset}/transactions`: `{"transactions": [...]}` (or the bare array)."""
 
+    _key = "transactions"
     transactions: list[ClaravineTransaction]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _wrap(cls, data: Any) -> Any:
-        return _listed_under("transactions")(data)
 
 
 class ClaravineStatus(Answer):

@@ -9,18 +9,23 @@ upload files of at most 10 MB as ranges of the source; each file is rendered whe
 each a part in the ledger: `POST /ingest/bulk/entity/
 {entity}` (multipart `FileData`, `mode`, `isLastBatch` on the last file of an initial load), then
 `GET /ingest/job/{jobId}` until SUCCESS, FAILED or VALIDATION_FAILED (whose errorCode /
-errorSummary list is recorded). Files go one at a time, in order — `isLastBatch` must come last —
-and Clari's `429 TOO_MANY_REQUESTS` (concurrent ingestion jobs) is waited out. A file whose POST
-may have landed before a crash is sent again: records are keyed by id, so the second copy
+errorSummary list is recorded). Up to `concurrentFiles` files are in flight at once (Clari
+caps concurrent ingestion jobs per partner); a file that may hold an id of one in flight waits
+for it (Clari applies files in flight in any order), `isLastBatch` goes after every other file,
+and Clari's `429 TOO_MANY_REQUESTS` is waited out, each attempt with a fresh body. A file whose
+POST may have landed before a crash is sent again: records are keyed by id, so the second copy
 updates the same records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from array import array
+from collections.abc import Callable, Generator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 from urllib.parse import quote
 
 import aiohttp
@@ -31,19 +36,29 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import BadAnswer, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient
-from orchestrator.imports.flow import Opened, open_import
-from orchestrator.imports.records import check_record, split_files, upload_files, validate_records
-from orchestrator.imports.streams import SourceError
+from orchestrator.imports.flow import Opened, open_import, plan_parts, span_of
+from orchestrator.imports.records import (
+    IdFilter,
+    UploadFile,
+    check_record,
+    split_files,
+    upload_files,
+    validate_records,
+)
+from orchestrator.imports.streams import SourceError, first_error
 from orchestrator.limits import AccountPace
 from orchestrator.providers.answers import Answer, RemoteId, answer, parse_answer
 from orchestrator.providers.base import Work, register_kind
-from orchestrator.providers.claravine import span_of
 from orchestrator.providers.sources import FileImportParams, expand_sources
 from orchestrator.redaction import redact
 
 log = structlog.get_logger(__name__)
 KIND = "clari.ingest"
 MAX_FILE_BYTES = 10 * 1024 * 1024
+# Files in flight at once (uploaded, ingestion not finished). Clari caps concurrent ingestion
+# jobs per partner (`429 TOO_MANY_REQUESTS`, "Max concurrent async ingestion jobs limit
+# reached") without publishing the number; a 429 is still waited out.
+CONCURRENT_FILES = 2
 __all__ = ["check_record", "split_files"]
 
 
@@ -51,6 +66,7 @@ class IngestParams(FileImportParams):
     entity: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_]+$")
     mode: Literal["initial", "incremental"] = "incremental"
     maxFileBytes: int = Field(default=MAX_FILE_BYTES, ge=1024, le=MAX_FILE_BYTES)
+    concurrentFiles: int = Field(default=CONCURRENT_FILES, ge=1, le=16)
 
 
 register_kind(
@@ -157,35 +173,82 @@ class ClariIngest:
         if not src.planned or not parts:
             parts = await self._plan(job, work, src, parts)
         await src.tracker.save(force=True)
-        tracker = src.tracker
-        tracker.confirmed(0)
-        last_seq = parts[-1].seq
-        to_send = [span_of(p) for p in parts if p.state not in (PartState.DONE, PartState.RUNNING)]
+        src.tracker.confirmed(0)
         scratch = work.scratch_dir()
         await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
+        to_send = [span_of(p) for p in parts if p.state not in (PartState.DONE, PartState.RUNNING)]
         files = upload_files(src.path, to_send, scratch)
+        window = _Window(int(job.params.get("concurrentFiles", CONCURRENT_FILES)))
         try:
-            for part in parts:
-                if part.state == PartState.DONE:
-                    continue
-                if part.state != PartState.RUNNING:
-                    try:
-                        _, upload, _ = await asyncio.to_thread(next, files)
-                    except SourceError as exc:
-                        raise Rejected(self.name, str(exc)) from None
-                    try:
-                        part = await self._upload(job, work, part, upload, part.seq == last_seq)
-                    finally:
-                        await asyncio.to_thread(upload.unlink, missing_ok=True)
-                await self._await(job, work, part)
-                tracker.confirmed(part.row_count or 0)
-                await tracker.save()
+            async with asyncio.TaskGroup() as tasks:
+                for part in parts:
+                    if part.state != PartState.DONE:
+                        await self._start(job, work, src, part, parts[-1].seq, files, window, tasks)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
         finally:
-            await asyncio.to_thread(files.close)
+            with contextlib.suppress(ValueError):  # a render cancelled mid-way still runs
+                await asyncio.to_thread(files.close)
         await asyncio.to_thread(work.drop_scratch)
-        tracker.set(phase="done")
-        await tracker.save(force=True)
-        return src.result(tracker.progress.rows_validated)
+        src.tracker.set(phase="done")
+        await src.tracker.save(force=True)
+        return src.result(src.tracker.progress.rows_validated)
+
+    async def _start(
+        self,
+        job: Job,
+        work: Work,
+        src: Opened,
+        part: Part,
+        last_seq: int,
+        files: Generator[UploadFile, None, None],
+        window: _Window,
+        tasks: asyncio.TaskGroup,
+    ) -> None:
+        """Start one file in the window: one already uploaded before a restart is followed (its
+        records unknown: later files wait for it); another is rendered, then uploaded once no
+        file in flight may hold one of its ids (Clari would apply the two in any order) — and
+        the last of an initial load once every other is done."""
+        if part.state == PartState.RUNNING:
+            done = await window.enter(part.seq, None)
+            tasks.create_task(
+                self._finish(job, work, src, part, None, done), name=f"ingest-{part.seq}"
+            )
+            return
+        try:
+            upload = await asyncio.to_thread(next, files)
+        except SourceError as exc:
+            raise Rejected(self.name, str(exc)) from None
+        last = part.seq == last_seq
+        if last and job.params.get("mode") == "initial":
+            await window.drain()
+        done = await window.enter(part.seq, upload)
+        follow = self._finish(job, work, src, part, upload, done, last=last)
+        tasks.create_task(follow, name=f"ingest-{part.seq}")
+
+    async def _finish(
+        self,
+        job: Job,
+        work: Work,
+        src: Opened,
+        part: Part,
+        upload: UploadFile | None,
+        done: Callable[[], None],
+        *,
+        last: bool = False,
+    ) -> None:
+        """Upload (unless in flight already) and follow one file to SUCCESS."""
+        try:
+            if upload is not None:
+                try:
+                    part = await self._upload(job, work, part, upload.path, last)
+                finally:
+                    await asyncio.to_thread(upload.path.unlink, missing_ok=True)
+            await self._await(job, work, part)
+            src.tracker.confirmed(part.row_count or 0)
+            await src.tracker.save()
+        finally:
+            done()
 
     async def _plan(self, job: Job, work: Work, src: Opened, parts: list[Part]) -> list[Part]:
         """Check every record (streaming; nothing sent if any is wrong) and plan the upload
@@ -203,36 +266,10 @@ class ClariIngest:
                 tracker.validated = plan.rows
         except SourceError as exc:
             raise Rejected(self.name, str(exc)) from None
-        planned = [
-            Part(
-                job_id=job.id,
-                seq=span.seq,
-                state=PartState.PENDING,
-                first_row=span.first_row,
-                row_count=span.row_count,
-                byte_start=span.start,
-                byte_end=span.end,
-                first_line=span.first_line,
-                last_line=span.last_line,
-            )
-            for span in plan.spans
-        ]
-        if parts:  # planned before (an older version): keep what was sent, add the ranges
-            old = {c.seq: c for c in parts}
-            if len(old) != len(planned):
-                raise Rejected(self.name, f"{src.path}: no longer splits as it was planned")
-            planned = [
-                replace(
-                    old[c.seq],
-                    first_row=c.first_row,
-                    row_count=c.row_count,
-                    byte_start=c.byte_start,
-                    byte_end=c.byte_end,
-                    first_line=c.first_line,
-                    last_line=c.last_line,
-                )
-                for c in planned
-            ]
+        old = {c.seq: c for c in parts}  # planned before (an older version): keep what was sent
+        if old and len(old) != len(plan.spans):
+            raise Rejected(self.name, f"{src.path}: no longer splits as it was planned")
+        planned = plan_parts(job.id, plan.spans, old)
         await work.save(*planned)
         tracker.set(phase="sending")
         log.info("ingest_planned", job_id=job.id, files=len(planned), records=plan.rows)
@@ -247,26 +284,36 @@ class ClariIngest:
         query = {"mode": mode}
         if mode == "initial":
             query["isLastBatch"] = "true" if last else "false"
-        form = aiohttp.FormData()
-        data = await asyncio.to_thread(upload.open, "rb")  # streamed from disk by aiohttp
-        try:
-            form.add_field(
+        opened: list[IO[bytes]] = []
+
+        def form() -> aiohttp.FormData:
+            """A fresh body for each attempt (a 429 or a 5xx is retried; the last attempt's
+            file object was read to its end), streamed from disk by aiohttp."""
+            for f in opened:
+                f.close()
+            opened.append(upload.open("rb"))
+            body = aiohttp.FormData()
+            body.add_field(
                 "FileData",
-                data,
+                opened[-1],
                 filename=f"part-{part.seq + 1}.json",
                 content_type="application/json",
             )
-            entity = quote(str(job.params["entity"]), safe="")
+            return body
+
+        entity = quote(str(job.params["entity"]), safe="")
+        try:
             submitted = await answer(
                 self.http,
                 IngestSubmitted,
                 "POST",
                 f"/ingest/bulk/entity/{entity}",
                 params=query,
-                data=form,
+                body=form,
             )
         finally:
-            data.close()
+            for f in opened:
+                f.close()
         remote = submitted.jobId
         sent = replace(part, state=PartState.RUNNING, remote_id=remote)
         await work.save(sent)
@@ -318,6 +365,41 @@ class ClariIngest:
                 )
             await asyncio.sleep(delay)
             delay = min(poll.max_interval, delay * 1.5)
+
+
+class _Window:
+    """The upload files in flight: at most `size` at once (Clari's concurrent ingestion jobs),
+    each with the ids it holds (None: unknown, uploaded before a restart)."""
+
+    def __init__(self, size: int) -> None:
+        self.slots = asyncio.Semaphore(size)
+        self.flying: dict[int, tuple[IdFilter | None, asyncio.Event]] = {}
+
+    async def enter(self, seq: int, upload: UploadFile | None) -> Callable[[], None]:
+        """Wait for a place, and for every file in flight that may hold an id of `upload`;
+        the answer is what to call once the file is done (or given up)."""
+        if upload is not None:
+            for ids, landed in list(self.flying.values()):
+                if ids is None or await asyncio.to_thread(ids.may_hold_any, upload.keys):
+                    await landed.wait()
+        await self.slots.acquire()
+        ids = None if upload is None else await asyncio.to_thread(IdFilter, upload.keys)
+        if upload is not None:
+            upload.keys = array("q")  # in the filter now
+        landed = asyncio.Event()
+        self.flying[seq] = (ids, landed)
+
+        def done() -> None:
+            landed.set()
+            self.flying.pop(seq, None)
+            self.slots.release()
+
+        return done
+
+    async def drain(self) -> None:
+        """Until every file in flight is done."""
+        for _, landed in list(self.flying.values()):
+            await landed.wait()
 
 
 def _errors_text(message: Any) -> str:

@@ -36,7 +36,7 @@ from orchestrator.imports.events import (
     read_header,
     validate_events,
 )
-from orchestrator.imports.flow import Opened, open_import
+from orchestrator.imports.flow import Opened, open_import, plan_parts, span_of
 from orchestrator.imports.streams import SourceError
 from orchestrator.outputs import AtomicFile
 from orchestrator.providers.answers import Answer, answer
@@ -46,7 +46,6 @@ from orchestrator.providers.base import (
     register_kind,
     register_provider,
 )
-from orchestrator.providers.claravine import span_of
 from orchestrator.providers.sources import FileImportParams, expand_sources
 
 log = structlog.get_logger(__name__)
@@ -181,30 +180,7 @@ class ClayvaAdapter(StagedAdapterBase):
             side.abort()
         old = {c.seq: c for c in await work.parts()}  # planned before by an older version
         for at in range(0, len(plan.spans), PAGE):
-            await work.save(
-                *(
-                    replace(
-                        old[span.seq],
-                        byte_start=span.start,
-                        byte_end=span.end,
-                        first_line=span.first_line,
-                        last_line=span.last_line,
-                    )
-                    if span.seq in old
-                    else Part(
-                        job_id=job.id,
-                        seq=span.seq,
-                        state=PartState.PENDING,
-                        first_row=span.first_row,
-                        row_count=span.row_count,
-                        byte_start=span.start,
-                        byte_end=span.end,
-                        first_line=span.first_line,
-                        last_line=span.last_line,
-                    )
-                    for span in plan.spans[at : at + PAGE]
-                )
-            )
+            await work.save(*plan_parts(job.id, plan.spans[at : at + PAGE], old))
         tracker.set(phase="sending")
 
     async def _send_all(self, job: Job, work: Work, src: Opened, header: list[str] | None) -> None:

@@ -35,6 +35,7 @@ class IngestSimConfig:
     queue_delay: float = 0.05
     duration: float = 0.15
     fail_next: int = 0  # the next N ingestion jobs end FAILED (status read: HTTP 500)
+    too_many_next: int = 0  # the next N uploads answer 429 TOO_MANY_REQUESTS, body read first
 
 
 @dataclass(kw_only=True)
@@ -204,11 +205,14 @@ class ClariIngestSimulator:
                     "Allowed file format is JSON only. Please try again with right format.",
                 ),
             )
-        raw = upload.file.read()
+        with upload.file:  # closed on every answer, a 429 too
+            raw = upload.file.read()
         # Counted once the body is in, with no await before the job is registered: a check
         # before reading a (streamed) body let concurrent uploads all pass it.
         now = time.time()
-        if self._active(now) >= self.config.max_concurrent:
+        busy = self.config.too_many_next > 0
+        if busy or self._active(now) >= self.config.max_concurrent:
+            self.config.too_many_next -= int(busy)
             self.stats["too_many"] += 1
             return _errors(
                 429,

@@ -274,8 +274,9 @@ def test_ingest_files_carry_exactly_the_records_and_the_old_problems(
         return
     plan = validate_records(path, limit)
     sent = []
-    for _, upload, _ in upload_files(path, plan.spans, tmp_path):
-        for block in json.loads(upload.read_bytes()):
+    for upload in upload_files(path, plan.spans, tmp_path):
+        assert len(upload.keys) == upload.records
+        for block in json.loads(upload.path.read_bytes()):
             sent += [(block["sourceEntity"], r) for r in block["records"]]
     assert sorted(sent, key=repr) == sorted(((e, r) for e, r, _ in expected), key=repr)
 
@@ -298,11 +299,13 @@ def test_ingest_plan_splits_under_the_limit_and_resumes_at_any_file(
     first, again = tmp_path / "first", tmp_path / "again"
     first.mkdir(exist_ok=True)
     again.mkdir(exist_ok=True)
-    files = [(s, f.read_bytes(), n) for s, f, n in upload_files(path, plan.spans, first)]
+    files = [
+        (u.span, u.path.read_bytes(), u.records) for u in upload_files(path, plan.spans, first)
+    ]
     assert all(len(data) <= limit for _, data, _ in files)
     assert sum(n for _, _, n in files) == plan.rows == len(records)
     later = plan.spans[min(skip, len(plan.spans) - 1) :]  # a restart: the first files were sent
-    assert [f.read_bytes() for _, f, _ in upload_files(path, later, again)] == [
+    assert [u.path.read_bytes() for u in upload_files(path, later, again)] == [
         data for span, data, _ in files if span in later
     ]
 

@@ -1,0 +1,332 @@
+"""The JSON Lines validation pass a block at a time (streams.JsonlPass: blocks parsed in C, each
+kind's checks one loop per block, Clari's records added in bulk) reports exactly what a line at
+a time reports: the same problems, in file order, and the same plan. The oracle reads each line
+on its own with the json module and the kinds' own per-record checks; blocks are made tiny so
+lines straddle reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestrator.imports import streams
+from orchestrator.imports.events import check_event, validate_events
+from orchestrator.imports.records import _FilePlan, check_record, validate_records
+from orchestrator.imports.streams import Problems, SourceError, Span, not_utf8
+from orchestrator.imports.tables import validate_table
+
+SETTINGS = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+# Lines no kind accepts: blank, not JSON, not UTF-8, not an object, an integer past 64 bits.
+BAD = [
+    b"",
+    b"   ",
+    b"junk",
+    b'{"a": 1',
+    b"[1, 2]",
+    b'"text"',
+    b"123456789012345678901234",
+    b'{"event": "\xff"}',
+]
+BLOCKS = st.sampled_from([1, 7, 64, 1 << 15])
+
+
+def _write(path: Path, lines: list[bytes], newline_at_end: bool) -> None:
+    path.write_bytes(b"\n".join(lines) + (b"\n" if newline_at_end and lines else b""))
+
+
+def _parsed(path: Path, lines: list[bytes], problems: list[str]) -> list[tuple[int, int, Any]]:
+    """(line, byte offset just past the line, value) of every line that parses, one at a time;
+    the rest are problems as `file:line: what`."""
+    out = []
+    end = 0
+    for n, raw in enumerate(lines, start=1):
+        end += len(raw) + 1
+        if not raw.strip():
+            continue
+        if (bad := not_utf8(raw)) is not None:
+            problems.append(f"{path}:{n}: {bad}")
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{n}: not JSON ({exc.msg})")
+            continue
+        out.append((n, end, value))
+    return out
+
+
+def _line_of(path: Path, problem: str) -> int:
+    return int(problem.removeprefix(f"{path}:").split(":", 1)[0])
+
+
+def _spans(valid: list[tuple[int, int]], per: int) -> list[tuple[int, int, int, int, int]]:
+    """Spans of `per` valid lines (line, end offset): (rows, start, end, first_line, last_line),
+    each beginning where the one before ended."""
+    spans = []
+    start, first = 0, 1
+    for at in range(0, len(valid), per):
+        chunk = valid[at : at + per]
+        last, end = chunk[-1]
+        spans.append((len(chunk), start, end, first, last))
+        start, first = end, last + 1
+    return spans
+
+
+def _shape(spans: list[Span]) -> list[tuple[int, int, int, int, int]]:
+    return [(s.row_count, s.start, s.end, s.first_line, s.last_line) for s in spans]
+
+
+# --- Clayva -----------------------------------------------------------------------------------
+
+EVENT_LINES = [
+    b'{"event": "Signed Up", "userId": "u1"}',
+    b'{"event": "Signed Up", "anonymousId": "a", "timestamp": "2026-11-21T10:30:00Z"}',
+    b'{"event": "Viewed", "userId": "u", "properties": {"p": 1}, "context": {"c": 2}}',
+    b'{"event": "", "userId": "u1"}',
+    b'{"event": " ", "userId": "u1"}',
+    b'{"event": "A"}',
+    b'{"event": "A", "userId": "u", "timestamp": "2026-11-21"}',
+    b'{"event": "A", "userId": "u", "timestamp": "later"}',
+    b'{"event": "A", "userId": "u", "timestamp": "Tuesday"}',
+    b'{"event": "A", "userId": "u", "timestamp": "2026-13-01T00:00:00Z"}',
+    b'{"event": "A", "userId": "u", "timestamp": 5}',
+    b'{"event": "A", "userId": "u", "properties": [1]}',
+    b'{"event": "A", "userId": "u", "n": 123456789012345678901}',
+]
+
+
+@SETTINGS
+@given(
+    lines=st.lists(st.sampled_from(EVENT_LINES + BAD), max_size=60),
+    per=st.integers(1, 7),
+    block=BLOCKS,
+    newline_at_end=st.booleans(),
+)
+def test_clayva_block_pass_reports_what_a_line_at_a_time_reports(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lines: list[bytes],
+    per: int,
+    block: int,
+    newline_at_end: bool,
+) -> None:
+    monkeypatch.setattr(streams, "BLOCK", block)
+    path = tmp_path / "e.jsonl"
+    _write(path, lines, newline_at_end)
+    expected: list[str] = []
+    valid = []
+    for n, end, e in _parsed(path, lines, expected):
+        why = "an event must be a JSON object" if not isinstance(e, dict) else check_event(e)
+        if why is not None:
+            expected.append(f"{path}:{n}: {why}")
+        else:
+            valid.append((n, end))
+    expected.sort(key=lambda p: _line_of(path, p))
+    if not valid and not expected:
+        with pytest.raises(SourceError, match="no events"):
+            validate_events(path, per)
+        return
+    seen: list[str] = []
+    plan = validate_events(path, per, reject=seen.append)
+    assert plan.rejects is not None
+    assert plan.rejects.shown == expected
+    assert sorted(seen) == sorted(expected)
+    assert plan.rows == len(valid)
+    assert _shape(plan.spans) == _spans(valid, per)
+
+
+# --- Claravine --------------------------------------------------------------------------------
+
+ROW_LINES = [
+    b'{"a": "x", "b": 1}',
+    b'{"b": null, "a": "y"}',
+    b'{"a": "x"}',
+    b'{"a": "x", "b": 1, "c": 2}',
+    b'{"c": 1, "d": 2}',
+    b'{"a": [1], "b": {"z": 1}}',
+    b'{"a": 123456789012345678901, "b": 1}',
+]
+
+
+@SETTINGS
+@given(
+    lines=st.lists(st.sampled_from(ROW_LINES + BAD), max_size=60),
+    per=st.integers(1, 7),
+    limit=st.integers(1, 6),
+    block=BLOCKS,
+    newline_at_end=st.booleans(),
+)
+def test_claravine_block_pass_reports_what_a_line_at_a_time_reports(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lines: list[bytes],
+    per: int,
+    limit: int,
+    block: int,
+    newline_at_end: bool,
+) -> None:
+    monkeypatch.setattr(streams, "BLOCK", block)
+    path = tmp_path / "t.jsonl"
+    _write(path, lines, newline_at_end)
+    problems: list[str] = []
+    keys: set[str] | None = None
+    header: list[str] = []
+    valid = []
+    for n, end, obj in _parsed(path, lines, problems):
+        if not isinstance(obj, dict):
+            problems.append(f"{path}:{n}: each line must be a JSON object")
+        elif keys is None:
+            keys, header = set(obj), list(obj)
+            valid.append((n, end))
+        elif set(obj) != keys:
+            extra, missing = len(set(obj) - keys), len(keys - set(obj))
+            problems.append(
+                f"{path}:{n}: keys differ from line 1"
+                + (f"; {extra} more" if extra else "")
+                + (f"; {missing} missing" if missing else "")
+            )
+        else:
+            valid.append((n, end))
+    problems.sort(key=lambda p: _line_of(path, p))
+    if problems:
+        more = len(problems) - limit
+        with pytest.raises(SourceError) as got:
+            validate_table(path, per, limit=limit)
+        assert str(got.value) == (
+            f"{len(problems)} problems, nothing sent:\n"
+            + "\n".join(problems[:limit])
+            + (f"\n… and {more} more" if more > 0 else "")
+        )
+        return
+    if not valid:
+        with pytest.raises(SourceError, match="no records"):
+            validate_table(path, per, limit=limit)
+        return
+    plan = validate_table(path, per, limit=limit)
+    assert plan.fields == header
+    assert plan.rows == len(valid)
+    assert _shape(plan.spans) == _spans(valid, per)
+
+
+# --- Clari ingest -----------------------------------------------------------------------------
+
+T0 = 1_700_000_000_000
+
+
+def _record(entity: str | None, rid: object, dt: int = 0, pad: int = 0) -> bytes:
+    rec: dict[str, Any] = {"id": rid, "createdAt": T0, "updatedAt": T0 + dt, "pad": "x" * pad}
+    if entity is not None:
+        rec = {"sourceEntity": entity, **rec}
+    return json.dumps(rec).encode()
+
+
+RECORD_LINES = st.one_of(
+    st.builds(
+        _record,
+        st.sampled_from(["A", "B"]),
+        st.one_of(st.integers(0, 30).map(str), st.integers(0, 3)),
+        st.just(0),
+        st.integers(0, 300),
+    ),
+    st.sampled_from(
+        [
+            _record(None, "1"),
+            _record("", "1"),
+            _record("A", ""),
+            _record("A", "1", dt=-1),
+            b'{"sourceEntity": "A", "id": "1", "createdAt": 1700000000, "updatedAt": 1700000000}',
+            b'{"sourceEntity": "A", "id": "big", "createdAt": 1700000000000, '
+            b'"updatedAt": 1700000000000, "n": 123456789012345678901}',
+            b'{"sourceEntity": 7, "id": "7", "createdAt": 1700000000000, '
+            b'"updatedAt": 1700000000000}',
+            *BAD,
+        ]
+    ),
+)
+
+
+@SETTINGS
+@given(
+    lines=st.lists(RECORD_LINES, max_size=60),
+    limit=st.sampled_from([600, 1_500, 4_000, 1 << 20]),
+    block=BLOCKS,
+    newline_at_end=st.booleans(),
+)
+def test_clari_block_pass_reports_and_plans_what_a_record_at_a_time_does(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lines: list[bytes],
+    limit: int,
+    block: int,
+    newline_at_end: bool,
+) -> None:
+    """The oracle parses a line at a time and gives each valid record to the plan's own
+    record-at-a-time `add` (what the array form uses); the block pass must report the same
+    problems and cut the same upload files."""
+    monkeypatch.setattr(streams, "BLOCK", block)
+    path = tmp_path / "r.jsonl"
+    _write(path, lines, newline_at_end)
+    found: list[str] = []
+    oracle = Problems(path)
+    plan = _FilePlan(path, limit, oracle)
+    offsets = _Offsets(lines)
+    too_big: str | None = None
+    for n, _, rec in _parsed(path, lines, found):
+        if not isinstance(rec, dict) or not rec.get("sourceEntity"):
+            oracle.add(n, "each line must be a record with its sourceEntity")
+            continue
+        entity = str(rec.pop("sourceEntity"))
+        if (why := check_record(rec)) is not None:
+            oracle.add(n, why)
+            continue
+        try:
+            size = len(orjson.dumps(rec))
+        except TypeError:
+            size = len(json.dumps(rec, separators=(",", ":"), ensure_ascii=False).encode())
+        try:
+            plan.add(entity, rec["id"], size, offsets.block(n), 0)  # type: ignore[arg-type]
+        except SourceError as exc:
+            too_big = str(exc)
+            break
+    for problem in found:
+        line = _line_of(path, problem)
+        oracle.add(line, problem.split(f"{path}:{line}: ", 1)[1])
+    if too_big is not None:
+        with pytest.raises(SourceError) as got:
+            validate_records(path, limit)
+        assert str(got.value) == too_big
+        return
+    if oracle:
+        with pytest.raises(SourceError) as got:
+            validate_records(path, limit)
+        assert str(got.value) == str(oracle.error("invalid records"))
+        return
+    spans = plan.close()
+    if not plan.rows:
+        with pytest.raises(SourceError, match="no records"):
+            validate_records(path, limit)
+        return
+    got_plan = validate_records(path, limit)
+    assert got_plan.rows == plan.rows
+    assert _shape(got_plan.spans) == _shape(spans)
+
+
+class _Offsets:
+    """A one-line streams.Block for each line of the file (what the oracle hands `add`)."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+        self.starts = [0]
+        for raw in lines:
+            self.starts.append(self.starts[-1] + len(raw) + 1)
+
+    def block(self, n: int) -> streams.Block:
+        return streams.Block(n, self.starts[n - 1], [self.lines[n - 1]], Problems(Path("-")))
