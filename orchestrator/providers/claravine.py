@@ -147,7 +147,8 @@ class _Listing(Answer):
     @model_validator(mode="before")
     @classmethod
     def _wrap(cls, data: Any) -> Any:
-        return {cls._key: data} if isinstance(data, list) else data
+        key = getattr(cls, "_key", None)  # None on this base: nothing to list under
+        return {key: data} if key is not None and isinstance(data, list) else data
 
 
 class ClaravineTemplate(Answer):
