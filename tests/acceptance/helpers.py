@@ -38,36 +38,32 @@ def http_json(url: str, body: dict[str, object] | None = None) -> object:
         return json.loads(resp.read())
 
 
-def simulator_process() -> Iterator[str]:
+def simulator_process(
+    duration: float = 1.5, concurrent_limit: int = 4, path: str = "/clari/v4"
+) -> Iterator[str]:
+    """Every simulator in a process of its own (it outlives the daemons a test kills): yields
+    the base URL plus `path`, and stops it after."""
     port = free_port()
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "simulate",
-            "--port",
-            str(port),
-            "--duration",
-            "1.5",
-            "--concurrent-limit",
-            "4",
+            *(sys.executable, "-m", "orchestrator", "simulate", "--port", str(port)),
+            *("--duration", str(duration), "--concurrent-limit", str(concurrent_limit)),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{port}/clari/v4"
-    deadline = time.monotonic() + 15
+    root = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
     while True:
         try:
-            http_json(base + "/_sim/stats")
+            http_json(root + "/clari/v4/_sim/stats")
             break
         except OSError:
             if time.monotonic() > deadline:
                 proc.kill()
                 raise
             time.sleep(0.1)
-    yield base
+    yield root + path
     proc.terminate()
     proc.wait(10)
 

@@ -14,7 +14,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,8 +24,8 @@ import pytest
 
 from orchestrator.simulator.claravine import CAMPAIGN_FIELDS
 from orchestrator.simulator.claro import ClaroDataset
-from tests.acceptance.helpers import cli, http_json, start_daemon
-from tests.conftest import API_SECRET, free_port, write_config
+from tests.acceptance.helpers import cli, http_json, simulator_process, start_daemon
+from tests.conftest import API_SECRET, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 KILLS = 32
@@ -40,27 +39,7 @@ IMPORT_ROWS = 3_000
 @pytest.fixture
 def sim() -> Iterator[str]:
     """The simulator in its own process (it outlives every daemon), Clari at 3 slots."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "orchestrator", "simulate", "--port", str(port)),
-            *("--duration", "0.5", "--concurrent-limit", "3"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            http_json(base + "/clari/v4/_sim/stats")
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "simulator did not start"
-            time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(10)
+    yield from simulator_process(duration=0.5, concurrent_limit=3, path="")
 
 
 def _pipelines(inbox: Path) -> list[dict[str, Any]]:
