@@ -94,6 +94,19 @@ def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(resp.read())
 
 
+def wait_answering(url: str, within: float = 20.0) -> None:
+    """Until a server started in a subprocess answers `url` (OSError after `within` seconds)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            http_json(url)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Simulator:
     """`orchestrator simulate` in a subprocess pinned to core 1."""
 
@@ -114,15 +127,7 @@ class Simulator:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                http_json(self.base + "/_sim/stats")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_answering(self.base + "/_sim/stats")
         if self.config:
             http_json(self.base + "/_sim/config", self.config)
         return self

@@ -26,7 +26,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, Simulator, free_port, http_json, pin, rss_peak_mib, scratch
+from bench.common import (
+    ROOT,
+    Simulator,
+    free_port,
+    http_json,
+    pin,
+    rss_peak_mib,
+    scratch,
+    wait_answering,
+)
 
 SIZES = {"100 MB": 100 * 10**6, "2 GB": 2 * 10**9}
 DATASET = "4f1c2a9e-0000-4000-8000-000000000001"
@@ -183,15 +192,8 @@ class Sink:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                http_json(self.base + "/_stats")
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_answering(self.base + "/_stats")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:

@@ -69,10 +69,11 @@ async def open_import(work: Work) -> Opened:
 def plan_parts(job_id: int, spans: Iterable[Span], old: dict[int, Part]) -> list[Part]:
     """A part per planned span, carrying its rows, byte range and lines: a new one PENDING,
     or the part an earlier plan of the job left at that place (what was sent stays sent)."""
-    return [_part_of(job_id, span, old.get(span.seq)) for span in spans]
+    return [part_of(job_id, span, old.get(span.seq)) for span in spans]
 
 
-def _part_of(job_id: int, span: Span, old: Part | None) -> Part:
+def part_of(job_id: int, span: Span, old: Part | None = None) -> Part:
+    """A chunk's part: a PENDING one (or `old`, kept) placed at `span` in the source."""
     return replace(
         old or Part(job_id=job_id, seq=span.seq, state=PartState.PENDING),
         first_row=span.first_row,

@@ -40,7 +40,7 @@ from orchestrator.config import ProviderConfig
 from orchestrator.domain import Job, Part, PartState
 from orchestrator.errors import BadAnswer, ProviderError, Rejected, RemoteJobFailed, Unavailable
 from orchestrator.http import HttpClient, loads_json
-from orchestrator.imports.flow import Opened, open_import, span_of
+from orchestrator.imports.flow import Opened, open_import, part_of, span_of
 from orchestrator.imports.streams import SourceError, Span, first_error
 from orchestrator.imports.tables import chunk_hash, read_fields, read_span, validate_table
 from orchestrator.ledger.store import utcnow
@@ -104,18 +104,10 @@ def plan_chunks(job: Job, spans: Sequence[Span], total: int | None = None) -> li
     total = max(1, len(spans) if total is None else total)
     file_sha = str(job.params.get("sha256") or "")
     return [
-        Part(
-            job_id=job.id,
-            seq=span.seq,
-            state=PartState.PENDING,
+        replace(
+            part_of(job.id, span),
             name=transaction_name(job.pipeline, file_sha, job.id, span.seq, total),
-            first_row=span.first_row,
-            row_count=span.row_count,
             content_sha256=span.digest,
-            byte_start=span.start,
-            byte_end=span.end,
-            first_line=span.first_line,
-            last_line=span.last_line,
         )
         for span in spans
     ]

@@ -55,18 +55,26 @@ async def test_every_broken_row_is_reported_and_nothing_is_sent(
     assert cv(sim).stats["posts"] == 0
 
 
-async def test_a_restart_resumes_without_reading_what_was_sent(
-    tmp_path: Path, sim: SimulatorServer
-) -> None:
+async def interrupted_import(
+    tmp_path: Path, sim: SimulatorServer, *, posts: int
+) -> tuple[Path, Config]:
+    """A 20,000-row Claravine import stopped like a crash once `posts` chunks were posted."""
     cv(sim).faults.latency = 0.05
     src = write_csv(tmp_path / "inbox" / "d.csv", [row(i) for i in range(20_000)])
     cfg = config(tmp_path, sim, [submission("t", str(src))])
     daemon = Daemon(cfg, once=True, exit_when_idle=True)
     task = await start(daemon)
     async with asyncio.timeout(30):
-        while cv(sim).stats["posts"] < 6:
+        while cv(sim).stats["posts"] < posts:
             await asyncio.sleep(0.01)
     await stop_hard(daemon, task)
+    return src, cfg
+
+
+async def test_a_restart_resumes_without_reading_what_was_sent(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    src, cfg = await interrupted_import(tmp_path, sim, posts=6)
     (job,) = await all_jobs(cfg)
     sent = [p for p in await job_parts(cfg, job.id) if p.state != PartState.PENDING]
     assert 0 < len(sent) < 20
@@ -92,15 +100,7 @@ async def test_a_restart_resumes_without_reading_what_was_sent(
 async def test_a_file_changed_before_a_restart_is_refused(
     tmp_path: Path, sim: SimulatorServer
 ) -> None:
-    cv(sim).faults.latency = 0.05
-    src = write_csv(tmp_path / "inbox" / "d.csv", [row(i) for i in range(20_000)])
-    cfg = config(tmp_path, sim, [submission("t", str(src))])
-    daemon = Daemon(cfg, once=True, exit_when_idle=True)
-    task = await start(daemon)
-    async with asyncio.timeout(30):
-        while cv(sim).stats["posts"] < 3:
-            await asyncio.sleep(0.01)
-    await stop_hard(daemon, task)
+    src, cfg = await interrupted_import(tmp_path, sim, posts=3)
     with src.open("a") as f:
         f.write("Campaign late,S1,Adults,Brand,Marketing,2026-11\n")
     cv(sim).faults.latency = 0.0
