@@ -9,7 +9,7 @@ finished part. One task per *running* staged job: bounded by the provider's conc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -152,16 +152,22 @@ class Worker:
         await self._end(job, JobState.FAILED, reason="attempts exhausted", error=error)
 
     async def _end(self, job: Job, to: JobState, *, reason: str, **kw: Any) -> None:
+        """Record the job's outcome. Once decided it is recorded and counted whole, even when
+        the work is stopped meanwhile (a deadline or cancel found in the same moment): that
+        stop's own transition then loses the race and leaves the count to this one."""
         ctx = self.ctx
         ctx.budget_for(job).on_slot_released(job.id)
         ctx.wake_dispatch.set()
+        await _uncancelled(self._record(job, to, reason=reason, **kw))
+
+    async def _record(self, job: Job, to: JobState, *, reason: str, **kw: Any) -> None:
         try:
-            await ctx.ledger.transition(job, JobState.RUNNING, to, reason=reason, **kw)
+            await self.ctx.ledger.transition(job, JobState.RUNNING, to, reason=reason, **kw)
         except Exception as exc:  # cancelled from the CLI meanwhile
             log.info("transition_raced", job_id=job.id, error=str(exc))
             return
         if to != JobState.RETRY_WAIT:
-            ctx.finished(job, to, **(kw.get("result") or {}))
+            self.ctx.finished(job, to, **(kw.get("result") or {}))
 
     async def drain(self, within: float) -> None:
         if self._tasks:
@@ -170,3 +176,18 @@ class Worker:
     def cancel_all(self) -> None:
         for task in self._tasks.values():
             task.cancel()
+
+
+async def _uncancelled(step: Coroutine[Any, Any, None]) -> None:
+    """Run `step` to its end even if the caller is cancelled meanwhile; the cancellation is
+    passed on once it has ended."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()

@@ -167,6 +167,33 @@ async def test_processing_past_the_deadline_fails_with_the_reason(
     assert claro(sim).stats["exports"] == 0
 
 
+async def test_a_failure_recorded_while_its_work_is_stopped_still_counts(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    """The worker decides FAILED and, while the ledger records it, a deadline or cancel found in
+    the same moment stops that work: the write lands either way, so the count must too (it went
+    missing once, and `run --once` said 0 for a failed job)."""
+    add_dataset(sim, id="ds_denied", name="D", rows=5, denied=True)
+    cfg = claro_config(tmp_path, sim, [export("bad", datasetId="ds_denied")])
+    daemon = Daemon(cfg, once=True)
+    record = daemon.ledger.transition
+    stops: list[asyncio.Task[None]] = []
+
+    async def stopped_while_recorded(job: Any, *args: Any, **kw: Any) -> Any:
+        if kw.get("reason") == "failed":
+            stops.append(asyncio.create_task(daemon.worker.stop(job.id)))
+        return await record(job, *args, **kw)
+
+    daemon.ledger.transition = stopped_while_recorded  # type: ignore[method-assign]
+    async with asyncio.timeout(30):
+        assert await daemon.run() == 1
+    assert len(stops) == 1 and stops[0].done()
+    (job,) = await all_jobs(cfg)
+    assert job.state == JobState.FAILED
+    assert "ACCESS_DENIED" in (job.error or "")
+    assert daemon.ctx.stats.finished == {JobState.FAILED.value: 1}
+
+
 @pytest.mark.parametrize(
     ("params", "code"),
     [
