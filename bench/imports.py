@@ -284,11 +284,6 @@ def worker(config_path: Path) -> dict[str, Any]:
 # --- the rows ---------------------------------------------------------------------------------
 
 
-# The JSON array form goes through ijson's events one by one in Python (about a tenth of the
-# speed of JSON Lines): 500 MB is its big file, to keep the suite's time in bounds.
-ARRAY_BIG = 500 * 10**6
-
-
 def memory_rows(sizes: dict[str, int] = SIZES) -> tuple[list[Row], dict[str, Any]]:
     raw: dict[str, Any] = {}
     rows: list[Row] = []
@@ -317,10 +312,6 @@ def memory_rows(sizes: dict[str, int] = SIZES) -> tuple[list[Row], dict[str, Any
         for label, (name, kind, write, params) in KINDS.items():
             got: dict[str, Any] = {}
             these = dict(sizes)
-            if "array" in label and max(sizes.values()) > ARRAY_BIG:
-                big = max(these, key=lambda k: these[k])
-                del these[big]
-                these["500 MB"] = ARRAY_BIG
             for size_label, size in these.items():
                 with scratch() as tmp:
                     d = Path(tmp)

@@ -17,10 +17,12 @@ import json
 from array import array
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter, lt
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
 import ijson
+import msgspec
 import orjson
 
 from orchestrator.imports.streams import (
@@ -39,6 +41,22 @@ Record = dict[str, Any]
 ENTITY_OVERHEAD = 40  # bytes of `{"sourceEntity":…,"records":[…]}` around an entity's name
 MIN_MS = 10**11  # a time before 1973 in ms: almost surely seconds
 TWICE = "same sourceEntity and id as an earlier record"
+# Bytes a JSON line spends on its `"sourceEntity":` member beyond the value (the key, a colon,
+# a comma: a valid record has other members), none of which its upload rendering keeps.
+MEMBER = 16
+# A line's shape for `may_grow`: where a value may begin as ":", where a float's "." or "e"
+# (and NaN's "N") as ".", digits, signs and whitespace dropped, anything else "x".
+_SHAPE = bytes(58 if c in b":,[" else 46 if c in b".eEN" else 120 for c in range(256))
+_DROP = b"0123456789+- \t\r\n"
+
+
+def may_grow(raw: bytes) -> bool:
+    """Whether JSON text may render longer than it is written: only a number written as a
+    float (`1e5` renders `100000.0`) or NaN (`null`) may — a value that begins at a ":", ","
+    or "[" and whose first character past digits, signs and spaces is ".", "e", "E" or "N".
+    A string such as "10:30:00.5" answers yes too, which only costs that line an exact
+    rendering; never no where a value may grow."""
+    return b":." in raw.translate(_SHAPE, _DROP)
 
 
 def check_record(rec: dict[str, Any]) -> str | None:
@@ -55,7 +73,7 @@ def check_record(rec: dict[str, Any]) -> str | None:
     return None
 
 
-def render_item(rec: Record) -> bytes:
+def render_item(rec: Any) -> bytes:
     try:
         return orjson.dumps(rec)
     except TypeError:  # an integer past 64 bits
@@ -141,6 +159,8 @@ class _FilePlan(JsonlPass):
     block at a time, the common record — valid, new id, same entity, room in the file — with
     no call of its own); the array form is fed record by record (`add_records`)."""
 
+    parse_blocks = False  # `_take_typed` first
+
     def __init__(self, path: Path, limit: int, problems: Problems) -> None:
         super().__init__(problems)
         self.path, self.limit = path, limit
@@ -159,11 +179,47 @@ class _FilePlan(JsonlPass):
         return self.rows + self.count
 
     def take(self, block: Block) -> None:
-        """Every record of a block of JSON Lines: checked in one loop, then added in bulk — one
-        `orjson.dumps` of the block's valid records for their size, set operations for repeated
-        ids — when they all fit the open file, are of its entity and repeat no id; else one by
-        one (`add`: a file cut within the block, a new entity, a repeated id reported)."""
-        problems, first = self.problems, block.first
+        """Every record of a block of JSON Lines: the common block the typed way, any other
+        (a problem, a float, a blank line) parsed whole and checked as ever."""
+        if not self._take_typed(block):
+            self._take_parsed(block)
+
+    def _take_typed(self, block: Block) -> bool:
+        """A block whose every line is a valid record with nothing in it that may render longer
+        than written: each line read into just the four fields checked (msgspec, in C: nothing
+        else of a record is built), costed by its length (`line_size`), and added at once when
+        the records fit the open file, are of its entity and repeat no id; else one by one.
+        False, nothing taken, for any other block."""
+        raws = block.raws
+        try:
+            recs = list(map(_decode, raws))
+        except msgspec.DecodeError:  # not JSON, not a valid record (ValidationError), blank
+            return False
+        if (
+            not all(map(_ID, recs))
+            or any(map(lt, map(_UPDATED, recs), map(_CREATED, recs)))
+            or may_grow(block.whole)
+        ):
+            return False
+        entities = set(map(_ENTITY, recs))
+        if len(entities) == 1 and self.entity in entities:
+            entity = entities.pop()
+            keys = map(entity_key(entity).__xor__, map(hash, map(str, map(_ID, recs))))
+            member = MEMBER + len(orjson.dumps(entity)) - 1  # less the comma each record adds
+            n = len(recs)
+            if self._bulk(block, n, sum(map(len, raws)) - n * member, set(keys), n - 1):
+                return True
+        dumps = orjson.dumps
+        for i, rec in enumerate(recs):
+            entity = rec.sourceEntity
+            self.add(entity, rec.id, len(raws[i]) - MEMBER - len(dumps(entity)), block, i)
+        return True
+
+    def _take_parsed(self, block: Block) -> None:
+        """Every line of a block parsed (`Block.parse`: problems reported), checked in one
+        loop, costed (`line_size`) and added in bulk when they can be, as above."""
+        problems, first, raws = self.problems, block.first, block.raws
+        block.values = block.parse(problems)
         recs: list[Record] = []
         rids: list[Any] = []
         at: list[int] = []
@@ -188,38 +244,25 @@ class _FilePlan(JsonlPass):
             keep_ent(entity)
         if not at:
             return
+        sizes = [line_size(raws[i], e, rec) for i, e, rec in zip(at, ents, recs, strict=True)]
         entity = self.entity
-        if (
-            entity is not None
-            and ents.count(entity) == len(ents)
-            and self._bulk(block, recs, rids, at)
-        ):
-            return
-        dumps = orjson.dumps
-        for rec, rid, i, entity in zip(recs, rids, at, ents, strict=True):
-            try:
-                size = len(dumps(rec))
-            except TypeError:  # an integer past 64 bits
-                size = len(render_item(rec))
+        if entity is not None and ents.count(entity) == len(ents):
+            keys = set(map(id_key, itertools.repeat(entity), rids))
+            if self._bulk(block, len(at), sum(sizes) + len(at), keys, at[-1]):
+                return
+        for rid, i, entity, size in zip(rids, at, ents, sizes, strict=True):
             self.add(entity if entity.__class__ is str else str(entity), rid, size, block, i)
 
-    def _bulk(self, block: Block, recs: list[Record], rids: list[Any], at: list[int]) -> bool:
-        """Add a block's valid records of the open file's entity at once, if they fit in it
-        and repeat no id (of the file or of each other); False (nothing added) if not."""
-        try:
-            total = len(orjson.dumps(recs))  # "[" + the records joined by "," + "]"
-        except TypeError:  # an integer past 64 bits
-            return False
-        cost = total - 1  # each record's size + 1, as `add` counts them
-        if self.size + cost > self.limit:
-            return False
-        keys = set(map(hash, zip(itertools.repeat(self.entity), map(str, rids))))  # id_key
-        if len(keys) < len(rids) or not self.ids.isdisjoint(keys):
+    def _bulk(self, block: Block, records: int, cost: int, keys: set[int], last: int) -> bool:
+        """Add `records` records of the open file's entity at once — `cost` bytes with their
+        commas, `keys` their ids (`id_key`), the last at line `last` of `block` — if they fit
+        in it and repeat no id (of the file or of each other); False (nothing added) if not."""
+        if len(keys) < records or self.size + cost > self.limit or not self.ids.isdisjoint(keys):
             return False
         self.ids |= keys
         self.size += cost
-        self.count += len(rids)
-        self.last = (block, at[-1])
+        self.count += records
+        self.last = (block, last)
         return True
 
     def add_records(self, records: Iterator[Found], progress: Progress | None) -> None:
@@ -294,8 +337,39 @@ class _FilePlan(JsonlPass):
 
 
 def id_key(entity: str, rid: Any) -> int:
-    """A record's identity at Clari, as a hash: its entity and id (an id as Clari keys it)."""
-    return hash((entity, rid if rid.__class__ is str else str(rid)))
+    """A record's identity at Clari, as a hash: its entity and id (an id as Clari keys it). A
+    block of one entity computes it in C: `entity_key(entity) ^ hash(str(rid))` mapped."""
+    return entity_key(entity) ^ hash(rid if rid.__class__ is str else str(rid))
+
+
+def entity_key(entity: str) -> int:
+    return hash(("sourceEntity", entity))
+
+
+def line_size(raw: bytes, entity: Any, rec: Record) -> int:
+    """The bytes a JSON line's record is planned at in its upload file: never less than its
+    rendering there (`render_item`, sourceEntity taken out), so a file planned within the
+    limit is within it when sent. The line's own length less its sourceEntity member, as
+    rendering only removes what a line may add (spaces, escapes, a repeated key) — unless the
+    line holds a number that may render longer (`may_grow`): then the rendering itself."""
+    if not may_grow(raw):
+        return len(raw) - MEMBER - len(render_item(entity))
+    return len(render_item(rec))
+
+
+class _Checked(msgspec.Struct, gc=False):
+    """What the typed pass reads of a JSON line: the four fields Clari checks, typed as it
+    checks them (no bool for a number, no float for an integer); nothing else is built."""
+
+    sourceEntity: Annotated[str, msgspec.Meta(min_length=1)]
+    id: Any
+    createdAt: Annotated[int, msgspec.Meta(ge=MIN_MS)]
+    updatedAt: Annotated[int, msgspec.Meta(ge=MIN_MS)]
+
+
+_decode = msgspec.json.Decoder(_Checked).decode
+_ENTITY, _ID = attrgetter("sourceEntity"), attrgetter("id")
+_CREATED, _UPDATED = attrgetter("createdAt"), attrgetter("updatedAt")
 
 
 class IdFilter:

@@ -143,13 +143,14 @@ class Lines:
                 problems.add(self.line, not_utf8(raw) or "not UTF-8")
                 yield raw.decode("utf-8", "replace")
 
-    def blocks(self, problems: Problems) -> Iterator[Block]:
+    def blocks(self, problems: Problems, *, parse: bool = True) -> Iterator[Block]:
         """The JSON lines from `pos` to `end` a block at a time: read in BLOCK-sized reads, split
         and parsed in C (one `map(orjson.loads, ...)` per block while every line parses; line by
         line, with each problem reported, where one does not). A blank line is skipped; a line
         that is not JSON, not UTF-8 or over MAX_LINE is a problem. `pos`/`line` are past a
         block once it is given. A line longer than a read is gathered piece by piece (joined
-        once: no copy per read)."""
+        once: no copy per read). With `parse` false a block's values are left to its reader
+        (`Block.parse`)."""
         f, end = self.f, self.end
         f.seek(self.pos)
         read_at = pos = self.pos
@@ -172,7 +173,7 @@ class Lines:
             if not block:
                 if pending:
                     carry = b"".join(pending)
-                    got = Block(n + 1, pos, [carry], problems)
+                    got = Block(n + 1, pos, [carry], problems, parse=parse)
                     self.pos, self.line = pos + len(carry) + 1, n + 1
                     yield got
                 return
@@ -196,7 +197,7 @@ class Lines:
             pending, held = ([rest], len(rest)) if rest else ([], 0)
             raws = whole.split(b"\n")
             raws.pop()
-            got = Block(n + 1, pos, raws, problems, whole)
+            got = Block(n + 1, pos, raws, problems, whole, parse=parse)
             n += len(raws)
             pos += len(whole)
             self.pos, self.line = pos, n
@@ -233,10 +234,12 @@ SKIP: Any = _Skip()
 
 
 class Block:
-    """Lines `raws` of a file, the first at line `first` and byte `start`, each with its JSON
-    value in `values` (SKIP for a blank line or a problem, reported to `problems`)."""
+    """Lines `raws` of a file (`whole`: their bytes, newlines included), the first at line
+    `first` and byte `start`, each with its JSON value in `values` (SKIP for a blank line or a
+    problem, reported to `problems`) — parsed at once, or left empty for the reader to `parse`
+    (a reader with a faster way for the common block)."""
 
-    __slots__ = ("_at", "first", "overlong", "raws", "start", "values")
+    __slots__ = ("_at", "first", "overlong", "raws", "start", "values", "whole")
 
     def __init__(
         self,
@@ -245,22 +248,27 @@ class Block:
         raws: list[bytes],
         problems: Problems,
         whole: bytes | None = None,
+        *,
+        parse: bool = True,
     ) -> None:
         self.first, self.start, self.raws = first, start, raws
         self.overlong = 0
         self._at = (0, start)
+        self.whole = b"\n".join(raws) if whole is None else whole
+        self.values: list[Any] = self.parse(problems) if parse else []
+
+    def parse(self, problems: Problems) -> list[Any]:
+        """Every line's value (SKIP where there is none: a problem is reported)."""
+        raws, whole = self.raws, self.whole
         parse = raws
-        if start == 0 and raws[0].startswith(BOM):
+        if self.start == 0 and raws[0].startswith(BOM):
             parse = [raws[0][3:], *raws[1:]]
-        if whole is None:
-            whole = b"\n".join(raws)
-        values: list[Any] | None = None
         if len(whole) <= MAX_LINE and _LONG_RUN not in whole.translate(_DIGITS):
             try:
-                values = list(map(orjson.loads, parse))
+                return list(map(orjson.loads, parse))
             except ValueError:  # a line that is not JSON, or blank: line by line
-                values = None
-        self.values = values if values is not None else self._one_by_one(parse, problems)
+                pass
+        return self._one_by_one(parse, problems)
 
     def offset(self, i: int) -> int:
         """The byte offset of line `i` of the block (`len(raws)`: just past the last line)."""
@@ -289,12 +297,25 @@ class Block:
                 add(loads(raw))
             except ValueError:
                 try:
-                    add(json.loads(raw))
+                    add(_loads_text(raw))
                 except ValueError as exc:
                     if raw.strip():
                         problems.add(n, _json_problem(raw, exc))
                     add(SKIP)
         return values
+
+
+def _loads_text(raw: bytes) -> Any:
+    """A line orjson refused or would read wrong (an integer past 64 bits), by the json module;
+    what orjson would refuse besides is refused too: a lone surrogate escape (`"\\ud800"`,
+    which no UTF-8 body can carry: it failed the sending pass, not validation)."""
+    value = json.loads(raw)
+    if b"\\u" in raw:
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError("a lone surrogate escape in a string, not a character") from None
+    return value
 
 
 # 32 KiB (~200-250 records): a block's parsed values are held while it is checked. Under
@@ -339,13 +360,15 @@ class JsonlPass:
         self._first_line = 1
         self.rows_planned = 0  # valid records in closed spans
 
+    parse_blocks = True  # False: `take` parses a block only where its own faster way fails
+
     def check(self, block: Block) -> list[int]:
         raise NotImplementedError
 
     def run(self, f: IO[bytes], progress: Callable[[int], None] | None = None) -> Self:
         """Every block of `f` checked and planned; `progress` is told the valid records so
         far after each block."""
-        for block in Lines(f).blocks(self.problems):
+        for block in Lines(f).blocks(self.problems, parse=self.parse_blocks):
             self.take(block)
             if progress is not None:
                 progress(self.validated)

@@ -12,12 +12,20 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.imports import streams
 from orchestrator.imports.events import check_event, validate_events
-from orchestrator.imports.records import _FilePlan, check_record, validate_records
+from orchestrator.imports.records import (
+    _FilePlan,
+    check_record,
+    line_size,
+    may_grow,
+    render_item,
+    upload_files,
+    validate_records,
+)
 from orchestrator.imports.streams import Problems, SourceError, Span, not_utf8
 from orchestrator.imports.tables import validate_table
 
@@ -228,6 +236,39 @@ def _record(entity: str | None, rid: object, dt: int = 0, pad: int = 0) -> bytes
     return json.dumps(rec).encode()
 
 
+# Numbers as a file may write them: floats in every form (some render longer: 1e5 is 100000.0).
+NUMBER_TEXT = st.from_regex(
+    r"\A-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,19})?([eE][+-]?[0-9]{1,3})?\Z"
+).filter(lambda t: abs(float(t)) != float("inf"))
+
+
+@st.composite
+def _written(draw: st.DrawFn) -> bytes:
+    """A valid record line written as a file may write it: spaced or not, non-ASCII escaped or
+    not, with floats in any form, a repeated key, a CR before the newline."""
+    entity = draw(st.sampled_from(["A", "B", "Ünï"]))
+    rid = draw(st.one_of(st.integers(0, 30).map(str), st.integers(0, 3), st.uuids().map(str)))
+    rec: dict[str, Any] = {"sourceEntity": entity, "id": rid, "createdAt": T0, "updatedAt": T0}
+    fields = draw(st.lists(st.sampled_from(["n", "m", "s", "l"]), max_size=3, unique=True))
+    for key in fields:
+        if key == "s":
+            rec[key] = draw(st.sampled_from(["10:30:00.5", 'é\n"x"', "a9e4-1.5", "N"]))
+        elif key == "l":
+            rec[key] = [0, "z"]
+        else:
+            rec[key] = 0  # a number: written below from NUMBER_TEXT
+    sep = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,  ", " :\t")]))
+    text = json.dumps(rec, separators=sep, ensure_ascii=draw(st.booleans()))
+    for key in fields:
+        if key in ("n", "m"):
+            at = text.index(f'"{key}"') + len(key) + 2
+            at = text.index("0", at)
+            text = text[:at] + draw(NUMBER_TEXT) + text[at + 1 :]
+    if draw(st.booleans()):
+        text = text[:-1] + sep[0] + '"id"' + sep[1] + json.dumps(rid) + "}"  # the same key again
+    return (text + ("\r" if draw(st.booleans()) else "")).encode()
+
+
 RECORD_LINES = st.one_of(
     st.builds(
         _record,
@@ -236,6 +277,7 @@ RECORD_LINES = st.one_of(
         st.just(0),
         st.integers(0, 300),
     ),
+    _written(),
     st.sampled_from(
         [
             _record(None, "1"),
@@ -247,6 +289,18 @@ RECORD_LINES = st.one_of(
             b'"updatedAt": 1700000000000, "n": 123456789012345678901}',
             b'{"sourceEntity": 7, "id": "7", "createdAt": 1700000000000, '
             b'"updatedAt": 1700000000000}',
+            b'{"sourceEntity":"A","id":"t","createdAt":true,"updatedAt":1700000000000}',
+            b'{"sourceEntity":"A","id":"f","createdAt":1.7e12,"updatedAt":1700000000000}',
+            b'{"sourceEntity":"A","id":"f","createdAt":1700000000000.0,"updatedAt":1700000000000}',
+            b'{"sourceEntity":"A","id":0,"createdAt":1700000000000,"updatedAt":1700000000000}',
+            b'{"sourceEntity":"A","id":[],"createdAt":1700000000000,"updatedAt":1700000000000}',
+            b'{"sourceEntity":"A","id":{"k":1},"createdAt":1700000000000,'
+            b'"updatedAt":1700000000000}',
+            b'{"sourceEntity":"A","id":"d","createdAt":1700000000000,"updatedAt":1700000000000,'
+            b'"createdAt":5}',
+            b'{"sourceEntity":"A","id":"n","createdAt":1700000000000,"updatedAt":1700000000000,'
+            b'"x":NaN}',
+            b'{"sourceEntity":["A"],"id":"e","createdAt":1700000000000,"updatedAt":1700000000000}',
             *BAD,
         ]
     ),
@@ -283,14 +337,16 @@ def test_clari_block_pass_reports_and_plans_what_a_record_at_a_time_does(
         if not isinstance(rec, dict) or not rec.get("sourceEntity"):
             oracle.add(n, "each line must be a record with its sourceEntity")
             continue
-        entity = str(rec.pop("sourceEntity"))
+        value = rec.pop("sourceEntity")
+        entity = str(value)
         if (why := check_record(rec)) is not None:
             oracle.add(n, why)
             continue
-        try:
-            size = len(orjson.dumps(rec))
-        except TypeError:
-            size = len(json.dumps(rec, separators=(",", ":"), ensure_ascii=False).encode())
+        raw = lines[n - 1]
+        if may_grow(raw):  # a float: the record as rendered
+            size = len(_compact(rec))
+        else:  # the line less its sourceEntity member (key, colon, value, comma)
+            size = len(raw) - len(b'"sourceEntity":,') - len(_compact(value))
         try:
             plan.add(entity, rec["id"], size, offsets.block(n), 0)  # type: ignore[arg-type]
         except SourceError as exc:
@@ -319,6 +375,15 @@ def test_clari_block_pass_reports_and_plans_what_a_record_at_a_time_does(
     assert _shape(got_plan.spans) == _shape(spans)
 
 
+def _compact(value: Any) -> bytes:
+    """What an upload file holds of a value: orjson's rendering (the json module's past 64-bit
+    integers)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 class _Offsets:
     """A one-line streams.Block for each line of the file (what the oracle hands `add`)."""
 
@@ -330,3 +395,54 @@ class _Offsets:
 
     def block(self, n: int) -> streams.Block:
         return streams.Block(n, self.starts[n - 1], [self.lines[n - 1]], Problems(Path("-")))
+
+
+@SETTINGS
+@given(raw=_written())
+def test_a_line_is_never_planned_smaller_than_its_record_renders(raw: bytes) -> None:
+    """`line_size` may be more than the record's rendering in its upload file, never less:
+    spaces, escapes and a repeated key only shrink a line; a float that renders longer is
+    always caught by `may_grow`."""
+    rec = json.loads(raw)
+    entity = rec.pop("sourceEntity")
+    assert line_size(raw, entity, rec) >= len(render_item(rec))
+    if not may_grow(raw):  # only a float may render longer: none went unseen
+        assert not _floats(rec)
+
+
+def _floats(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(map(_floats, value.values()))
+    if isinstance(value, list):
+        return any(map(_floats, value))
+    return isinstance(value, float)
+
+
+@SETTINGS
+@given(
+    lines=st.lists(_written(), min_size=1, max_size=40),
+    limit=st.integers(700, 3_000),
+    block=BLOCKS,
+)
+def test_every_planned_upload_file_is_within_the_limit_as_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: list[bytes], limit: int, block: int
+) -> None:
+    """Files planned from lines' lengths are rendered no larger when sent, whatever the lines'
+    spacing, escapes and floats; every record is sent once."""
+    monkeypatch.setattr(streams, "BLOCK", block)
+    unique = {}
+    for raw in lines:
+        rec = json.loads(raw)
+        if rec["id"]:  # 0 is no id
+            unique[(rec["sourceEntity"], str(rec["id"]))] = raw
+    assume(unique)
+    path = tmp_path / "r.jsonl"
+    _write(path, list(unique.values()), newline_at_end=True)
+    plan = validate_records(path, limit)
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    sent = 0
+    for upload in upload_files(path, plan.spans, out):
+        assert upload.path.stat().st_size <= limit
+        sent += upload.records
+    assert sent == plan.rows == len(unique)
