@@ -26,6 +26,8 @@ import msgspec
 import orjson
 
 from orchestrator.imports.streams import (
+    _DIGITS,
+    _LONG_RUN,
     SKIP,
     Block,
     JsonlPass,
@@ -44,19 +46,43 @@ TWICE = "same sourceEntity and id as an earlier record"
 # Bytes a JSON line spends on its `"sourceEntity":` member beyond the value (the key, a colon,
 # a comma: a valid record has other members), none of which its upload rendering keeps.
 MEMBER = 16
-# A line's shape for `may_grow`: where a value may begin as ":", where a float's "." or "e"
-# (and NaN's "N") as ".", digits, signs and whitespace dropped, anything else "x".
-_SHAPE = bytes(58 if c in b":,[" else 46 if c in b".eEN" else 120 for c in range(256))
-_DROP = b"0123456789+- \t\r\n"
+# A line's shapes for `may_grow`: (1) where a value may begin (":", "," and "[") as ":", a point
+# as ".", an exponent's "e" or "E" and NaN's "N" as "e", quotes kept and "t" and "f" (true,
+# false: their "e" is no exponent) as "x"; digits, signs, spaces and every other character
+# dropped, to leave little to search; (2) its digits as "0", points as ".", anything else " ".
+# Newlines are kept in both: a block's lines are shaped at once.
+_SHAPE = bytes(
+    58 if c in b":,[" else 101 if c in b"eEN" else 120 if c in b"tf" else c for c in range(256)
+)
+_DROP = bytes(c for c in range(256) if c not in b':,[.eENtf"\n')
+_NUMERALS = bytes(48 if 48 <= c <= 57 else c if c in b".\n" else 32 for c in range(256))
+_PAST_1E16 = b"0" * 17 + b"."  # a decimal with 17 digits or more before its point
 
 
 def may_grow(raw: bytes) -> bool:
-    """Whether JSON text may render longer than it is written: only a number written as a
-    float (`1e5` renders `100000.0`) or NaN (`null`) may — a value that begins at a ":", ","
-    or "[" and whose first character past digits, signs and spaces is ".", "e", "E" or "N".
-    A string such as "10:30:00.5" answers yes too, which only costs that line an exact
-    rendering; never no where a value may grow."""
-    return b":." in raw.translate(_SHAPE, _DROP)
+    """Whether JSON text may render longer than it is written. Only a float may (orjson
+    renders one as its shortest round-trip text, with an exponent from 1e16 up): one written
+    with an exponent (`1e5` renders `100000.0`), a decimal of 17 digits or more before its
+    point (`12345678901234567.0` renders `1.2345678901234568e16`), or NaN (`null`, read by the
+    json module); a decimal below 1e16 never renders longer than written. The test looks for
+    a value that begins at ":", "," or "[" with an exponent or an "N" past its digits and
+    point, and for a long decimal: text in a string may answer yes too, which only costs that
+    line an exact rendering; never no where a value may grow."""
+    return _grows(raw.translate(_SHAPE, _DROP), raw)
+
+
+def _grows(shape: bytes, raw: bytes) -> bool:
+    if b":." in shape:  # a decimal (or a point in a string)
+        return b":.e" in shape or b":e" in shape or _PAST_1E16 in raw.translate(_NUMERALS)
+    return b":e" in shape
+
+
+def _growers(whole: bytes) -> list[bool] | None:
+    """`may_grow` of each line of `whole` (one more past its last newline); None when no line
+    may grow — the common block, one C pass over it (two with decimals in it)."""
+    if not _grows(whole.translate(_SHAPE, _DROP), whole):
+        return None
+    return [may_grow(raw) for raw in whole.split(b"\n")]
 
 
 def check_record(rec: dict[str, Any]) -> str | None:
@@ -185,34 +211,41 @@ class _FilePlan(JsonlPass):
             self._take_parsed(block)
 
     def _take_typed(self, block: Block) -> bool:
-        """A block whose every line is a valid record with nothing in it that may render longer
-        than written: each line read into just the four fields checked (msgspec, in C: nothing
-        else of a record is built), costed by its length (`line_size`), and added at once when
-        the records fit the open file, are of its entity and repeat no id; else one by one.
-        False, nothing taken, for any other block."""
-        raws = block.raws
+        """A block whose every line is a valid record: each line read into just the four
+        fields checked (msgspec, in C: nothing else of a record is built) and costed as
+        `line_size` costs it — by its length, or where a float may grow by its rendering
+        (orjson, the block's lines at once) — then added at once when the records fit the
+        open file, are of its entity and repeat no id; else one by one. False, nothing taken,
+        for any other block."""
+        raws, whole = block.raws, block.whole
         try:
             recs = list(map(_decode, raws))
         except msgspec.DecodeError:  # not JSON, not a valid record (ValidationError), blank
             return False
-        if (
-            not all(map(_ID, recs))
-            or any(map(lt, map(_UPDATED, recs), map(_CREATED, recs)))
-            or may_grow(block.whole)
-        ):
+        if not all(map(_ID, recs)) or any(map(lt, map(_UPDATED, recs), map(_CREATED, recs))):
             return False
+        lengths: list[int] | None = None  # each line as costed, with its sourceEntity member
+        if (grows := _growers(whole)) is not None:
+            if _LONG_RUN in whole.translate(_DIGITS):  # orjson would read a float: not exact
+                return False
+            loads, dumps = orjson.loads, orjson.dumps
+            lengths = [
+                len(dumps(loads(r))) if g else len(r) for r, g in zip(raws, grows, strict=False)
+            ]
         entities = set(map(_ENTITY, recs))
         if len(entities) == 1 and self.entity in entities:
             entity = entities.pop()
             keys = map(entity_key(entity).__xor__, map(hash, map(str, map(_ID, recs))))
             member = MEMBER + len(orjson.dumps(entity)) - 1  # less the comma each record adds
             n = len(recs)
-            if self._bulk(block, n, sum(map(len, raws)) - n * member, set(keys), n - 1):
+            total = sum(map(len, raws)) if lengths is None else sum(lengths)
+            if self._bulk(block, n, total - n * member, set(keys), n - 1):
                 return True
         dumps = orjson.dumps
         for i, rec in enumerate(recs):
             entity = rec.sourceEntity
-            self.add(entity, rec.id, len(raws[i]) - MEMBER - len(dumps(entity)), block, i)
+            length = len(raws[i]) if lengths is None else lengths[i]
+            self.add(entity, rec.id, length - MEMBER - len(dumps(entity)), block, i)
         return True
 
     def _take_parsed(self, block: Block) -> None:
