@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,21 @@ def clari_jsonl(path: Path, size: int) -> int:
         return "".join(
             f'{{"sourceEntity":"Account","id":"acc-{b}-{i}","createdAt":{T0},'
             f'"updatedAt":{T0 + i},"name":"Account {i}","owner":"rep-{i % 40}"}}\n'
+            for i in range(10_000)
+        )
+
+    return _write(path, size, "", block)
+
+
+def clari_jsonl_amounts(path: Path, size: int) -> int:
+    """Opportunities as a CRM exports them: UUID ids, a decimal amount, a boolean, an ISO time
+    with milliseconds — all written as they render, so no line costs a rendering."""
+
+    def block(b: int) -> str:
+        return "".join(
+            f'{{"sourceEntity":"Opportunity","id":"{uuid.UUID(int=b << 32 | i)}",'
+            f'"createdAt":{T0},"updatedAt":{T0 + i},"amount":{i * 1.37:.2f},"won":true,'
+            f'"closeDate":"2026-11-21T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z"}}\n'
             for i in range(10_000)
         )
 
@@ -311,7 +327,7 @@ def memory_rows(sizes: dict[str, int] = SIZES) -> tuple[list[Row], dict[str, Any
         }
         for label, (name, kind, write, params) in KINDS.items():
             got: dict[str, Any] = {}
-            these = dict(sizes)
+            these = sizes
             for size_label, size in these.items():
                 with scratch() as tmp:
                     d = Path(tmp)
@@ -351,6 +367,7 @@ def memory_rows(sizes: dict[str, int] = SIZES) -> tuple[list[Row], dict[str, Any
 def validation_rows(size: int = 100 * 10**6) -> tuple[list[Row], dict[str, Any]]:
     """MB/s of each validation pass and of a bare parser loop over the same file, run back to
     back five times in this process; the pair with the median ratio is reported."""
+    import ijson
     import orjson
 
     from orchestrator.imports.events import validate_events
@@ -366,6 +383,11 @@ def validation_rows(size: int = 100 * 10**6) -> tuple[list[Row], dict[str, Any]]
         with p.open("rb") as f:
             for line in f:
                 orjson.loads(line)
+
+    def bare_array(p: Path) -> None:  # ijson's C backend building every record
+        with p.open("rb") as f:
+            for _ in ijson.items(f, "item.records.item", use_float=True):
+                pass
 
     cases: list[tuple[str, str, Callable[[Path, int], int], Callable[[Path], Any], Any]] = [
         ("Claravine CSV", "src.csv", claravine_csv, lambda p: validate_table(p, 1000), bare_csv),
@@ -390,7 +412,26 @@ def validation_rows(size: int = 100 * 10**6) -> tuple[list[Row], dict[str, Any]]
             lambda p: validate_records(p, 10 << 20),
             bare_jsonl,
         ),
+        (
+            "Clari ingest JSON Lines, amounts and UUIDs",
+            "src.jsonl",
+            clari_jsonl_amounts,
+            lambda p: validate_records(p, 10 << 20),
+            bare_jsonl,
+        ),
+        (
+            "Clari ingest JSON array",
+            "src.json",
+            clari_array,
+            lambda p: validate_records(p, 10 << 20),
+            bare_array,
+        ),
     ]
+    baseline = {
+        "bare_csv": "csv.reader",
+        "bare_jsonl": "orjson line loop",
+        "bare_array": "ijson.items (C) loop",
+    }
     rows, raw = [], {}
     for label, name, write, validate, bare in cases:
         with scratch() as tmp:
@@ -414,9 +455,11 @@ def validation_rows(size: int = 100 * 10**6) -> tuple[list[Row], dict[str, Any]]
                 "bench": 8,
                 "what": f"validation pass, {label}",
                 "value": f"{v:.0f} MB/s ({v / b:.2f}x)",
-                "target": ">= 0.5x the bare parser",
-                "pass": v / b >= 0.5,
-                "detail": f"bare {'csv.reader' if bare is bare_csv else 'orjson line loop'}"
+                # The array form is read event by event (ijson): measured, no target of
+                # issue 17's (which names csv.reader and the orjson line loop).
+                "target": "-" if bare is bare_array else ">= 0.5x the bare parser",
+                "pass": True if bare is bare_array else v / b >= 0.5,
+                "detail": f"bare {baseline[bare.__name__]}"
                 f" over the same {mb:.0f} MB file: {b:.0f} MB/s",
             }
         )
