@@ -47,69 +47,70 @@ Row = dict[str, Any]
 # --- source files ---------------------------------------------------------------------------
 
 
-def _write(path: Path, size: int, header: str, block: Callable[[int], str]) -> int:
-    """`header`, then blocks of lines until `size` bytes; returns the number of lines."""
+def _write(path: Path, size: int, line: Callable[[int, int], str], header: str = "") -> int:
+    """`header`, then lines until `size` bytes, in blocks of 10,000 (`line(b, i)`: line i of
+    block b); returns the number of lines."""
     n = 0
     with path.open("w", encoding="utf-8", newline="") as f:
         f.write(header)
         written = len(header)
         b = 0
         while written < size:
-            text = block(b)
+            text = "".join(line(b, i) for i in range(10_000))
             f.write(text)
             written += len(text)
-            n += text.count("\n")
+            n += 10_000
             b += 1
     return n
 
 
 def claravine_csv(path: Path, size: int) -> int:
-    def block(b: int) -> str:
-        return "".join(
-            f"Campaign {b}-{i} spring sale,S{i % 97},Adults 25-34,Brand,Marketing Ops,2026-11\n"
-            for i in range(10_000)
-        )
-
     header = "Campaign Name,Site ID,Audience Target,Brand vs Demand Gen,Budget Owner,Launch Month\n"
-    return _write(path, size, header, block)
+    return _write(
+        path,
+        size,
+        lambda b, i: (
+            f"Campaign {b}-{i} spring sale,S{i % 97},Adults 25-34,Brand,Marketing Ops,2026-11\n"
+        ),
+        header,
+    )
 
 
 def clayva_jsonl(path: Path, size: int) -> int:
-    def block(b: int) -> str:
-        return "".join(
+    return _write(
+        path,
+        size,
+        lambda b, i: (
             f'{{"event":"Product Viewed","userId":"user_{i % 50}",'
             f'"timestamp":"2026-11-21T10:{i // 60 % 60:02d}:{i % 60:02d}Z",'
             f'"properties":{{"productId":"SKU-{b}-{i}","price":29.99}}}}\n'
-            for i in range(10_000)
-        )
-
-    return _write(path, size, "", block)
+        ),
+    )
 
 
 def clari_jsonl(path: Path, size: int) -> int:
-    def block(b: int) -> str:
-        return "".join(
+    return _write(
+        path,
+        size,
+        lambda b, i: (
             f'{{"sourceEntity":"Account","id":"acc-{b}-{i}","createdAt":{T0},'
             f'"updatedAt":{T0 + i},"name":"Account {i}","owner":"rep-{i % 40}"}}\n'
-            for i in range(10_000)
-        )
-
-    return _write(path, size, "", block)
+        ),
+    )
 
 
 def clari_jsonl_amounts(path: Path, size: int) -> int:
     """Opportunities as a CRM exports them: UUID ids, a decimal amount, a boolean, an ISO time
     with milliseconds — all written as they render, so no line costs a rendering."""
-
-    def block(b: int) -> str:
-        return "".join(
+    return _write(
+        path,
+        size,
+        lambda b, i: (
             f'{{"sourceEntity":"Opportunity","id":"{uuid.UUID(int=b << 32 | i)}",'
             f'"createdAt":{T0},"updatedAt":{T0 + i},"amount":{i * 1.37:.2f},"won":true,'
             f'"closeDate":"2026-11-21T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z"}}\n'
-            for i in range(10_000)
-        )
-
-    return _write(path, size, "", block)
+        ),
+    )
 
 
 def clari_array(path: Path, size: int) -> int:
