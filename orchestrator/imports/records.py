@@ -218,9 +218,11 @@ class _FilePlan(JsonlPass):
         open file, are of its entity and repeat no id; else one by one. False, nothing taken,
         for any other block."""
         raws, whole = block.raws, block.whole
+        if not whole.isascii() and not _is_utf8(whole):  # msgspec checks only what it reads
+            return False
         try:
             recs = list(map(_decode, raws))
-        except msgspec.DecodeError:  # not JSON, not a valid record (ValidationError), blank
+        except (msgspec.DecodeError, RecursionError):  # not JSON, not a valid record, blank
             return False
         if not all(map(_ID, recs)) or any(map(lt, map(_UPDATED, recs), map(_CREATED, recs))):
             return False
@@ -229,9 +231,12 @@ class _FilePlan(JsonlPass):
             if _LONG_RUN in whole.translate(_DIGITS):  # orjson would read a float: not exact
                 return False
             loads, dumps = orjson.loads, orjson.dumps
-            lengths = [
-                len(dumps(loads(r))) if g else len(r) for r, g in zip(raws, grows, strict=False)
-            ]
+            try:
+                lengths = [
+                    len(dumps(loads(r))) if g else len(r) for r, g in zip(raws, grows, strict=False)
+                ]
+            except (ValueError, TypeError):  # 1e400 (the json module's), nesting past orjson's
+                return False
         entities = set(map(_ENTITY, recs))
         if len(entities) == 1 and self.entity in entities:
             entity = entities.pop()
@@ -373,6 +378,14 @@ def id_key(entity: str, rid: Any) -> int:
     """A record's identity at Clari, as a hash: its entity and id (an id as Clari keys it). A
     block of one entity computes it in C: `entity_key(entity) ^ hash(str(rid))` mapped."""
     return entity_key(entity) ^ hash(rid if rid.__class__ is str else str(rid))
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def entity_key(entity: str) -> int:

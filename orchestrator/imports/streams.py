@@ -307,14 +307,17 @@ class Block:
 
 def _loads_text(raw: bytes) -> Any:
     """A line orjson refused or would read wrong (an integer past 64 bits), by the json module;
-    what orjson would refuse besides is refused too: a lone surrogate escape (`"\\ud800"`,
-    which no UTF-8 body can carry: it failed the sending pass, not validation)."""
-    value = json.loads(raw)
-    if b"\\u" in raw:
-        try:
-            json.dumps(value, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            raise ValueError("a lone surrogate escape in a string, not a character") from None
+    what orjson refuses besides is refused too: text that is not UTF-8 (the json module would
+    take UTF-16, and a surrogate written as bytes), a lone surrogate escape (`"\\ud800"`: no
+    UTF-8 body can carry either, and they failed the sending pass, not validation), and
+    nesting past the json module's depth (a RecursionError, not a problem, before)."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+        json.dumps(value, ensure_ascii=False).encode()
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except UnicodeEncodeError:
+        raise ValueError("a lone surrogate escape in a string, not a character") from None
     return value
 
 

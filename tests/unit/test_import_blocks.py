@@ -492,3 +492,40 @@ def test_a_lone_surrogate_escape_is_a_problem_of_its_line(tmp_path: Path, kind: 
     else:  # Clayva's invalid events are rejects, the rest sent
         plan = validate_events(path, 100)
         assert plan.rows == 1 and plan.rejects.shown == [why]
+
+
+REC = b'{"sourceEntity":"A","id":"x","createdAt":1700000000000,"updatedAt":1700000000000'
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        # bytes msgspec skips unchecked, in a field it does not read
+        (REC + b',"x":"\xff"}', "not UTF-8 (byte 0xff)"),
+        (REC + b',"\xff":1,"f":1e5}', "not UTF-8 (byte 0xff)"),
+        # a surrogate written as bytes: the json module would take it, no body can carry it
+        (REC + b',"s":"\xed\xa0\x80"}', "not UTF-8 (byte 0xed)"),
+        (REC + b',"x":' + b"[" * 1100 + b"]" * 1100 + b"}", "not JSON (nested too deeply)"),
+        # read only by the json module (orjson refuses them), sent as rendered
+        (REC + b',"x":1e400}', None),
+        (REC + b',"y":1e5,"x":' + b"[" * 300 + b"]" * 300 + b"}", None),
+    ],
+)
+def test_lines_only_one_reader_takes_are_planned_or_refused_whole(
+    tmp_path: Path, line: bytes, problem: str | None
+) -> None:
+    """Lines where the typed reading (msgspec) and orjson part ways take the parsed path,
+    which refuses them with their line or plans them as they will be sent — never a crash,
+    in validation or after it (found by review: each crashed or passed one of the two)."""
+    path = tmp_path / "r.jsonl"
+    _write(path, [_record("A", "1"), line], newline_at_end=True)
+    if problem is not None:
+        with pytest.raises(SourceError) as got:
+            validate_records(path, 4_000)
+        assert f"{path}:2: {problem}" in str(got.value)
+        return
+    plan = validate_records(path, 4_000)
+    out = tmp_path / "out"
+    out.mkdir()
+    (upload,) = upload_files(path, plan.spans, out)
+    assert upload.records == 2 and upload.path.stat().st_size <= 4_000
