@@ -566,7 +566,17 @@ def _array_records(path: Path, f: IO[bytes], problems: Problems) -> Iterator[Fou
                 continue
             yield from _block(events, block, problems)
     except (ijson.JSONError, StopIteration) as exc:
-        raise SourceError(f"{path}: not JSON ({exc or 'ends too soon'})") from None
+        raise SourceError(f"{path}: not JSON ({_reason(exc) or 'ends too soon'})") from None
+    except UnicodeDecodeError as exc:  # a string's bytes (ijson's C backend decodes them)
+        raise SourceError(f"{path}: not UTF-8 (byte {exc.object[exc.start]:#04x})") from None
+
+
+def _reason(exc: Exception) -> str:
+    """yajl's message, which it gives as bytes with the text around the fault."""
+    why = exc.args[0] if exc.args else ""
+    if isinstance(why, bytes):
+        why = why.decode("utf-8", "replace")
+    return " ".join(str(why).split())
 
 
 def _block(events: _Events, block: int, problems: Problems) -> Iterator[Found]:

@@ -529,3 +529,21 @@ def test_lines_only_one_reader_takes_are_planned_or_refused_whole(
     out.mkdir()
     (upload,) = upload_files(path, plan.spans, out)
     assert upload.records == 2 and upload.path.stat().st_size <= 4_000
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (b'"s":"\xed\xa0\x80"', "not UTF-8 (byte 0xed)"),  # a UnicodeDecodeError, before
+        (b'"s":"\xff"', "not JSON (lexical error: invalid bytes in UTF8 string."),
+    ],
+)
+def test_the_array_form_refuses_bytes_that_are_not_utf8(
+    tmp_path: Path, text: bytes, problem: str
+) -> None:
+    path = tmp_path / "r.json"
+    record = b'{"id":"x","createdAt":1700000000000,"updatedAt":1700000000000,' + text + b"}"
+    path.write_bytes(b'[{"sourceEntity":"A","records":[' + record + b"]}]")
+    with pytest.raises(SourceError) as got:
+        validate_records(path, 4_000)
+    assert str(got.value).startswith(f"{path}: {problem}")
