@@ -126,6 +126,7 @@ class ClariIngestSimulator:
         self.faults = faults or Faults()
         self.jobs: dict[str, IngestJob] = {}
         self.received: dict[str, list[dict[str, Any]]] = {}
+        self.file_sizes: list[tuple[str, int]] = []  # (entity, bytes) of each upload taken
         self._ids = itertools.count(1)
         self.stats: dict[str, int] = {
             "uploads": 0,
@@ -223,6 +224,7 @@ class ClariIngestSimulator:
             )
         if len(raw) > MAX_FILE:
             return _errors(400, ("INVALID_INPUT_FORMAT", "File size exceeds the 10MB limit"))
+        self.file_sizes.append((entity, len(raw)))
         try:
             data = json.loads(raw)
         except ValueError:

@@ -231,3 +231,41 @@ async def test_files_go_concurrently_within_the_window_and_an_id_waits_for_its_e
     assert last.created >= done  # the file holding the repeated id waited for the first
     assert jobs[1].created < done  # others did not
     assert len(sims.received["account"]) == len(rows)
+
+
+async def test_files_are_cut_by_the_lines_own_lengths_and_never_sent_over_the_limit(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    """Records are costed at their line's length less the sourceEntity member, without
+    rendering: a compact file fills each upload to within one record of maxFileBytes; a file
+    written with spaces and floats that render longer (1e5 is 100000.0) is never sent over
+    it; Clari receives every record as the file holds it."""
+    limit = 16_384
+    compact = [record(i, amount=i * 1.25) for i in range(600)]
+    write_jsonl(tmp_path / "in" / "a.jsonl", []).write_bytes(
+        b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in compact)
+    )
+    spaced = [
+        json.dumps(record(i, entity="opportunity"), indent=None)[:-1]
+        + f', "big": 1e{i % 15}, "huge": 12345678901234567.{i % 10}, "amount": {i}.5}}'
+        for i in range(600)
+    ]
+    write_jsonl(tmp_path / "in2" / "b.jsonl", []).write_text("".join(s + "\n" for s in spaced))
+    cfg = config(
+        tmp_path,
+        sim,
+        [
+            ingest("compact", f"{tmp_path}/in/*.jsonl", maxFileBytes=limit),
+            ingest("spaced", f"{tmp_path}/in2/*.jsonl", entity="opportunity", maxFileBytes=limit),
+        ],
+    )
+    assert await run_once(cfg, timeout=60) == 0
+    assert all(j.state == JobState.SUCCEEDED for j in await all_jobs(cfg))
+    sizes = [n for _, n in ing(sim).file_sizes]
+    assert len(sizes) >= 10 and max(sizes) <= limit
+    one = len(json.dumps(compact[-1], separators=(",", ":")))
+    got = {e: sorted(rs, key=lambda r: str(r["id"])) for e, rs in ing(sim).received.items()}
+    assert got["account"] == [{k: v for k, v in r.items() if k != "sourceEntity"} for r in compact]
+    assert [r["big"] for r in got["opportunity"]] == [float(f"1e{i % 15}") for i in range(600)]
+    compact_files = sorted(n for entity, n in ing(sim).file_sizes if entity == "account")
+    assert compact_files[1] >= limit - 2 * one  # all but the last (the smallest), full
