@@ -85,6 +85,14 @@ def _growers(whole: bytes) -> list[bool] | None:
     return [may_grow(raw) for raw in whole.split(b"\n")]
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def check_record(rec: dict[str, Any]) -> str | None:
     if not rec.get("id"):
         return "id is missing"
@@ -214,7 +222,7 @@ class _FilePlan(JsonlPass):
         """A block whose every line is a valid record: each line read into just the four
         fields checked (msgspec, in C: nothing else of a record is built) and costed as
         `line_size` costs it — by its length, or where a float may grow by its rendering
-        (orjson, the block's lines at once) — then added at once when the records fit the
+        (orjson: parsed and rendered, those lines only) — then added at once when they fit the
         open file, are of its entity and repeat no id; else one by one. False, nothing taken,
         for any other block."""
         raws, whole = block.raws, block.whole
@@ -378,14 +386,6 @@ def id_key(entity: str, rid: Any) -> int:
     """A record's identity at Clari, as a hash: its entity and id (an id as Clari keys it). A
     block of one entity computes it in C: `entity_key(entity) ^ hash(str(rid))` mapped."""
     return entity_key(entity) ^ hash(rid if rid.__class__ is str else str(rid))
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def entity_key(entity: str) -> int:
