@@ -35,6 +35,7 @@ from orchestrator.imports.streams import (
     Problems,
     SourceError,
     Span,
+    is_utf8,
     open_source,
 )
 from orchestrator.imports.tables import PROGRESS_EVERY, Progress, is_jsonl
@@ -83,14 +84,6 @@ def _growers(whole: bytes) -> list[bool] | None:
     if not _grows(whole.translate(_SHAPE, _DROP), whole):
         return None
     return [may_grow(raw) for raw in whole.split(b"\n")]
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def check_record(rec: dict[str, Any]) -> str | None:
@@ -226,7 +219,7 @@ class _FilePlan(JsonlPass):
         open file, are of its entity and repeat no id; else one by one. False, nothing taken,
         for any other block."""
         raws, whole = block.raws, block.whole
-        if not whole.isascii() and not _is_utf8(whole):  # msgspec checks only what it reads
+        if not whole.isascii() and not is_utf8(whole):  # msgspec checks only what it reads
             return False
         try:
             recs = list(map(_decode, raws))

@@ -312,7 +312,7 @@ def _loads_text(raw: bytes) -> Any:
     UTF-8 body can carry either, and they failed the sending pass, not validation), and
     nesting past the json module's depth (a RecursionError, not a problem, before)."""
     try:
-        value = json.loads(raw.decode("utf-8"))
+        value = json.loads(raw.decode("utf-8").removeprefix("\ufeff"))  # a BOM, as ever
         json.dumps(value, ensure_ascii=False).encode()
     except RecursionError:
         raise ValueError("nested too deeply") from None
@@ -335,6 +335,14 @@ def _json_problem(raw: bytes, exc: ValueError) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return not_utf8(raw) or "not UTF-8"
     return f"not JSON ({getattr(exc, 'msg', exc)})"
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def not_utf8(raw: bytes) -> str | None:

@@ -108,6 +108,24 @@ EVENT_LINES = [
     b'{"event": "A", "userId": "u", "timestamp": 5}',
     b'{"event": "A", "userId": "u", "properties": [1]}',
     b'{"event": "A", "userId": "u", "n": 123456789012345678901}',
+    # where a typed reading (msgspec) and orjson may part ways
+    b'{"event": "A", "userId": 0, "anonymousId": "a"}',
+    b'{"event": "A", "userId": 0, "anonymousId": ""}',
+    b'{"event": "A", "userId": [], "anonymousId": {"k": 1}}',
+    b'{"event": "A", "userId": "u", "timestamp": null, "properties": null}',
+    b'{"event": "A", "userId": "u", "properties": {"deep": {"x": [1e400, -0.0]}}}',
+    b'{"event": "A", "userId": "u", "event": 7}',
+    b'{"event": 7, "userId": "u", "event": "B"}',
+    b'{"event": "\\t\\n", "userId": "u"}',
+    b'{"event": "\\u00e9", "userId": "u", "x": "\xc3\xa9"}',
+    b'{"event": "A", "userId": "u", "x": "\xff"}',
+    b'{"event": "A", "userId": "u", "x": NaN}',
+    b'{"event": "A", "userId": "u", "timestamp": "2026-11-21T10:30:00+25:00"}',
+    b'{"event": "A", "userId": "u", "timestamp": "2026-11-21T24:00:00"}',
+    b'{"event": "A", "userId": "u", "timestamp": "2026-11-21T10:30:00.1234567Z"}',
+    b'{"event": "A", "userId": "u", "context": "c"}',
+    b'{"event": "A", "userId": "u"}\r',
+    b'\xef\xbb\xbf{"event": "A", "userId": "u"}',
 ]
 
 
