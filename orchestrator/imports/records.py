@@ -47,43 +47,36 @@ TWICE = "same sourceEntity and id as an earlier record"
 # Bytes a JSON line spends on its `"sourceEntity":` member beyond the value (the key, a colon,
 # a comma: a valid record has other members), none of which its upload rendering keeps.
 MEMBER = 16
-# A line's shapes for `may_grow`: (1) where a value may begin (":", "," and "[") as ":", a point
-# as ".", an exponent's "e" or "E" and NaN's "N" as "e", quotes kept and "t" and "f" (true,
-# false: their "e" is no exponent) as "x"; digits, signs, spaces and every other character
-# dropped, to leave little to search; (2) its digits as "0", points as ".", anything else " ".
-# Newlines are kept in both: a block's lines are shaped at once.
+# A line's shape for `may_grow` and `decimals`: where a value may begin (":", "," and "[") as
+# ":", a point as ".", an exponent's "e" or "E" and NaN's "N" as "e", quotes kept and "t" and
+# "f" (true, false: their "e" is no exponent) as "x"; digits, signs, spaces and every other
+# character dropped, to leave little to search. Newlines are kept: a block is shaped at once.
 _SHAPE = bytes(
     58 if c in b":,[" else 101 if c in b"eEN" else 120 if c in b"tf" else c for c in range(256)
 )
 _DROP = bytes(c for c in range(256) if c not in b':,[.eENtf"\n')
-_NUMERALS = bytes(48 if 48 <= c <= 57 else c if c in b".\n" else 32 for c in range(256))
-_PAST_1E16 = b"0" * 17 + b"."  # a decimal with 17 digits or more before its point
+# The most a decimal written without an exponent renders longer: none below 1e16; from there
+# orjson writes `1.2345678901234568e+16` for `12345678901234567.0` (22 bytes for 19).
+DECIMAL_SLACK = 3
 
 
-def may_grow(raw: bytes) -> bool:
-    """Whether JSON text may render longer than it is written. Only a float may (orjson
-    renders one as its shortest round-trip text, with an exponent from 1e16 up): one written
-    with an exponent (`1e5` renders `100000.0`), a decimal of 17 digits or more before its
-    point (`12345678901234567.0` renders `1.2345678901234568e16`), or NaN (`null`, read by the
-    json module); a decimal below 1e16 never renders longer than written. The test looks for
-    a value that begins at ":", "," or "[" with an exponent or an "N" past its digits and
-    point, and for a long decimal: text in a string may answer yes too, which only costs that
-    line an exact rendering; never no where a value may grow."""
-    return _grows(raw.translate(_SHAPE, _DROP), raw)
+def shape(raw: bytes) -> bytes:
+    return raw.translate(_SHAPE, _DROP)
 
 
-def _grows(shape: bytes, raw: bytes) -> bool:
-    if b":." in shape:  # a decimal (or a point in a string)
-        return b":.e" in shape or b":e" in shape or _PAST_1E16 in raw.translate(_NUMERALS)
-    return b":e" in shape
+def may_grow(shaped: bytes) -> bool:
+    """Whether a line (its `shape`) may hold a number that renders longer than written by
+    more than `decimals` allows: a float written with an exponent (`1e5` renders `100000.0`)
+    or NaN (`null`, read by the json module) — a value that begins at ":", "," or "[" with an
+    "e", "E" or "N" past its digits and point. Text in a string may answer yes too, which only
+    costs that line a rendering; never no where such a value is."""
+    return b":e" in shaped or b":.e" in shaped
 
 
-def _growers(whole: bytes) -> list[bool] | None:
-    """`may_grow` of each line of `whole` (one more past its last newline); None when no line
-    may grow — the common block, one C pass over it (two with decimals in it)."""
-    if not _grows(whole.translate(_SHAPE, _DROP), whole):
-        return None
-    return [may_grow(raw) for raw in whole.split(b"\n")]
+def decimals(shaped: bytes) -> int:
+    """How many values of a line (its `shape`) may be decimals (text in a string may count
+    too): each may render up to DECIMAL_SLACK bytes longer than written."""
+    return shaped.count(b":.")
 
 
 def check_record(rec: dict[str, Any]) -> str | None:
@@ -227,31 +220,36 @@ class _FilePlan(JsonlPass):
             return False
         if not all(map(_ID, recs)) or any(map(lt, map(_UPDATED, recs), map(_CREATED, recs))):
             return False
-        lengths: list[int] | None = None  # each line as costed, with its sourceEntity member
-        if (grows := _growers(whole)) is not None:
+        # Each line as costed, with its sourceEntity member: its length and each decimal's
+        # slack, or where a float may grow more, its rendering.
+        shaped = shape(whole)
+        if may_grow(shaped):
             if _LONG_RUN in whole.translate(_DIGITS):  # orjson would read a float: not exact
                 return False
-            loads, dumps = orjson.loads, orjson.dumps
             try:
-                lengths = [
-                    len(dumps(loads(r))) if g else len(r) for r, g in zip(raws, grows, strict=False)
-                ]
+                lengths = list(map(_cost, raws, shaped.split(b"\n")))
             except (ValueError, TypeError):  # 1e400 (the json module's), nesting past orjson's
                 return False
+        else:
+            lengths = None
         entities = set(map(_ENTITY, recs))
         if len(entities) == 1 and self.entity in entities:
             entity = entities.pop()
             keys = map(entity_key(entity).__xor__, map(hash, map(str, map(_ID, recs))))
             member = MEMBER + len(orjson.dumps(entity)) - 1  # less the comma each record adds
             n = len(recs)
-            total = sum(map(len, raws)) if lengths is None else sum(lengths)
+            if lengths is None:
+                total = sum(map(len, raws)) + DECIMAL_SLACK * decimals(shaped)
+            else:
+                total = sum(lengths)
             if self._bulk(block, n, total - n * member, set(keys), n - 1):
                 return True
+        if lengths is None:
+            lengths = list(map(_cost, raws, shaped.split(b"\n")))
         dumps = orjson.dumps
         for i, rec in enumerate(recs):
             entity = rec.sourceEntity
-            length = len(raws[i]) if lengths is None else lengths[i]
-            self.add(entity, rec.id, length - MEMBER - len(dumps(entity)), block, i)
+            self.add(entity, rec.id, lengths[i] - MEMBER - len(dumps(entity)), block, i)
         return True
 
     def _take_parsed(self, block: Block) -> None:
@@ -389,11 +387,22 @@ def line_size(raw: bytes, entity: Any, rec: Record) -> int:
     """The bytes a JSON line's record is planned at in its upload file: never less than its
     rendering there (`render_item`, sourceEntity taken out), so a file planned within the
     limit is within it when sent. The line's own length less its sourceEntity member, as
-    rendering only removes what a line may add (spaces, escapes, a repeated key) — unless the
-    line holds a number that may render longer (`may_grow`): then the rendering itself."""
-    if not may_grow(raw):
-        return len(raw) - MEMBER - len(render_item(entity))
-    return len(render_item(rec))
+    rendering only removes what a line may add (spaces, escapes, a repeated key), plus each
+    decimal's slack — unless the line holds a float that may render longer still
+    (`may_grow`): then the rendering itself."""
+    shaped = shape(raw)
+    if may_grow(shaped):
+        return len(render_item(rec))
+    return len(raw) - MEMBER - len(render_item(entity)) + DECIMAL_SLACK * decimals(shaped)
+
+
+def _cost(raw: bytes, shaped: bytes) -> int:
+    """`line_size` of a line whose record passed the typed checks, its sourceEntity member
+    still counted (the caller takes it off): the rendering is orjson's (no integer past 64
+    bits: the caller has seen to that)."""
+    if may_grow(shaped):
+        return len(orjson.dumps(orjson.loads(raw)))
+    return len(raw) + DECIMAL_SLACK * decimals(shaped)
 
 
 class _Checked(msgspec.Struct, gc=False):

@@ -241,7 +241,7 @@ async def test_files_are_cut_by_the_lines_own_lengths_and_never_sent_over_the_li
     written with spaces and floats that render longer (1e5 is 100000.0) is never sent over
     it; Clari receives every record as the file holds it."""
     limit = 16_384
-    compact = [record(i, amount=i * 1.25) for i in range(600)]
+    compact = [record(i, amount=i * 125) for i in range(600)]  # no decimal: no slack
     write_jsonl(tmp_path / "in" / "a.jsonl", []).write_bytes(
         b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in compact)
     )

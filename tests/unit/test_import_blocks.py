@@ -23,6 +23,7 @@ from orchestrator.imports.records import (
     line_size,
     may_grow,
     render_item,
+    shape,
     upload_files,
     validate_records,
 )
@@ -370,11 +371,7 @@ def test_clari_block_pass_reports_and_plans_what_a_record_at_a_time_does(
         if (why := check_record(rec)) is not None:
             oracle.add(n, why)
             continue
-        raw = lines[n - 1]
-        if may_grow(raw):  # a float: the record as rendered
-            size = len(_compact(rec))
-        else:  # the line less its sourceEntity member (key, colon, value, comma)
-            size = len(raw) - len(b'"sourceEntity":,') - len(_compact(value))
+        size = line_size(lines[n - 1], value, rec)  # its soundness: tested below
         try:
             plan.add(entity, rec["id"], size, offsets.block(n), 0)  # type: ignore[arg-type]
         except SourceError as exc:
@@ -479,12 +476,12 @@ def test_every_planned_upload_file_is_within_the_limit_as_sent(
         (b'{"a":1e5}', True),
         (b'{"a": [1, -2.5E+3]}', True),
         (b'{"a":NaN}', True),
-        (b'{"a":12345678901234567.0}', True),
-        (b'{"a":1234567890123456.7}', False),  # below 1e16: written as it renders or longer
+        (b'{"a":12345678901234567.0}', False),  # a decimal: its slack covers it
+        (b'{"a":1234567890123456.7}', False),
     ],
 )
 def test_which_lines_may_render_longer(text: bytes, grows: bool) -> None:
-    assert may_grow(text) is grows
+    assert may_grow(shape(text)) is grows
 
 
 @pytest.mark.parametrize("kind", ["clari", "clayva"])
@@ -565,3 +562,26 @@ def test_the_array_form_refuses_bytes_that_are_not_utf8(
     with pytest.raises(SourceError) as got:
         validate_records(path, 4_000)
     assert str(got.value).startswith(f"{path}: {problem}")
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "12345678901234567.0",  # 1.2345678901234568e+16: 3 bytes longer, a decimal's slack
+        "-99999999999999999.9",
+        "10000000000000000.5",
+        "1e5",  # 100000.0: rendered
+        "7E+15",
+        "-2.5e3",
+        "1.5e15",  # 1500000000000000.0
+        "NaN",  # null, by the json module: rendered
+    ],
+)
+def test_a_compact_line_is_costed_at_least_as_its_record_renders(number: str) -> None:
+    """No spaces, escapes or repeated keys to spare: the worst case for a line's cost, where
+    only a decimal's slack or a rendering covers what the number grows."""
+    raw = b'{"sourceEntity":"A","id":"1","n":' + number.encode() + b',"m":[' + number.encode()
+    raw += b"]}"
+    rec = json.loads(raw)
+    entity = rec.pop("sourceEntity")
+    assert line_size(raw, entity, rec) >= len(render_item(rec))
