@@ -27,7 +27,7 @@ from orchestrator.imports.streams import (
     Problems,
     SourceError,
     Span,
-    is_utf8,
+    not_utf8,
     open_source,
     sha256_hex,
 )
@@ -159,7 +159,7 @@ class _EventsPass(JsonlPass):
     def _typed(block: Block) -> bool:
         """Whether every line of `block` is an event Clayva takes (False: look line by line)."""
         whole = block.whole
-        if not whole.isascii() and not is_utf8(whole):  # msgspec checks only what it reads
+        if not whole.isascii() and not_utf8(whole) is not None:  # msgspec checks only what it reads
             return False
         try:
             events = list(map(_decode, block.raws))

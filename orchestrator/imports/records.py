@@ -35,7 +35,7 @@ from orchestrator.imports.streams import (
     Problems,
     SourceError,
     Span,
-    is_utf8,
+    not_utf8,
     open_source,
 )
 from orchestrator.imports.tables import PROGRESS_EVERY, Progress, is_jsonl
@@ -212,7 +212,7 @@ class _FilePlan(JsonlPass):
         open file, are of its entity and repeat no id; else one by one. False, nothing taken,
         for any other block."""
         raws, whole = block.raws, block.whole
-        if not whole.isascii() and not is_utf8(whole):  # msgspec checks only what it reads
+        if not whole.isascii() and not_utf8(whole) is not None:  # msgspec checks only what it reads
             return False
         try:
             recs = list(map(_decode, raws))

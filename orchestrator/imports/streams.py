@@ -337,14 +337,6 @@ def _json_problem(raw: bytes, exc: ValueError) -> str:
     return f"not JSON ({getattr(exc, 'msg', exc)})"
 
 
-def is_utf8(data: bytes) -> bool:
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def not_utf8(raw: bytes) -> str | None:
     try:
         raw.decode("utf-8")
