@@ -27,8 +27,8 @@ from orchestrator.imports.streams import (
     Problems,
     SourceError,
     Span,
-    not_utf8,
     open_source,
+    read_typed,
     sha256_hex,
 )
 from orchestrator.imports.tables import (
@@ -158,12 +158,8 @@ class _EventsPass(JsonlPass):
     @staticmethod
     def _typed(block: Block) -> bool:
         """Whether every line of `block` is an event Clayva takes (False: look line by line)."""
-        whole = block.whole
-        if not whole.isascii() and not_utf8(whole) is not None:  # msgspec checks only what it reads
-            return False
-        try:
-            events = list(map(_decode, block.raws))
-        except (msgspec.DecodeError, RecursionError):  # not JSON, not an event, blank
+        events = read_typed(block, _decode)
+        if events is None:
             return False
         if any(map(str.isspace, map(_NAME, events))) or not all(map(any, map(_WHO, events))):
             return False

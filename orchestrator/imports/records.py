@@ -35,8 +35,8 @@ from orchestrator.imports.streams import (
     Problems,
     SourceError,
     Span,
-    not_utf8,
     open_source,
+    read_typed,
 )
 from orchestrator.imports.tables import PROGRESS_EVERY, Progress, is_jsonl
 
@@ -212,11 +212,8 @@ class _FilePlan(JsonlPass):
         open file, are of its entity and repeat no id; else one by one. False, nothing taken,
         for any other block."""
         raws, whole = block.raws, block.whole
-        if not whole.isascii() and not_utf8(whole) is not None:  # msgspec checks only what it reads
-            return False
-        try:
-            recs = list(map(_decode, raws))
-        except (msgspec.DecodeError, RecursionError):  # not JSON, not a valid record, blank
+        recs = read_typed(block, _decode)
+        if recs is None:
             return False
         if not all(map(_ID, recs)) or any(map(lt, map(_UPDATED, recs), map(_CREATED, recs))):
             return False
@@ -383,6 +380,12 @@ def entity_key(entity: str) -> int:
     return hash(("sourceEntity", entity))
 
 
+def _written(raw: bytes, shaped: bytes) -> int:
+    """A line's length and each decimal's slack: the most its values render to, where none
+    may grow more (`may_grow`)."""
+    return len(raw) + DECIMAL_SLACK * decimals(shaped)
+
+
 def line_size(raw: bytes, entity: Any, rec: Record) -> int:
     """The bytes a JSON line's record is planned at in its upload file: never less than its
     rendering there (`render_item`, sourceEntity taken out), so a file planned within the
@@ -393,7 +396,7 @@ def line_size(raw: bytes, entity: Any, rec: Record) -> int:
     shaped = shape(raw)
     if may_grow(shaped):
         return len(render_item(rec))
-    return len(raw) - MEMBER - len(render_item(entity)) + DECIMAL_SLACK * decimals(shaped)
+    return _written(raw, shaped) - MEMBER - len(render_item(entity))
 
 
 def _cost(raw: bytes, shaped: bytes) -> int:
@@ -402,7 +405,7 @@ def _cost(raw: bytes, shaped: bytes) -> int:
     bits: the caller has seen to that)."""
     if may_grow(shaped):
         return len(orjson.dumps(orjson.loads(raw)))
-    return len(raw) + DECIMAL_SLACK * decimals(shaped)
+    return _written(raw, shaped)
 
 
 class _Checked(msgspec.Struct, gc=False):

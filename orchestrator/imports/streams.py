@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Self
 
+import msgspec
 import orjson
 
 MAX_PROBLEMS = 100  # shown; the rest are counted ("and N more")
@@ -335,6 +336,19 @@ def _json_problem(raw: bytes, exc: ValueError) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return not_utf8(raw) or "not UTF-8"
     return f"not JSON ({getattr(exc, 'msg', exc)})"
+
+
+def read_typed(block: Block, decode: Callable[[bytes], Any]) -> list[Any] | None:
+    """Each line of `block` read by a typed msgspec `decode` (the fields a kind checks, nothing
+    else built), or None if a line is not one (not JSON, not of the type, blank) or the block
+    is not all UTF-8 (msgspec checks only the bytes it reads): that block is parsed instead."""
+    whole = block.whole
+    if not whole.isascii() and not_utf8(whole) is not None:
+        return None
+    try:
+        return list(map(decode, block.raws))
+    except (msgspec.DecodeError, RecursionError):
+        return None
 
 
 def not_utf8(raw: bytes) -> str | None:
